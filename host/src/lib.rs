@@ -1,0 +1,38 @@
+//! stepbox runs untrusted workflow steps as sandboxed WebAssembly components.
+//!
+//! A step is a WASI 0.2 component that exports `run` from the `step` world
+//! (`wit/step.wit`). A [`Sandbox`] loads components once (compiled, cached in
+//! memory and on disk, pre-instantiated) and runs each step in a fresh
+//! instance with its own fuel, memory limit, deadline and temporary
+//! directory, reporting a typed [`Outcome`] and its [`Usage`].
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use stepbox::{RunOptions, Sandbox};
+//!
+//! let sandbox = Sandbox::builder().build()?;
+//! let step = sandbox.load_file("target/wasm32-wasip2/release/hello.wasm")?;
+//! let report = sandbox.run(&step, br#"{"name":"world"}"#, RunOptions::default()).await;
+//! println!("{} in {:?}", report.outcome, report.usage.wall_time);
+//! # Ok(()) }
+//! ```
+//!
+//! Guests get nothing they are not given: no environment variables, no
+//! arguments, no stdin, no network, no host files but their own `/tmp`. Their
+//! stdout and stderr are captured into the step's log.
+
+pub mod limits;
+mod outcome;
+mod sandbox;
+
+pub use limits::{LimitOverrides, Limits};
+pub use outcome::{
+    GuestErrorKind, LogLevel, LogRecord, LogSource, MAX_GUEST_MESSAGE, Outcome, OutcomeKind, RunReport,
+    StepLog, Usage,
+};
+pub use sandbox::{
+    ComponentInfo, DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_WASM_STACK,
+    DEFAULT_MEMORY_CACHE_ENTRIES, Digest, Item, LoadError, RunOptions, Sandbox, SandboxBuilder, SandboxError,
+    StepComponent,
+};
+pub use tokio_util::sync::CancellationToken;

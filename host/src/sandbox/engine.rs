@@ -1,0 +1,72 @@
+//! The wasmtime engine: its configuration, its linker and its epoch ticker.
+
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::Step;
+use super::instance::InstanceState;
+use super::{SandboxBuilder, SandboxError};
+
+/// Core instances a Rust `wasm32-wasip2` step needs (it has 3); the slack
+/// admits components from other toolchains.
+const CORE_INSTANCES_PER_STEP: u32 = 4;
+
+/// Tables a Rust step needs (2), with the same slack.
+const TABLES_PER_STEP: u32 = 3;
+
+pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
+    let n = settings.max_instances;
+    let max_memory = usize::try_from(settings.max_memory_per_instance.as_u64()).unwrap_or(usize::MAX);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_STEP))
+        .total_memories(n)
+        .total_tables(n.saturating_mul(TABLES_PER_STEP))
+        .total_stacks(n)
+        .max_memory_size(max_memory);
+
+    let stack = usize::try_from(settings.max_wasm_stack.as_u64()).unwrap_or(usize::MAX);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(stack)
+        // The fiber stack must hold the wasm stack plus the host frames below it.
+        .async_stack_size(stack + 1024 * 1024)
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
+    Engine::new(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+}
+
+/// Adds WASI 0.2 and the stepbox `host` interface to the linker.
+///
+/// WASI is linked whole, but the context each instance gets denies what a
+/// step must not have: no environment, no arguments, no stdin, no sockets,
+/// no name lookup, and no directory but its own `/tmp`.
+pub(super) fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+        .and_then(|()| Step::add_to_linker::<_, HasSelf<_>>(linker, |state| state))
+        .map_err(|e| SandboxError::Engine(format!("{e:#}")))
+}
+
+/// Increments the engine's epoch every `tick` until the engine is dropped.
+///
+/// The thread holds only a weak reference, so it does not keep the engine
+/// alive. Without it a spinning guest would never be interrupted, so failing
+/// to start it fails the sandbox.
+pub(super) fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), SandboxError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("stepbox-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(tick);
+            }
+        })
+        .map(drop)
+        .map_err(|e| SandboxError::Engine(format!("cannot start the epoch ticker thread: {e}")))
+}

@@ -1,0 +1,376 @@
+//! The step sandbox: one wasmtime engine, a component cache, and isolated runs.
+//!
+//! Every wasmtime detail of stepbox lives in this module. The rest of the host
+//! sees a [`Sandbox`] that loads [`StepComponent`]s and runs them into a
+//! [`RunReport`](crate::RunReport).
+
+mod bindings;
+mod cache;
+mod capture;
+mod component;
+mod engine;
+mod instance;
+mod run;
+mod scratch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use self::cache::DiskCache;
+use self::component::Loaded;
+pub use self::component::{ComponentInfo, Digest, Item, LoadError, StepComponent};
+use self::instance::InstanceState;
+pub use self::run::RunOptions;
+use crate::limits::Limits;
+
+/// Default number of step instances that may run at once; runs beyond it wait.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+
+/// Default wasm stack of every instance. wasmtime fixes it per engine, so it
+/// is a host setting rather than a per-step limit.
+pub const DEFAULT_MAX_WASM_STACK: ByteSize = ByteSize::kib(512);
+
+/// Default interval of the epoch ticker: the precision of timeouts, and how
+/// often a long computation yields its thread to other steps.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Default number of loaded components kept in memory.
+pub const DEFAULT_MEMORY_CACHE_ENTRIES: u64 = 256;
+
+/// Runs untrusted step components, each in its own instance under its own limits.
+///
+/// One `Sandbox` owns one wasmtime engine with a pooling allocator sized for
+/// [`SandboxBuilder::max_instances`] concurrent instances, an epoch ticker
+/// thread, and the component caches. Clones share all of it.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use stepbox::{RunOptions, Sandbox};
+///
+/// let sandbox = Sandbox::builder().cache_dir(".stepbox/cache").build()?;
+/// let hello = sandbox.load_file("hello.wasm")?;
+/// let report = sandbox.run(&hello, br#"{"name":"world"}"#, RunOptions::default()).await;
+/// println!("{}: {:?}", report.outcome, report.usage);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    memory_cache: moka::sync::Cache<Digest, StepComponent>,
+    disk_cache: Option<DiskCache>,
+    defaults: Limits,
+    /// One permit per pool slot: runs wait here instead of failing on a full pool.
+    permits: Semaphore,
+    max_wasm_stack: usize,
+    max_memory: u64,
+    scratch: ScratchRoot,
+}
+
+/// Configures a [`Sandbox`]. Everything is denied to guests by default; what
+/// is configurable here is capacity, default limits and caching.
+///
+/// Defaults: [`DEFAULT_MAX_INSTANCES`] instances, linear memory up to 4 GiB per
+/// instance (the limit actually enforced is the run's [`Limits::memory`]),
+/// [`DEFAULT_MAX_WASM_STACK`], [`DEFAULT_EPOCH_TICK`], [`Limits::default`],
+/// no disk cache, [`DEFAULT_MEMORY_CACHE_ENTRIES`] components in memory, and
+/// temporary directories under the system temporary directory.
+///
+/// # Examples
+///
+/// ```
+/// use bytesize::ByteSize;
+/// use stepbox::{Limits, Sandbox};
+///
+/// let sandbox = Sandbox::builder()
+///     .max_instances(64)
+///     .default_limits(Limits { memory: ByteSize::mib(16), ..Limits::default() })
+///     .build()?;
+/// assert_eq!(sandbox.default_limits().memory, ByteSize::mib(16));
+/// # Ok::<(), stepbox::SandboxError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    max_instances: u32,
+    max_memory_per_instance: ByteSize,
+    max_wasm_stack: ByteSize,
+    epoch_tick: Duration,
+    defaults: Limits,
+    cache_dir: Option<PathBuf>,
+    memory_cache_entries: u64,
+    scratch_parent: Option<PathBuf>,
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        SandboxBuilder {
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_memory_per_instance: ByteSize::gib(4),
+            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+            defaults: Limits::default(),
+            cache_dir: None,
+            memory_cache_entries: DEFAULT_MEMORY_CACHE_ENTRIES,
+            scratch_parent: None,
+        }
+    }
+}
+
+impl SandboxBuilder {
+    /// How many instances may run at once (the pool is sized for it); further
+    /// runs wait for a slot, and their wait is reported as queue time.
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = n.max(1);
+        self
+    }
+
+    /// The largest linear memory any instance may ever have: the size of a
+    /// pool slot. Per-run memory limits above it are capped to it.
+    pub fn max_memory_per_instance(mut self, size: ByteSize) -> Self {
+        self.max_memory_per_instance = size;
+        self
+    }
+
+    /// The wasm stack of every instance; unbounded recursion ends in a
+    /// [`StackOverflow`](crate::Outcome::StackOverflow) outcome at this depth.
+    pub fn max_wasm_stack(mut self, size: ByteSize) -> Self {
+        self.max_wasm_stack = size;
+        self
+    }
+
+    /// How often the epoch ticker fires (see [`DEFAULT_EPOCH_TICK`]).
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.epoch_tick = tick.max(Duration::from_micros(100));
+        self
+    }
+
+    /// The limits of a run that does not override them.
+    pub fn default_limits(mut self, limits: Limits) -> Self {
+        self.defaults = limits;
+        self
+    }
+
+    /// Keeps precompiled components in `dir`, so a restarted host skips compilation.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// How many loaded components stay in memory.
+    pub fn memory_cache_entries(mut self, n: u64) -> Self {
+        self.memory_cache_entries = n;
+        self
+    }
+
+    /// Where instances' temporary directories are created (a fresh
+    /// subdirectory of it, removed when the sandbox is dropped).
+    pub fn scratch_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.scratch_parent = Some(dir.into());
+        self
+    }
+
+    /// Builds the engine, starts the epoch ticker and prepares the caches.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError`] when the engine cannot be created (for example the pool
+    /// does not fit in the address space) or a directory cannot be created.
+    pub fn build(self) -> Result<Sandbox, SandboxError> {
+        let engine = engine::build(&self)?;
+        let mut linker = Linker::new(&engine);
+        engine::link(&mut linker)?;
+        let disk_cache = self
+            .cache_dir
+            .as_deref()
+            .map(|dir| {
+                DiskCache::open(dir, &engine).map_err(|source| SandboxError::Directory {
+                    path: dir.to_owned(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let scratch = ScratchRoot::create(self.scratch_parent.as_deref())?;
+        engine::start_epoch_ticker(&engine, self.epoch_tick)?;
+        Ok(Sandbox {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                memory_cache: moka::sync::Cache::new(self.memory_cache_entries),
+                disk_cache,
+                defaults: self.defaults,
+                permits: Semaphore::new(self.max_instances as usize),
+                max_wasm_stack: self.max_wasm_stack.as_u64() as usize,
+                max_memory: self.max_memory_per_instance.as_u64(),
+                scratch,
+            }),
+        })
+    }
+}
+
+/// Why a [`Sandbox`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// wasmtime refused the configuration.
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    /// A cache or scratch directory could not be created.
+    #[error("cannot create directory `{}`: {source}", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl Sandbox {
+    /// A builder with the documented defaults.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// The limits a run gets when its [`RunOptions`] do not override them.
+    pub fn default_limits(&self) -> Limits {
+        self.inner.defaults
+    }
+
+    /// Loads a component file; see [`Sandbox::load_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Read`] if the file cannot be read, and the errors of
+    /// [`Sandbox::load_bytes`].
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<StepComponent, LoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load_bytes(&path.display().to_string(), &bytes)
+    }
+
+    /// Loads a component: from the memory cache when the same bytes were
+    /// loaded before, else from the disk cache, else by compiling it (tens of
+    /// milliseconds: call this from a blocking context, such as
+    /// `tokio::task::spawn_blocking`, in an async service). The component is
+    /// checked against the step world and pre-instantiated, so a run only
+    /// instantiates.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`] when the bytes are not a component, do not compile, or do
+    /// not fit the step world.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
+        let digest = Digest::of(bytes);
+        if let Some(hit) = self.inner.memory_cache.get(&digest) {
+            return Ok(hit);
+        }
+        let component = self.compile_cached(name, digest, bytes)?;
+        let pre = component::pre_instantiate(&self.inner.linker, name, &component)?;
+        let loaded = StepComponent {
+            inner: Arc::new(Loaded {
+                digest,
+                name: name.to_owned(),
+                pre,
+            }),
+        };
+        self.inner.memory_cache.insert(digest, loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Describes a component: its imports and exports, and whether (or why
+    /// not) it fits the step world.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`] when the bytes are not a component or do not compile; a
+    /// component for another world is described, with its problems listed.
+    pub fn inspect(&self, name: &str, bytes: &[u8]) -> Result<ComponentInfo, LoadError> {
+        let digest = Digest::of(bytes);
+        let component = self.compile_cached(name, digest, bytes)?;
+        let (imports, exports) = component::describe(&self.inner.engine, &component);
+        let problems = match component::pre_instantiate(&self.inner.linker, name, &component) {
+            Ok(_) => Vec::new(),
+            Err(LoadError::WrongWorld { problems, .. }) => problems,
+            Err(other) => return Err(other),
+        };
+        Ok(ComponentInfo {
+            digest: digest.to_string(),
+            imports,
+            exports,
+            problems,
+        })
+    }
+
+    fn compile_cached(
+        &self,
+        name: &str,
+        digest: Digest,
+        bytes: &[u8],
+    ) -> Result<wasmtime::component::Component, LoadError> {
+        component::check_preamble(name, bytes)?;
+        let engine = &self.inner.engine;
+        if let Some(cache) = &self.inner.disk_cache {
+            if let Some(hit) = cache.get(engine, &digest) {
+                return Ok(hit);
+            }
+            let compiled = component::compile(engine, name, bytes)?;
+            cache.put(&digest, &compiled);
+            return Ok(compiled);
+        }
+        component::compile(engine, name, bytes)
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("defaults", &self.inner.defaults)
+            .field("available_instances", &self.inner.permits.available_permits())
+            .field("scratch", &self.inner.scratch.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The directory holding all of a sandbox's instance directories.
+struct ScratchRoot {
+    path: PathBuf,
+}
+
+impl ScratchRoot {
+    fn create(parent: Option<&Path>) -> Result<ScratchRoot, SandboxError> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let parent = parent.map_or_else(std::env::temp_dir, Path::to_owned);
+        let name = format!(
+            "stepbox-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = parent.join(name);
+        std::fs::create_dir_all(&path).map_err(|source| SandboxError::Directory {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(ScratchRoot { path })
+    }
+}
+
+impl Drop for ScratchRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

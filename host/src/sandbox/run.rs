@@ -1,0 +1,409 @@
+//! Running one step instance and turning every way it can end into an [`Outcome`].
+
+use std::future::pending;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+use super::bindings::StepError;
+use super::capture::LogCapture;
+use super::instance::{InstanceState, MemoryLimitExceeded, MemoryLimiter};
+use super::scratch::ScratchDir;
+use super::{Sandbox, StepComponent};
+use crate::limits::{LimitOverrides, Limits};
+use crate::outcome::{GuestErrorKind, LogSource, MAX_GUEST_MESSAGE, Outcome, RunReport, StepLog, Usage};
+
+/// How one run differs from the sandbox's defaults.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use stepbox::{LimitOverrides, RunOptions};
+/// use tokio_util::sync::CancellationToken;
+///
+/// let cancel = CancellationToken::new();
+/// let options = RunOptions::default()
+///     .limits(LimitOverrides { fuel: Some(5_000_000), ..Default::default() })
+///     .deadline(Instant::now() + Duration::from_secs(10))
+///     .cancel_token(cancel.clone());
+/// // Later, from anywhere: `cancel.cancel()` stops the run promptly.
+/// # drop(options);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Limits that replace the sandbox's defaults for this run.
+    pub limits: LimitOverrides,
+    /// An absolute deadline set from above (a workflow or a global limit).
+    /// The step stops at the earlier of it and its own timeout; time spent
+    /// waiting for an instance slot counts against it.
+    pub deadline: Option<Instant>,
+    /// Cancels the run when triggered, whether it is waiting or running.
+    pub cancel: Option<CancellationToken>,
+}
+
+impl RunOptions {
+    /// Sets [`RunOptions::limits`].
+    pub fn limits(mut self, limits: LimitOverrides) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`RunOptions::deadline`].
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sets [`RunOptions::cancel`].
+    pub fn cancel_token(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+}
+
+/// The error the epoch callback traps with once the deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline reached")]
+struct DeadlineReached;
+
+enum Ended {
+    Returned(wasmtime::Result<Result<Vec<u8>, StepError>>),
+    Deadline,
+    Cancelled,
+}
+
+impl Sandbox {
+    /// Runs `step` once on `input` and reports how it ended.
+    ///
+    /// The run waits for an instance slot if all are busy, then gets a fresh
+    /// instance with its own fuel, memory limit, deadline and temporary
+    /// directory (preopened as `/tmp`, removed when the run ends however it
+    /// ends, including when this future is dropped). Nothing the guest does
+    /// makes this panic or return early: every ending is an [`Outcome`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sandbox: stepbox::Sandbox, step: stepbox::StepComponent) {
+    /// use stepbox::{Outcome, RunOptions};
+    ///
+    /// let report = sandbox.run(&step, br#"{"name":"world"}"#, RunOptions::default()).await;
+    /// match report.outcome {
+    ///     Outcome::Completed { output } => println!("{}", String::from_utf8_lossy(&output)),
+    ///     other => eprintln!("step failed: {other}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn run(&self, step: &StepComponent, input: &[u8], options: RunOptions) -> RunReport {
+        let inner = &*self.inner;
+        let limits = inner.defaults.with(&options.limits);
+        let queued = Instant::now();
+        let cancelled = async {
+            match &options.cancel {
+                Some(token) => token.cancelled().await,
+                None => pending().await,
+            }
+        };
+        tokio::pin!(cancelled);
+
+        // While waiting for a slot only the deadline from above applies: the
+        // step's own timeout starts when the step does.
+        let permit = tokio::select! {
+            biased;
+            () = &mut cancelled => {
+                return early(Outcome::Cancelled { elapsed: queued.elapsed() }, queued);
+            }
+            () = sleep_until(options.deadline) => {
+                let limit = options.deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(queued));
+                return early(Outcome::Timeout { limit, elapsed: queued.elapsed() }, queued);
+            }
+            permit = inner.permits.acquire() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return early(host_failure("the sandbox is shutting down"), queued),
+            },
+        };
+
+        let started = Instant::now();
+        let own_deadline = started + limits.timeout;
+        let deadline = options.deadline.map_or(own_deadline, |d| d.min(own_deadline));
+        let log = LogCapture::new(usize::try_from(limits.log.as_u64()).unwrap_or(usize::MAX));
+        let scratch = match ScratchDir::create(&inner.scratch.path) {
+            Ok(dir) => dir,
+            Err(e) => {
+                return early(
+                    host_failure(&format!("cannot create the step's temporary directory: {e}")),
+                    queued,
+                );
+            }
+        };
+        let wasi = match wasi_context(&scratch, &log) {
+            Ok(wasi) => wasi,
+            Err(e) => {
+                return early(
+                    host_failure(&format!("cannot preopen the step's temporary directory: {e:#}")),
+                    queued,
+                );
+            }
+        };
+        let memory_limit = limits.memory.as_u64().min(inner.max_memory);
+        let mut store = Store::new(
+            &inner.engine,
+            InstanceState {
+                wasi,
+                table: ResourceTable::new(),
+                limiter: MemoryLimiter::new(usize::try_from(memory_limit).unwrap_or(usize::MAX)),
+                log: log.clone(),
+                deadline,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        store
+            .set_fuel(limits.fuel)
+            .expect("fuel metering is enabled in every sandbox engine");
+        // Every tick the guest yields to the executor (so long computations
+        // share the threads fairly) and the deadline is checked.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineReached.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let ended = {
+            let pre = &step.inner.pre;
+            let call = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                instance.call_run(&mut store, input).await
+            };
+            // The timer also covers a guest blocked in a host call (a WASI
+            // sleep or poll), where epochs do not fire.
+            tokio::select! {
+                biased;
+                result = call => Ended::Returned(result),
+                () = tokio::time::sleep_until(deadline.into()) => Ended::Deadline,
+                () = &mut cancelled => Ended::Cancelled,
+            }
+        };
+        let elapsed = started.elapsed();
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let peak_memory = store.data().limiter.peak as u64;
+        // The store holds the preopened directory's descriptor: close it
+        // before the directory goes, then give the slot back.
+        drop(store);
+        drop(scratch);
+        drop(permit);
+
+        let log = log.finish();
+        let classify = Classify {
+            limits: &limits,
+            allowed: deadline.saturating_duration_since(started),
+            elapsed,
+            max_wasm_stack: inner.max_wasm_stack as u64,
+            log: &log,
+        };
+        let outcome = classify.ended(ended);
+        let output_bytes = outcome.output().map_or(0, |o| o.len() as u64);
+        tracing::debug!(
+            step = step.name(),
+            outcome = %outcome.kind(),
+            elapsed_us = elapsed.as_micros() as u64,
+            "step run ended"
+        );
+        RunReport {
+            outcome,
+            usage: Usage {
+                queue_wait: started - queued,
+                wall_time: elapsed,
+                fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+                peak_memory,
+                output_bytes,
+            },
+            log,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => pending().await,
+    }
+}
+
+fn early(outcome: Outcome, queued: Instant) -> RunReport {
+    RunReport {
+        outcome,
+        usage: Usage {
+            queue_wait: queued.elapsed(),
+            ..Usage::default()
+        },
+        log: StepLog::default(),
+    }
+}
+
+fn host_failure(message: &str) -> Outcome {
+    Outcome::HostFailure {
+        message: message.to_owned(),
+    }
+}
+
+/// A context that denies everything but a private `/tmp` and captured output.
+fn wasi_context(scratch: &ScratchDir, log: &LogCapture) -> wasmtime::Result<WasiCtx> {
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdout(log.stream(LogSource::Stdout))
+        .stderr(log.stream(LogSource::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder.preopened_dir(scratch.path(), "/tmp", FsPerms::ReadWrite)?;
+    Ok(builder.build())
+}
+
+/// What is needed to name how a run ended.
+struct Classify<'a> {
+    limits: &'a Limits,
+    allowed: Duration,
+    elapsed: Duration,
+    max_wasm_stack: u64,
+    log: &'a StepLog,
+}
+
+impl Classify<'_> {
+    fn ended(&self, ended: Ended) -> Outcome {
+        match ended {
+            Ended::Deadline => self.timeout(),
+            Ended::Cancelled => Outcome::Cancelled {
+                elapsed: self.elapsed,
+            },
+            Ended::Returned(Ok(Ok(output))) => {
+                let limit = self.limits.output.as_u64();
+                if output.len() as u64 > limit {
+                    Outcome::OutputTooLarge {
+                        limit,
+                        size: output.len() as u64,
+                    }
+                } else {
+                    Outcome::Completed { output }
+                }
+            }
+            Ended::Returned(Ok(Err(error))) => {
+                let (error, message) = match error {
+                    StepError::InvalidInput(m) => (GuestErrorKind::InvalidInput, m),
+                    StepError::Retryable(m) => (GuestErrorKind::Retryable, m),
+                    StepError::Failed(m) => (GuestErrorKind::Failed, m),
+                };
+                Outcome::GuestError {
+                    error,
+                    message: truncate(message, MAX_GUEST_MESSAGE),
+                }
+            }
+            Ended::Returned(Err(error)) => self.error(&error),
+        }
+    }
+
+    fn timeout(&self) -> Outcome {
+        Outcome::Timeout {
+            limit: self.allowed,
+            elapsed: self.elapsed,
+        }
+    }
+
+    fn error(&self, error: &wasmtime::Error) -> Outcome {
+        if error.downcast_ref::<DeadlineReached>().is_some() {
+            return self.timeout();
+        }
+        if let Some(hit) = error.downcast_ref::<MemoryLimitExceeded>() {
+            return Outcome::MemoryLimit {
+                limit: hit.limit as u64,
+                requested: hit.requested as u64,
+            };
+        }
+        let backtrace = error.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => Outcome::OutOfFuel {
+                limit: self.limits.fuel,
+            },
+            Some(Trap::StackOverflow) => Outcome::StackOverflow {
+                limit: self.max_wasm_stack,
+            },
+            Some(Trap::Interrupt) => self.timeout(),
+            Some(trap) => {
+                let mut message = trap.to_string();
+                if *trap == Trap::UnreachableCodeReached
+                    && let Some(panic) = guest_panic(self.log)
+                {
+                    message = format!("guest panicked: {panic}");
+                }
+                Outcome::Trap { message, backtrace }
+            }
+            None => Outcome::Trap {
+                message: format!("{error:#}"),
+                backtrace,
+            },
+        }
+    }
+}
+
+/// A Rust guest that panics prints `thread '…' panicked at FILE:LINE:COL:`
+/// and then the message to stderr before it aborts; recover both.
+fn guest_panic(log: &StepLog) -> Option<String> {
+    let stderr: Vec<&str> = log
+        .records
+        .iter()
+        .filter(|r| r.source == LogSource::Stderr)
+        .map(|r| r.message.as_str())
+        .collect();
+    let at = stderr.iter().rposition(|line| line.contains("panicked at "))?;
+    let location = stderr[at].split("panicked at ").nth(1)?.trim_end_matches(':');
+    let message = stderr.get(at + 1).copied().unwrap_or("").trim();
+    Some(format!("{message} (at {location})"))
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::LogRecord;
+
+    #[test]
+    fn a_rust_panic_message_is_recovered_from_stderr() {
+        let log = StepLog {
+            records: vec![
+                LogRecord {
+                    source: LogSource::Stderr,
+                    message: "thread '<unnamed>' panicked at src/lib.rs:7:5:".into(),
+                },
+                LogRecord {
+                    source: LogSource::Stderr,
+                    message: "boom".into(),
+                },
+            ],
+            dropped_bytes: 0,
+        };
+        assert_eq!(guest_panic(&log).as_deref(), Some("boom (at src/lib.rs:7:5)"));
+        assert_eq!(guest_panic(&StepLog::default()), None);
+    }
+
+    #[test]
+    fn truncation_keeps_utf8_valid() {
+        assert_eq!(truncate("aé".into(), 2), "a");
+        assert_eq!(truncate("abc".into(), 5), "abc");
+    }
+}
