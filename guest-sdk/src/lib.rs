@@ -1,0 +1,410 @@
+//! Write [stepbox] workflow steps as plain Rust functions.
+//!
+//! A step is a function from a deserializable input to a serializable output.
+//! [`step!`] exports it as a WebAssembly component for the `stepbox:step`
+//! world: the SDK parses the JSON input (a parse failure becomes
+//! [`StepError::InvalidInput`] carrying serde's message), calls the function,
+//! and serializes what it returns. The host imports are wrapped as plain
+//! functions: [`log`] (and its shorthands [`info`], [`warn`], ...) and
+//! [`remaining`].
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use stepbox_guest::StepError;
+//!
+//! #[derive(Deserialize)]
+//! struct Greeting {
+//!     name: String,
+//! }
+//!
+//! #[derive(Serialize)]
+//! struct Reply {
+//!     message: String,
+//! }
+//!
+//! fn greet(input: Greeting) -> Result<Reply, StepError> {
+//!     if input.name.is_empty() {
+//!         return Err(StepError::invalid_input("`name` must not be empty"));
+//!     }
+//!     Ok(Reply { message: format!("Hello, {}!", input.name) })
+//! }
+//!
+//! stepbox_guest::step!(greet);
+//! # fn main() {}
+//! ```
+//!
+//! Build the crate as a `cdylib` for `wasm32-wasip2` and the result is a
+//! component `stepbox step` runs:
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2
+//! stepbox step target/wasm32-wasip2/release/greet.wasm --input '{"name":"world"}'
+//! ```
+//!
+//! Inside a step, `std` works as on any WASI 0.2 target, within the sandbox:
+//! `/tmp` is a private, empty directory that disappears when the run ends;
+//! stdout and stderr go to the step's log; there are no environment variables
+//! and no network.
+//!
+//! [stepbox]: https://github.com/stepbox/stepbox
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+// Lets the generated bindings name this crate by its public path, which is
+// what they must use once expanded inside a user's crate.
+extern crate self as stepbox_guest;
+
+/// What [`step!`] expands to needs; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    /// Bindings for the `stepbox:step` world.
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "step",
+            pub_export_macro: true,
+            export_macro_name: "__export_step",
+            default_bindings_module: "stepbox_guest::__private::bindings",
+            runtime_path: "stepbox_guest::__private::wit_bindgen::rt",
+        });
+    }
+
+    pub use super::run_json;
+}
+
+use __private::bindings;
+use bindings::stepbox::step::host;
+
+/// Why a step did not produce output.
+///
+/// The kind tells the host what to do next: an invalid input is never
+/// retried, a retryable error may be, a failure is final.
+///
+/// ```
+/// use stepbox_guest::StepError;
+///
+/// let err = StepError::retryable("the upstream service is busy");
+/// assert!(err.is_retryable());
+/// assert_eq!(err.to_string(), "retryable: the upstream service is busy");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// The input was malformed or not acceptable; running again will not help.
+    InvalidInput(String),
+    /// A transient failure; running again may succeed.
+    Retryable(String),
+    /// The step failed for good.
+    Failed(String),
+}
+
+impl StepError {
+    /// An error for input the step cannot accept.
+    ///
+    /// ```
+    /// let err = stepbox_guest::StepError::invalid_input("`top` must be positive");
+    /// assert_eq!(err.message(), "`top` must be positive");
+    /// ```
+    pub fn invalid_input(message: impl Into<String>) -> StepError {
+        StepError::InvalidInput(message.into())
+    }
+
+    /// An error that running again may cure.
+    ///
+    /// ```
+    /// let err = stepbox_guest::StepError::retryable("try later");
+    /// assert!(err.is_retryable());
+    /// ```
+    pub fn retryable(message: impl Into<String>) -> StepError {
+        StepError::Retryable(message.into())
+    }
+
+    /// A final failure.
+    ///
+    /// ```
+    /// let err = stepbox_guest::StepError::failed("checksum mismatch");
+    /// assert!(!err.is_retryable());
+    /// ```
+    pub fn failed(message: impl Into<String>) -> StepError {
+        StepError::Failed(message.into())
+    }
+
+    /// The human-readable message, without the kind.
+    ///
+    /// ```
+    /// let err = stepbox_guest::StepError::failed("disk full");
+    /// assert_eq!(err.message(), "disk full");
+    /// ```
+    pub fn message(&self) -> &str {
+        match self {
+            StepError::InvalidInput(m) | StepError::Retryable(m) | StepError::Failed(m) => m,
+        }
+    }
+
+    /// The kind as the host and the CLI name it: `invalid-input`,
+    /// `retryable` or `failed`.
+    ///
+    /// ```
+    /// let err = stepbox_guest::StepError::invalid_input("no");
+    /// assert_eq!(err.kind(), "invalid-input");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepError::InvalidInput(_) => "invalid-input",
+            StepError::Retryable(_) => "retryable",
+            StepError::Failed(_) => "failed",
+        }
+    }
+
+    /// Whether the host may run the step again to cure this error.
+    ///
+    /// ```
+    /// assert!(stepbox_guest::StepError::retryable("busy").is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StepError::Retryable(_))
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind(), self.message())
+    }
+}
+
+impl std::error::Error for StepError {}
+
+impl From<StepError> for bindings::StepError {
+    fn from(err: StepError) -> Self {
+        match err {
+            StepError::InvalidInput(m) => bindings::StepError::InvalidInput(m),
+            StepError::Retryable(m) => bindings::StepError::Retryable(m),
+            StepError::Failed(m) => bindings::StepError::Failed(m),
+        }
+    }
+}
+
+/// Severity of a log record, from the most verbose to the most severe.
+///
+/// ```
+/// assert!(stepbox_guest::Level::Warn > stepbox_guest::Level::Info);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// Fine-grained tracing.
+    Trace,
+    /// Diagnostics for the step's author.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected that the step recovered from.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl From<Level> for host::LogLevel {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Trace => host::LogLevel::Trace,
+            Level::Debug => host::LogLevel::Debug,
+            Level::Info => host::LogLevel::Info,
+            Level::Warn => host::LogLevel::Warn,
+            Level::Error => host::LogLevel::Error,
+        }
+    }
+}
+
+/// Appends a record to this step's log.
+///
+/// The host caps each step's log; records past the cap are dropped and
+/// counted, so logging never fails a step.
+///
+/// ```no_run
+/// stepbox_guest::log(stepbox_guest::Level::Debug, "parsed 42 records");
+/// ```
+pub fn log(level: Level, message: impl AsRef<str>) {
+    host::log(level.into(), message.as_ref());
+}
+
+/// Logs at [`Level::Trace`].
+///
+/// ```no_run
+/// stepbox_guest::trace("entering the inner loop");
+/// ```
+pub fn trace(message: impl AsRef<str>) {
+    log(Level::Trace, message);
+}
+
+/// Logs at [`Level::Debug`].
+///
+/// ```no_run
+/// stepbox_guest::debug(format!("{} items", 3));
+/// ```
+pub fn debug(message: impl AsRef<str>) {
+    log(Level::Debug, message);
+}
+
+/// Logs at [`Level::Info`].
+///
+/// ```no_run
+/// stepbox_guest::info("done");
+/// ```
+pub fn info(message: impl AsRef<str>) {
+    log(Level::Info, message);
+}
+
+/// Logs at [`Level::Warn`].
+///
+/// ```no_run
+/// stepbox_guest::warn("input had trailing garbage; ignored it");
+/// ```
+pub fn warn(message: impl AsRef<str>) {
+    log(Level::Warn, message);
+}
+
+/// Logs at [`Level::Error`].
+///
+/// ```no_run
+/// stepbox_guest::error("could not parse record 7");
+/// ```
+pub fn error(message: impl AsRef<str>) {
+    log(Level::Error, message);
+}
+
+/// Time left before this step's effective deadline (the earliest of its own
+/// timeout and any deadline imposed from above).
+///
+/// A step that can stop early, returning partial work, should check this
+/// rather than the wall clock.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let mut done = 0;
+/// while done < 1_000 && stepbox_guest::remaining() > Duration::from_millis(50) {
+///     done += 1; // one unit of work
+/// }
+/// ```
+pub fn remaining() -> Duration {
+    Duration::from_millis(host::remaining_ms())
+}
+
+/// Runs `step` on a JSON `input` and serializes its output: what [`step!`]
+/// calls for every run. Public so that steps can be unit-tested natively
+/// without a host.
+///
+/// Input that does not parse as `I` becomes [`StepError::InvalidInput`] with
+/// serde's message; output that does not serialize becomes
+/// [`StepError::Failed`].
+///
+/// ```
+/// use stepbox_guest::{StepError, run_json};
+///
+/// fn double(n: u64) -> Result<u64, StepError> {
+///     Ok(n * 2)
+/// }
+///
+/// assert_eq!(run_json(b"21", double), Ok(b"42".to_vec()));
+/// let err = run_json(b"\"x\"", double).unwrap_err();
+/// assert!(err.message().contains("invalid type"), "{err}");
+/// ```
+pub fn run_json<I, O>(
+    input: &[u8],
+    step: impl FnOnce(I) -> Result<O, StepError>,
+) -> Result<Vec<u8>, StepError>
+where
+    I: DeserializeOwned,
+    O: Serialize,
+{
+    let input: I =
+        serde_json::from_slice(input).map_err(|e| StepError::invalid_input(format!("invalid input: {e}")))?;
+    let output = step(input)?;
+    serde_json::to_vec(&output).map_err(|e| StepError::failed(format!("could not serialize the output: {e}")))
+}
+
+/// Exports a function as this component's step.
+///
+/// The function takes any `serde::Deserialize` type and returns
+/// `Result<T, StepError>` for any `serde::Serialize` type `T`. Use it once
+/// per crate, at the top level.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use stepbox_guest::StepError;
+///
+/// fn histogram(words: Vec<String>) -> Result<BTreeMap<String, usize>, StepError> {
+///     let mut counts = BTreeMap::new();
+///     for w in words {
+///         *counts.entry(w).or_default() += 1;
+///     }
+///     Ok(counts)
+/// }
+///
+/// stepbox_guest::step!(histogram);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! step {
+    ($step:path) => {
+        const _: () = {
+            struct StepboxStep;
+
+            impl $crate::__private::bindings::Guest for StepboxStep {
+                fn run(
+                    input: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::bindings::StepError>
+                {
+                    $crate::__private::run_json(&input, $step).map_err(::std::convert::Into::into)
+                }
+            }
+
+            $crate::__private::bindings::__export_step!(StepboxStep);
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct In {
+        name: String,
+    }
+
+    fn greet(input: In) -> Result<String, StepError> {
+        Ok(format!("Hello, {}!", input.name))
+    }
+
+    #[test]
+    fn bad_json_is_invalid_input_with_serdes_message() {
+        let err = run_json(br#"{"nom": 1}"#, greet).unwrap_err();
+        assert_eq!(err.kind(), "invalid-input");
+        assert!(err.message().contains("missing field `name`"), "{err}");
+    }
+
+    #[test]
+    fn the_steps_own_error_passes_through_unchanged() {
+        let err = run_json(b"null", |_: ()| -> Result<(), StepError> {
+            Err(StepError::retryable("busy"))
+        });
+        assert_eq!(err, Err(StepError::retryable("busy")));
+    }
+
+    #[test]
+    fn output_is_serialized_as_json() {
+        assert_eq!(run_json(br#"{"name":"x"}"#, greet).unwrap(), br#""Hello, x!""#);
+    }
+
+    #[test]
+    fn errors_convert_to_the_wit_variant_with_the_same_kind() {
+        let wit: bindings::StepError = StepError::failed("f").into();
+        assert!(matches!(wit, bindings::StepError::Failed(m) if m == "f"));
+    }
+}
