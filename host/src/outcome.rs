@@ -161,6 +161,26 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// Every kind, in declaration order.
+    ///
+    /// ```
+    /// assert!(stepbox::OutcomeKind::ALL.contains(&stepbox::OutcomeKind::Timeout));
+    /// ```
+    pub const ALL: [OutcomeKind; 12] = [
+        OutcomeKind::Completed,
+        OutcomeKind::InvalidInput,
+        OutcomeKind::Retryable,
+        OutcomeKind::Failed,
+        OutcomeKind::OutOfFuel,
+        OutcomeKind::MemoryLimit,
+        OutcomeKind::Timeout,
+        OutcomeKind::OutputTooLarge,
+        OutcomeKind::StackOverflow,
+        OutcomeKind::Trap,
+        OutcomeKind::Cancelled,
+        OutcomeKind::HostFailure,
+    ];
+
     /// The kebab-case name used in reports and on the command line.
     ///
     /// # Examples

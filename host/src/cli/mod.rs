@@ -1,0 +1,166 @@
+//! Argument parsing, output and exit codes; everything else is in the library.
+
+mod exit;
+mod inspect;
+mod step;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stepbox::{Sandbox, SandboxBuilder};
+
+/// Run untrusted workflow steps as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "stepbox", version, about, after_help = exit::TABLE)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+struct GlobalArgs {
+    /// Directory of precompiled components [default: $XDG_CACHE_HOME/stepbox or ~/.cache/stepbox]
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components afresh instead of using the disk cache
+    #[arg(long, global = true, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one step component on an input and print its output
+    Step(step::StepCommand),
+    /// Show a component's imports and exports, and whether it fits the step world
+    Inspect(inspect::InspectCommand),
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return exit::code(exit::SUCCESS);
+            }
+            eprintln!("{} (see --help)", one_line(&e.render().to_string()));
+            return exit::code(exit::BAD_INPUT);
+        }
+    };
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::code(exit::HOST_FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Step(cmd) => cmd.run(&cli.global).await,
+            Command::Inspect(cmd) => cmd.run(&cli.global),
+        }
+    });
+    match result {
+        Ok(code) => exit::code(code),
+        Err(CliError { code, error }) => {
+            eprintln!("error: {error:#}");
+            exit::code(code)
+        }
+    }
+}
+
+/// clap's rendering of an error: its first paragraph (what is wrong, with
+/// any indented list of what is missing) on one line, without the usage hints.
+fn one_line(rendered: &str) -> String {
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    if paragraph.is_empty() {
+        "error: invalid arguments".to_owned()
+    } else {
+        paragraph.join(" ")
+    }
+}
+
+/// An error that ends a command, with its exit code: [`exit::BAD_INPUT`]
+/// unless it says otherwise, since most errors are about what was given.
+#[derive(Debug)]
+struct CliError {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl CliError {
+    fn host(error: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: exit::HOST_FAILURE,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(error: E) -> CliError {
+        CliError {
+            code: exit::BAD_INPUT,
+            error: error.into(),
+        }
+    }
+}
+
+impl GlobalArgs {
+    /// A sandbox with the caching these flags ask for.
+    fn sandbox(&self) -> Result<Sandbox, CliError> {
+        let mut builder = SandboxBuilder::default();
+        if let Some(dir) = self
+            .cache_dir
+            .clone()
+            .or_else(|| (!self.no_cache).then(default_cache_dir).flatten())
+        {
+            builder = builder.cache_dir(dir);
+        }
+        builder.build().map_err(CliError::host)
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("stepbox"))
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG`; guest logs are shown at info and above by default.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,guest=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_clap_error_keeps_what_is_missing_on_its_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  <COMPONENT>\n\nUsage: stepbox step <COMPONENT>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(rendered),
+            "error: the following required arguments were not provided: <COMPONENT>"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! `stepbox step`: run one component on one input.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use stepbox::limits::{parse_duration, parse_size};
+use stepbox::{LimitOverrides, LogLevel, LogSource, Outcome, RunOptions, RunReport};
+
+use super::{CliError, GlobalArgs, exit};
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = super::exit::TABLE)]
+pub struct StepCommand {
+    /// The step component (a .wasm file built for wasm32-wasip2)
+    component: PathBuf,
+    /// The input JSON: inline, @FILE to read a file, or - to read stdin
+    #[arg(long, short, default_value = "{}", value_name = "JSON|@FILE|-")]
+    input: String,
+    /// Fuel budget (about one unit per wasm instruction) [default: 10000000000]
+    #[arg(long, value_parser = parse_fuel, value_name = "N")]
+    fuel: Option<u64>,
+    /// Linear memory limit, such as 64MiB [default: 64MiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    memory: Option<ByteSize>,
+    /// Wall-clock timeout, such as 500ms or 2s [default: 30s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+    /// Output size limit [default: 16MiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_output: Option<ByteSize>,
+    /// Captured log size limit (log records, stdout and stderr) [default: 1MiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_log: Option<ByteSize>,
+    /// Print the full run report (outcome, usage, log) as JSON on stdout
+    #[arg(long)]
+    json: bool,
+    /// Print the run's usage (time, fuel, memory) on stderr
+    #[arg(long)]
+    usage: bool,
+}
+
+fn parse_fuel(text: &str) -> Result<u64, String> {
+    text.replace('_', "")
+        .parse()
+        .map_err(|_| format!("invalid value `{text}`: expected a whole number of fuel units"))
+}
+
+impl StepCommand {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        // Check what was given before any expensive work.
+        let input = read_input(&self.input)?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&input)
+            .with_context(|| format!("input is not valid JSON ({})", describe_source(&self.input)))?;
+        let sandbox = global.sandbox()?;
+        let path = self.component.clone();
+        let loader = sandbox.clone();
+        let component = tokio::task::spawn_blocking(move || loader.load_file(&path))
+            .await
+            .map_err(CliError::host)??;
+
+        let cancel = stepbox::CancellationToken::new();
+        let on_interrupt = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_interrupt.cancel();
+            }
+        });
+        let options = RunOptions::default()
+            .limits(LimitOverrides {
+                fuel: self.fuel,
+                memory: self.memory,
+                timeout: self.timeout,
+                output: self.max_output,
+                log: self.max_log,
+            })
+            .cancel_token(cancel);
+        let report = sandbox.run(&component, &input, options).await;
+        emit_guest_log(&report, component.name());
+        if self.usage {
+            print_usage(&report);
+        }
+        let code = exit::for_outcome(report.outcome.kind());
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            serde_json::to_writer_pretty(&mut stdout, &report).map_err(CliError::host)?;
+            writeln!(stdout).map_err(CliError::host)?;
+        } else {
+            match &report.outcome {
+                Outcome::Completed { output } => {
+                    stdout.write_all(output).map_err(CliError::host)?;
+                    if !output.ends_with(b"\n") {
+                        writeln!(stdout).map_err(CliError::host)?;
+                    }
+                }
+                other => eprintln!("error: {other}"),
+            }
+        }
+        stdout.flush().map_err(CliError::host)?;
+        Ok(code)
+    }
+}
+
+fn read_input(spec: &str) -> anyhow::Result<Vec<u8>> {
+    if spec == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read the input from stdin")?;
+        return Ok(buf);
+    }
+    if let Some(path) = spec.strip_prefix('@') {
+        return std::fs::read(path).with_context(|| format!("cannot read the input file `{path}`"));
+    }
+    Ok(spec.as_bytes().to_vec())
+}
+
+fn describe_source(spec: &str) -> String {
+    match spec {
+        "-" => "from stdin".into(),
+        s if s.starts_with('@') => format!("from `{}`", &s[1..]),
+        _ => "given with --input".into(),
+    }
+}
+
+/// Guest log records go through `tracing` under the `guest` target, so
+/// `RUST_LOG` filters them like any other log.
+fn emit_guest_log(report: &RunReport, step: &str) {
+    for record in &report.log.records {
+        let message = record.message.as_str();
+        match record.source {
+            LogSource::Log(LogLevel::Trace) => tracing::trace!(target: "guest", step, "{message}"),
+            LogSource::Log(LogLevel::Debug) => tracing::debug!(target: "guest", step, "{message}"),
+            LogSource::Log(LogLevel::Info) | LogSource::Stdout => {
+                tracing::info!(target: "guest", step, "{message}")
+            }
+            LogSource::Log(LogLevel::Warn) | LogSource::Stderr => {
+                tracing::warn!(target: "guest", step, "{message}")
+            }
+            LogSource::Log(LogLevel::Error) => tracing::error!(target: "guest", step, "{message}"),
+        }
+    }
+    if report.log.dropped_bytes > 0 {
+        tracing::warn!(target: "guest", step, dropped_bytes = report.log.dropped_bytes, "log limit reached; the rest of the log was dropped");
+    }
+}
+
+fn print_usage(report: &RunReport) {
+    let usage = &report.usage;
+    eprintln!(
+        "usage: {} wall, {} queued, {} fuel, {} peak memory, {} output",
+        humantime::format_duration(Duration::from_micros(usage.wall_time.as_micros() as u64)),
+        humantime::format_duration(Duration::from_micros(usage.queue_wait.as_micros() as u64)),
+        usage.fuel_consumed,
+        ByteSize(usage.peak_memory).display().iec(),
+        ByteSize(usage.output_bytes).display().iec(),
+    );
+}
