@@ -247,6 +247,12 @@ impl Sandbox {
         self.inner.defaults
     }
 
+    /// The directory under which instances' temporary directories are
+    /// created; it is empty whenever no step is running.
+    pub fn scratch_dir(&self) -> &Path {
+        &self.inner.scratch.path
+    }
+
     /// Loads a component file; see [`Sandbox::load_bytes`].
     ///
     /// # Errors

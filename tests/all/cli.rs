@@ -1,0 +1,201 @@
+//! The `stepbox` command line: outputs, one-line errors and exit codes.
+
+use std::process::{Command, Output};
+
+fn stepbox(args: &[&str]) -> Output {
+    let cache = super::cache_dir();
+    Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn guest(name: &str) -> String {
+    stepbox_tests::guest(name).display().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit code 2 and exactly one line on stderr, containing `needle`.
+fn assert_bad_input(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn step_prints_the_output_json() {
+    let out = stepbox(&["step", &guest("hello"), "--input", r#"{"name":"cli"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["message"], "Hello, cli!");
+}
+
+#[test]
+fn step_reads_input_from_a_file_and_from_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, r#"{"name":"file"}"#).unwrap();
+    let out = stepbox(&[
+        "step",
+        &guest("hello"),
+        "--input",
+        &format!("@{}", file.display()),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Hello, file!"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args(["step", &guest("hello"), "--input", "-", "--cache-dir"])
+        .arg(super::cache_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"name":"stdin"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello, stdin!"));
+}
+
+#[test]
+fn each_limit_outcome_has_its_exit_code_and_names_the_limit() {
+    let hostile = guest("hostile");
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["--input", r#"{"mode":"spin"}"#, "--fuel", "1000000"],
+            20,
+            "1000000 fuel",
+        ),
+        (
+            &["--input", r#"{"mode":"memory-bomb"}"#, "--memory", "8MiB"],
+            21,
+            "8.0 MiB",
+        ),
+        (
+            &["--input", r#"{"mode":"sleep","ms":60000}"#, "--timeout", "200ms"],
+            22,
+            "200ms",
+        ),
+        (
+            &["--input", r#"{"mode":"panic"}"#],
+            25,
+            "hostile guest panicked on purpose",
+        ),
+        (
+            &[
+                "--input",
+                r#"{"mode":"error","kind":"retryable","message":"later"}"#,
+            ],
+            11,
+            "retryable: later",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let mut full = vec!["step", hostile.as_str()];
+        full.extend_from_slice(args);
+        let out = stepbox(&full);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(line.contains(needle), "{args:?}: `{needle}` not in {line}");
+    }
+}
+
+#[test]
+fn json_report_has_outcome_usage_and_log() {
+    let out = stepbox(&["step", &guest("hello"), "--input", r#"{"name":"x"}"#, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"]["kind"], "completed");
+    assert_eq!(report["outcome"]["output"]["message"], "Hello, x!");
+    assert!(report["usage"]["fuel_consumed"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "just text").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\x00\x00\x00").unwrap();
+    let hello = guest("hello");
+
+    assert_bad_input(&stepbox(&["step", "/no/such.wasm"]), "/no/such.wasm");
+    assert_bad_input(
+        &stepbox(&["step", text.to_str().unwrap()]),
+        "not a WebAssembly file",
+    );
+    assert_bad_input(
+        &stepbox(&["step", core.to_str().unwrap()]),
+        "core WebAssembly module",
+    );
+    assert_bad_input(
+        &stepbox(&["step", &guest("not-a-step")]),
+        "does not fit the stepbox step world",
+    );
+    assert_bad_input(&stepbox(&["step", &hello, "--input", "{nope"]), "not valid JSON");
+    assert_bad_input(
+        &stepbox(&["step", &hello, "--input", "@/no/input.json"]),
+        "/no/input.json",
+    );
+    assert_bad_input(&stepbox(&["step", &hello, "--memory", "lots"]), "lots");
+    assert_bad_input(&stepbox(&["step", &hello, "--timeout", "soon"]), "soon");
+    assert_bad_input(&stepbox(&["step", &hello, "--fuel", "-3"]), "-3");
+    assert_bad_input(&stepbox(&["step"]), "COMPONENT");
+    assert_bad_input(&stepbox(&["frobnicate"]), "frobnicate");
+}
+
+#[test]
+fn inspect_reports_fit_and_misfit() {
+    let out = stepbox(&["inspect", &guest("hello")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(text.contains("fits the stepbox step world"), "{text}");
+    assert!(text.contains("stepbox:step/host@0.1.0"), "{text}");
+
+    let out = stepbox(&["inspect", &guest("not-a-step")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text.contains("does NOT fit"), "{text}");
+    assert!(text.contains("`run`"), "{text}");
+}
+
+#[test]
+fn help_and_version_work_for_every_command() {
+    for args in [
+        &["--help"][..],
+        &["step", "--help"],
+        &["inspect", "--help"],
+        &["--version"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_stepbox"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes"));
+}

@@ -1,0 +1,201 @@
+//! A step that misbehaves on request, to check that the host contains each
+//! kind of misbehaviour with the right typed outcome. `mode` picks the
+//! behaviour; a few well-behaved modes serve as controls.
+
+use std::fs;
+use std::hint::black_box;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use stepbox_guest::StepError;
+
+#[derive(Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+enum Mode {
+    /// Writes `/tmp/<id>.txt`, reads it back and lists `/tmp`: proves that
+    /// each instance sees its own files and nobody else's.
+    Echo { id: u64 },
+    /// A pure compute loop that never ends.
+    Spin,
+    /// An endless loop of host calls, so the time goes in host code.
+    HostLoop,
+    /// Allocates and touches 1 MiB after 1 MiB, forever.
+    MemoryBomb,
+    /// Recursion without a base case.
+    Recursion,
+    /// Returns a string of `bytes` bytes.
+    BigOutput {
+        #[serde(default = "hundred_mib")]
+        bytes: usize,
+    },
+    /// `count` log records of 1 KiB, plus as many stdout and stderr lines.
+    LogFlood {
+        #[serde(default = "hundred_thousand")]
+        count: usize,
+    },
+    /// Panics.
+    Panic,
+    /// Sleeps in a host call (a WASI poll), where epochs cannot interrupt.
+    Sleep { ms: u64 },
+    /// Tries every way out of the sandbox it knows and reports each result.
+    Escape,
+    /// Fails with the given kind and message.
+    Error { kind: String, message: String },
+    /// Reports the time left before the deadline.
+    Remaining,
+    /// Allocates and touches `bytes` bytes, then returns.
+    Alloc { bytes: usize },
+    /// A bounded compute loop.
+    SpinFor { iterations: u64 },
+}
+
+fn hundred_mib() -> usize {
+    100 * 1024 * 1024
+}
+
+fn hundred_thousand() -> usize {
+    100_000
+}
+
+fn misbehave(mode: Mode) -> Result<Value, StepError> {
+    match mode {
+        Mode::Echo { id } => echo(id),
+        Mode::Spin => {
+            let mut x = 0u64;
+            loop {
+                x = black_box(x.wrapping_add(1));
+            }
+        }
+        Mode::HostLoop => loop {
+            let left = stepbox_guest::remaining();
+            stepbox_guest::trace(format!("{} ms left", left.as_millis()));
+        },
+        Mode::MemoryBomb => {
+            let mut hoard = Vec::new();
+            loop {
+                hoard.push(black_box(vec![1u8; 1024 * 1024]));
+            }
+        }
+        Mode::Recursion => Ok(json!(recurse(0))),
+        Mode::BigOutput { bytes } => Ok(Value::String("x".repeat(bytes))),
+        Mode::LogFlood { count } => {
+            let record = "y".repeat(1024);
+            for i in 0..count {
+                stepbox_guest::info(&record);
+                println!("stdout line {i}");
+                eprintln!("stderr line {i}");
+            }
+            Ok(json!({"ok": true}))
+        }
+        Mode::Panic => panic!("hostile guest panicked on purpose"),
+        Mode::Sleep { ms } => {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(json!({"slept": ms}))
+        }
+        Mode::Escape => Ok(escape()),
+        Mode::Error { kind, message } => Err(match kind.as_str() {
+            "invalid-input" => StepError::invalid_input(message),
+            "retryable" => StepError::retryable(message),
+            "failed" => StepError::failed(message),
+            other => StepError::invalid_input(format!("unknown error kind `{other}`")),
+        }),
+        Mode::Remaining => Ok(json!({"remaining_ms": stepbox_guest::remaining().as_millis() as u64})),
+        Mode::Alloc { bytes } => {
+            let block = black_box(vec![1u8; bytes]);
+            Ok(json!({"allocated": block.len()}))
+        }
+        Mode::SpinFor { iterations } => {
+            let mut x = 0u64;
+            for i in 0..iterations {
+                x = black_box(x ^ i);
+            }
+            black_box(x);
+            Ok(json!({"done": iterations}))
+        }
+    }
+}
+
+fn echo(id: u64) -> Result<Value, StepError> {
+    let fail = |e: std::io::Error| StepError::failed(e.to_string());
+    let path = format!("/tmp/{id}.txt");
+    fs::write(&path, id.to_string()).map_err(fail)?;
+    let read_back = fs::read_to_string(&path).map_err(fail)?;
+    let mut files = fs::read_dir("/tmp")
+        .map_err(fail)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    files.sort();
+    Ok(json!({"id": id, "read_back": read_back, "files": files}))
+}
+
+#[allow(unconditional_recursion)] // unbounded on purpose: the host must stop it
+fn recurse(depth: u64) -> u64 {
+    // The array and the addition after the call keep the compiler from
+    // turning this into a loop.
+    let frame = black_box([depth; 8]);
+    recurse(depth + 1).wrapping_add(frame[3])
+}
+
+/// `denied: <why>` when the attempt failed, `allowed: <what>` when it got out.
+fn verdict<T>(result: std::io::Result<T>, show: impl FnOnce(T) -> String) -> String {
+    match result {
+        Ok(value) => format!("allowed: {}", show(value)),
+        Err(e) => format!("denied: {e}"),
+    }
+}
+
+fn escape() -> Value {
+    let parent_dir = match (
+        fs::read_to_string("/tmp/../etc/passwd"),
+        fs::write("/tmp/../escaped.txt", "out"),
+    ) {
+        (Err(read), Err(write)) => format!("denied: read: {read}; write: {write}"),
+        (Ok(s), _) => format!("allowed: read {}", s.chars().take(40).collect::<String>()),
+        (_, Ok(())) => "allowed: wrote /escaped.txt".into(),
+    };
+    let absolute = verdict(fs::read_to_string("/etc/passwd"), |s| {
+        s.chars().take(40).collect()
+    });
+    let symlink = {
+        #[allow(deprecated)] // the portable spelling; std::os::wasi::fs is unstable
+        let absolute_link =
+            fs::soft_link("/etc/passwd", "/tmp/abs-link").and_then(|()| fs::read_to_string("/tmp/abs-link"));
+        #[allow(deprecated)]
+        let relative_link = fs::soft_link("../../../../../../etc/passwd", "/tmp/rel-link")
+            .and_then(|()| fs::read_to_string("/tmp/rel-link"));
+        match (absolute_link, relative_link) {
+            (Err(a), Err(r)) => format!("denied: absolute target: {a}; relative target: {r}"),
+            (Ok(s), _) | (_, Ok(s)) => format!("allowed: {}", s.chars().take(40).collect::<String>()),
+        }
+    };
+    let socket = {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", 22));
+        let udp = std::net::UdpSocket::bind(("0.0.0.0", 0));
+        match (tcp, udp) {
+            (Err(t), Err(u)) => format!("denied: tcp connect: {t}; udp bind: {u}"),
+            (Ok(_), _) => "allowed: tcp connect to 127.0.0.1:22".into(),
+            (_, Ok(_)) => "allowed: udp bind".into(),
+        }
+    };
+    let dotdot_listing = verdict(fs::read_dir("/tmp/.."), |entries| {
+        entries
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let env: Vec<String> = std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    json!({
+        "parent_dir": parent_dir,
+        "absolute": absolute,
+        "symlink": symlink,
+        "socket": socket,
+        "dotdot_listing": dotdot_listing,
+        "env": env,
+    })
+}
+
+stepbox_guest::step!(misbehave);

@@ -1,0 +1,92 @@
+//! Builds the guest components that stepbox's integration tests run.
+//!
+//! The integration tests live in `tests/all` (compiled into the `stepbox`
+//! package's single `all` test binary). Their guests — the examples, a
+//! trivial echo step, a step that misbehaves in every way asked of it, and a
+//! WASI command that is not a step — are ordinary workspace crates built for
+//! `wasm32-wasip2`. This crate builds them once per test process, with the
+//! same cargo that runs the tests, into `target/guests`, so that `cargo test`
+//! on a fresh clone needs nothing but the toolchain.
+//!
+//! ```no_run
+//! let hello = stepbox_tests::guest("hello");
+//! assert!(hello.ends_with("hello.wasm"));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The guest crates, by the name their component file has.
+pub const GUESTS: &[(&str, &str)] = &[
+    ("hello", "hello"),
+    ("wordcount", "wordcount"),
+    ("scratch", "scratch"),
+    ("trivial", "trivial"),
+    ("hostile", "hostile"),
+    ("not-a-step", "not-a-step"),
+];
+
+/// The workspace root.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives one level below the workspace root")
+}
+
+/// The path of a built guest component, building all guests first if this
+/// process has not yet.
+///
+/// # Panics
+///
+/// If the guests do not build (the message carries cargo's output), or
+/// `name` is not one of [`GUESTS`]: both are bugs in the test setup.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_all);
+    let (_, package) = GUESTS
+        .iter()
+        .find(|(file, _)| *file == name)
+        .unwrap_or_else(|| panic!("unknown guest `{name}`"));
+    // cdylib artifacts use underscores; binaries keep the package name.
+    let file = if *package == "not-a-step" {
+        format!("{package}.wasm")
+    } else {
+        format!("{}.wasm", package.replace('-', "_"))
+    };
+    dir.join(file)
+}
+
+fn build_all() -> PathBuf {
+    let root = workspace_root();
+    let target_dir = root.join("target").join("guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(root)
+        .args([
+            "build",
+            "--profile",
+            "guest",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    for (_, package) in GUESTS {
+        command.args(["-p", package]);
+    }
+    // Flags meant for the host build (coverage, sanitizers) must not leak into the guests.
+    command
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the test guests: {e}"));
+    assert!(
+        output.status.success(),
+        "building the test guests failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target_dir.join("wasm32-wasip2").join("guest")
+}
