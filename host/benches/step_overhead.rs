@@ -1,1 +1,108 @@
-fn main() {}
+//! The cost of running a trivial step end to end through the public API:
+//! instantiate, run, collect usage, clean up (the component is loaded once),
+//! sequentially and from 2 concurrent tasks; and the cost of loading a
+//! component that is already cached, in memory and on disk.
+//!
+//! Run with `cargo bench -p stepbox --bench step_overhead`.
+
+// criterion's macros generate undocumented public functions.
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use stepbox::{OutcomeKind, RunOptions, Sandbox};
+
+const INPUT: &[u8] = br#"{"hello":"world"}"#;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn step_overhead(c: &mut Criterion) {
+    let path = stepbox_tests::guest("trivial");
+    let sandbox = Sandbox::builder().build().unwrap();
+    let step = sandbox.load_file(&path).unwrap();
+    let rt = runtime();
+
+    let mut group = c.benchmark_group("trivial step");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("sequential", |b| {
+        b.to_async(&rt).iter(|| async {
+            let report = sandbox.run(&step, INPUT, RunOptions::default()).await;
+            debug_assert_eq!(report.outcome.kind(), OutcomeKind::Completed);
+            report
+        });
+    });
+
+    // Two tasks share the iterations; the time per element is wall time over
+    // all steps, so criterion's elements/s is the combined throughput.
+    let sandbox = Arc::new(sandbox);
+    group.bench_function("2 concurrent tasks", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let sandbox = Arc::clone(&sandbox);
+            let step = step.clone();
+            async move {
+                let start = Instant::now();
+                let tasks: Vec<_> = (0..2)
+                    .map(|t| {
+                        let sandbox = Arc::clone(&sandbox);
+                        let step = step.clone();
+                        let n = iters / 2 + (iters % 2) * (t == 0) as u64;
+                        tokio::spawn(async move {
+                            for _ in 0..n {
+                                let report = sandbox.run(&step, INPUT, RunOptions::default()).await;
+                                assert_eq!(report.outcome.kind(), OutcomeKind::Completed);
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                start.elapsed()
+            }
+        });
+    });
+    group.finish();
+}
+
+fn load_cached(c: &mut Criterion) {
+    let path = stepbox_tests::guest("trivial");
+    let bytes = std::fs::read(&path).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+
+    let mut group = c.benchmark_group("load cached component");
+    let warm = Sandbox::builder().build().unwrap();
+    warm.load_bytes("trivial", &bytes).unwrap();
+    group.bench_function("memory cache (file read + hash + lookup)", |b| {
+        b.iter(|| warm.load_file(&path).unwrap());
+    });
+
+    // No memory cache: every load reads the precompiled artifact from disk,
+    // checks it, deserializes it and pre-instantiates it.
+    let cold = Sandbox::builder()
+        .cache_dir(cache.path())
+        .memory_cache_entries(0)
+        .build()
+        .unwrap();
+    cold.load_bytes("trivial", &bytes).unwrap();
+    group.bench_function("disk cache (deserialize + pre-instantiate)", |b| {
+        b.iter(|| cold.load_file(&path).unwrap());
+    });
+    group.sample_size(10);
+    group.bench_function("no cache (compile)", |b| {
+        let nocache = Sandbox::builder().memory_cache_entries(0).build().unwrap();
+        b.iter(|| nocache.load_bytes("trivial", &bytes).unwrap());
+    });
+    group.finish();
+}
+
+criterion_group!(benches, step_overhead, load_cached);
+criterion_main!(benches);
