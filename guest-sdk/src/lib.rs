@@ -5,8 +5,9 @@
 //! world: the SDK parses the JSON input (a parse failure becomes
 //! [`StepError::InvalidInput`] carrying serde's message), calls the function,
 //! and serializes what it returns. The host imports are wrapped as plain
-//! functions: [`log`] (and its shorthands [`info`], [`warn`], ...) and
-//! [`remaining`].
+//! functions: [`log`] (and its shorthands [`info`], [`warn`], ...),
+//! [`remaining`], [`call`] (run a child step) and [`state`] (the workflow
+//! run's shared state).
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -293,6 +294,97 @@ pub fn error(message: impl AsRef<str>) {
 /// ```
 pub fn remaining() -> Duration {
     Duration::from_millis(host::remaining_ms())
+}
+
+/// Runs another step of the same workflow, by its id, as a child of this
+/// step, and returns its output.
+///
+/// The child gets the earlier of its own timeout and this step's remaining
+/// time, and draws its fuel from this step's remaining budget. A child that
+/// returns a guest error passes it through with its kind; any other ending
+/// (out of fuel, timeout, trap...) comes back as [`StepError::Failed`]
+/// naming it. Outside a workflow, every call fails.
+///
+/// ```no_run
+/// use serde_json::{Value, json};
+///
+/// let counts: Value = stepbox_guest::call("wordcount", &json!({"text": "a b a"}))?;
+/// # Ok::<(), stepbox_guest::StepError>(())
+/// ```
+pub fn call<I, O>(step: &str, input: &I) -> Result<O, StepError>
+where
+    I: Serialize + ?Sized,
+    O: DeserializeOwned,
+{
+    let input = serde_json::to_vec(input)
+        .map_err(|e| StepError::failed(format!("cannot serialize the input for `{step}`: {e}")))?;
+    let output = host::call(step, &input).map_err(StepError::from)?;
+    serde_json::from_slice(&output)
+        .map_err(|e| StepError::failed(format!("unexpected output from `{step}`: {e}")))
+}
+
+impl From<bindings::StepError> for StepError {
+    fn from(err: bindings::StepError) -> Self {
+        match err {
+            bindings::StepError::InvalidInput(m) => StepError::InvalidInput(m),
+            bindings::StepError::Retryable(m) => StepError::Retryable(m),
+            bindings::StepError::Failed(m) => StepError::Failed(m),
+        }
+    }
+}
+
+/// The workflow run's shared state: a map from keys to JSON values that all
+/// steps of one run see, and no other run does.
+///
+/// Updates are atomic per call; use [`state::add`] for counters that
+/// parallel steps update.
+pub mod state {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::{StepError, host};
+
+    /// The value at `key`, or `None` if it was never set.
+    ///
+    /// A value that does not deserialize as `T` is an error.
+    ///
+    /// ```no_run
+    /// let seen: Option<Vec<String>> = stepbox_guest::state::get("seen")?;
+    /// # Ok::<(), stepbox_guest::StepError>(())
+    /// ```
+    pub fn get<T: DeserializeOwned>(key: &str) -> Result<Option<T>, StepError> {
+        host::state_get(key)
+            .map(|text| {
+                serde_json::from_str(&text)
+                    .map_err(|e| StepError::failed(format!("state `{key}` has an unexpected value: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Sets `key` to `value`, replacing what was there.
+    ///
+    /// Fails when the run's state would exceed its quota.
+    ///
+    /// ```no_run
+    /// stepbox_guest::state::set("phase", &"indexing")?;
+    /// # Ok::<(), stepbox_guest::StepError>(())
+    /// ```
+    pub fn set<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<(), StepError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| StepError::failed(format!("cannot serialize state `{key}`: {e}")))?;
+        host::state_set(key, &text).map_err(StepError::failed)
+    }
+
+    /// Adds `delta` to the integer at `key` (absent counts as 0) atomically,
+    /// and returns the new value.
+    ///
+    /// ```no_run
+    /// let total = stepbox_guest::state::add("processed", 1)?;
+    /// # Ok::<(), stepbox_guest::StepError>(())
+    /// ```
+    pub fn add(key: &str, delta: i64) -> Result<i64, StepError> {
+        host::state_add(key, delta).map_err(StepError::failed)
+    }
 }
 
 /// Runs `step` on a JSON `input` and serializes its output: what [`step!`]

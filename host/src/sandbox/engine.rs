@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Step;
 use super::instance::InstanceState;
 use super::{SandboxBuilder, SandboxError};
 
@@ -47,7 +46,7 @@ pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
 /// no name lookup, and no directory but its own `/tmp`.
 pub(super) fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
     wasmtime_wasi::p2::add_to_linker_async(linker)
-        .and_then(|()| Step::add_to_linker::<_, HasSelf<_>>(linker, |state| state))
+        .and_then(|()| super::step_host::add_to_linker(linker))
         .map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }
 

@@ -6,9 +6,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::stepbox::step::host;
 use super::capture::LogCapture;
-use crate::outcome::LogLevel;
+use super::step_host::Imports;
 
 /// Everything a running instance's `Store` holds.
 pub(crate) struct InstanceState {
@@ -18,6 +17,8 @@ pub(crate) struct InstanceState {
     pub(crate) log: LogCapture,
     /// The effective deadline: `remaining-ms` counts down to it.
     pub(crate) deadline: Instant,
+    /// Where child calls and state operations go.
+    pub(crate) imports: Imports,
 }
 
 impl WasiView for InstanceState {
@@ -26,25 +27,6 @@ impl WasiView for InstanceState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
-    }
-}
-
-impl host::Host for InstanceState {
-    fn log(&mut self, level: host::LogLevel, message: String) -> Result<()> {
-        let level = match level {
-            host::LogLevel::Trace => LogLevel::Trace,
-            host::LogLevel::Debug => LogLevel::Debug,
-            host::LogLevel::Info => LogLevel::Info,
-            host::LogLevel::Warn => LogLevel::Warn,
-            host::LogLevel::Error => LogLevel::Error,
-        };
-        self.log.log(level, &message);
-        Ok(())
-    }
-
-    fn remaining_ms(&mut self) -> Result<u64> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        Ok(left.as_millis().try_into().unwrap_or(u64::MAX))
     }
 }
 

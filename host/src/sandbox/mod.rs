@@ -12,6 +12,7 @@ mod engine;
 mod instance;
 mod run;
 mod scratch;
+mod step_host;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use self::component::Loaded;
 pub use self::component::{ComponentInfo, Digest, Item, LoadError, StepComponent};
 use self::instance::InstanceState;
 pub use self::run::RunOptions;
+pub use self::step_host::{ChildCall, ChildResult, StepHost, add_to_json_integer};
 use crate::limits::Limits;
 
 /// Default number of step instances that may run at once; runs beyond it wait.

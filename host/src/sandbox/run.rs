@@ -1,6 +1,8 @@
 //! Running one step instance and turning every way it can end into an [`Outcome`].
 
+use std::collections::HashMap;
 use std::future::pending;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -12,6 +14,7 @@ use super::bindings::StepError;
 use super::capture::LogCapture;
 use super::instance::{InstanceState, MemoryLimitExceeded, MemoryLimiter};
 use super::scratch::ScratchDir;
+use super::step_host::{Imports, StepHost};
 use super::{Sandbox, StepComponent};
 use crate::limits::{LimitOverrides, Limits};
 use crate::outcome::{GuestErrorKind, LogSource, MAX_GUEST_MESSAGE, Outcome, RunReport, StepLog, Usage};
@@ -33,7 +36,7 @@ use crate::outcome::{GuestErrorKind, LogSource, MAX_GUEST_MESSAGE, Outcome, RunR
 /// // Later, from anywhere: `cancel.cancel()` stops the run promptly.
 /// # drop(options);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Limits that replace the sandbox's defaults for this run.
     pub limits: LimitOverrides,
@@ -43,6 +46,20 @@ pub struct RunOptions {
     pub deadline: Option<Instant>,
     /// Cancels the run when triggered, whether it is waiting or running.
     pub cancel: Option<CancellationToken>,
+    /// Serves the step's child calls and state operations; without one,
+    /// calls fail and state is private to the run.
+    pub host: Option<Arc<dyn StepHost>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("limits", &self.limits)
+            .field("deadline", &self.deadline)
+            .field("cancel", &self.cancel)
+            .field("host", &self.host.as_ref().map(|_| "dyn StepHost"))
+            .finish()
+    }
 }
 
 impl RunOptions {
@@ -61,6 +78,12 @@ impl RunOptions {
     /// Sets [`RunOptions::cancel`].
     pub fn cancel_token(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);
+        self
+    }
+
+    /// Sets [`RunOptions::host`].
+    pub fn host(mut self, host: Arc<dyn StepHost>) -> Self {
+        self.host = Some(host);
         self
     }
 }
@@ -158,6 +181,10 @@ impl Sandbox {
                 limiter: MemoryLimiter::new(usize::try_from(memory_limit).unwrap_or(usize::MAX)),
                 log: log.clone(),
                 deadline,
+                imports: match options.host {
+                    Some(host) => Imports::Host(host),
+                    None => Imports::Alone(HashMap::new()),
+                },
             },
         );
         store.limiter(|state| &mut state.limiter);
