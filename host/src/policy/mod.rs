@@ -6,7 +6,11 @@
 //!
 //! - [`retry`]: [`RetryPolicy`] decides whether a failed attempt is retried and
 //!   how long to back off.
+//! - [`deadline`]: [`effective`] and [`step_deadline`] pick the earliest of the
+//!   global, workflow, parent and step deadlines and name the level that set it.
 
+pub mod deadline;
 pub mod retry;
 
+pub use deadline::{Deadline, TimeoutLevel, effective, step_deadline};
 pub use retry::RetryPolicy;
