@@ -23,6 +23,7 @@
 
 pub mod limits;
 mod outcome;
+pub mod policy;
 mod sandbox;
 
 pub use limits::{LimitOverrides, Limits};
