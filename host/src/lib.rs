@@ -32,8 +32,8 @@ pub use outcome::{
     StepLog, Usage,
 };
 pub use sandbox::{
-    ChildCall, ChildResult, StepHost, add_to_json_integer, ComponentInfo, DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_WASM_STACK,
+    ChildCall, ChildResult, ComponentInfo, DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_WASM_STACK,
     DEFAULT_MEMORY_CACHE_ENTRIES, Digest, Item, LoadError, RunOptions, Sandbox, SandboxBuilder, SandboxError,
-    StepComponent,
+    StepComponent, StepHost, add_to_json_integer,
 };
 pub use tokio_util::sync::CancellationToken;

@@ -101,6 +101,20 @@ pub enum Outcome {
         /// What went wrong.
         message: String,
     },
+    /// The step was not run: its component's circuit breaker is open after
+    /// repeated failures.
+    CircuitOpen {
+        /// The component, by name.
+        component: String,
+        /// How long until the breaker lets a probe through.
+        #[serde(with = "millis")]
+        retry_after: Duration,
+    },
+    /// The step was not run: it would exceed one of the host's quotas.
+    QuotaExceeded {
+        /// Which quota, and by how much.
+        message: String,
+    },
 }
 
 /// Guest messages longer than this are truncated: a message is for people and
@@ -158,6 +172,10 @@ pub enum OutcomeKind {
     Cancelled,
     /// [`Outcome::HostFailure`].
     HostFailure,
+    /// [`Outcome::CircuitOpen`].
+    CircuitOpen,
+    /// [`Outcome::QuotaExceeded`].
+    QuotaExceeded,
 }
 
 impl OutcomeKind {
@@ -166,7 +184,7 @@ impl OutcomeKind {
     /// ```
     /// assert!(stepbox::OutcomeKind::ALL.contains(&stepbox::OutcomeKind::Timeout));
     /// ```
-    pub const ALL: [OutcomeKind; 12] = [
+    pub const ALL: [OutcomeKind; 14] = [
         OutcomeKind::Completed,
         OutcomeKind::InvalidInput,
         OutcomeKind::Retryable,
@@ -179,6 +197,8 @@ impl OutcomeKind {
         OutcomeKind::Trap,
         OutcomeKind::Cancelled,
         OutcomeKind::HostFailure,
+        OutcomeKind::CircuitOpen,
+        OutcomeKind::QuotaExceeded,
     ];
 
     /// The kebab-case name used in reports and on the command line.
@@ -202,6 +222,8 @@ impl OutcomeKind {
             OutcomeKind::Trap => "trap",
             OutcomeKind::Cancelled => "cancelled",
             OutcomeKind::HostFailure => "host-failure",
+            OutcomeKind::CircuitOpen => "circuit-open",
+            OutcomeKind::QuotaExceeded => "quota-exceeded",
         }
     }
 }
@@ -230,6 +252,8 @@ impl Outcome {
             Outcome::Trap { .. } => OutcomeKind::Trap,
             Outcome::Cancelled { .. } => OutcomeKind::Cancelled,
             Outcome::HostFailure { .. } => OutcomeKind::HostFailure,
+            Outcome::CircuitOpen { .. } => OutcomeKind::CircuitOpen,
+            Outcome::QuotaExceeded { .. } => OutcomeKind::QuotaExceeded,
         }
     }
 
@@ -283,6 +307,15 @@ impl fmt::Display for Outcome {
                 humantime::format_duration(round_ms(*elapsed))
             ),
             Outcome::HostFailure { message } => write!(f, "host failure: {message}"),
+            Outcome::CircuitOpen {
+                component,
+                retry_after,
+            } => write!(
+                f,
+                "circuit open: `{component}` failed repeatedly; next probe in {}",
+                humantime::format_duration(round_ms(*retry_after))
+            ),
+            Outcome::QuotaExceeded { message } => write!(f, "{message}"),
         }
     }
 }

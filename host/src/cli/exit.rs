@@ -27,6 +27,8 @@ pub fn for_outcome(kind: OutcomeKind) -> u8 {
         OutcomeKind::OutputTooLarge => 23,
         OutcomeKind::StackOverflow => 24,
         OutcomeKind::Trap => 25,
+        OutcomeKind::CircuitOpen => 26,
+        OutcomeKind::QuotaExceeded => 27,
         OutcomeKind::Cancelled => 130,
     }
 }
@@ -41,7 +43,9 @@ Exit codes:
     3  inspect: not a step component      24  stack overflow
    10  step error: invalid-input          25  trap (guest panic, bad access...)
    11  step error: retryable             130  cancelled (Ctrl-C)
-   12  step error: failed";
+   12  step error: failed                 26  circuit open
+                                          27  quota exceeded
+For `run`, the code is that of the first step that failed the workflow.";
 
 pub fn code(n: u8) -> ExitCode {
     ExitCode::from(n)

@@ -127,7 +127,11 @@ impl Verdict {
             | OutcomeKind::OutputTooLarge
             | OutcomeKind::StackOverflow
             | OutcomeKind::Trap => Verdict::Failure,
-            OutcomeKind::Cancelled | OutcomeKind::HostFailure => Verdict::Ignored,
+            // The component did not run, or the host is at fault: no verdict on the component.
+            OutcomeKind::Cancelled
+            | OutcomeKind::HostFailure
+            | OutcomeKind::CircuitOpen
+            | OutcomeKind::QuotaExceeded => Verdict::Ignored,
         }
     }
 }
@@ -746,7 +750,11 @@ mod tests {
         for kind in OutcomeKind::ALL {
             let expected = match kind {
                 OutcomeKind::Completed | OutcomeKind::InvalidInput => Verdict::Success,
-                OutcomeKind::Cancelled | OutcomeKind::HostFailure => Verdict::Ignored,
+                // The component did not run, or the host is at fault: no verdict on the component.
+                OutcomeKind::Cancelled
+                | OutcomeKind::HostFailure
+                | OutcomeKind::CircuitOpen
+                | OutcomeKind::QuotaExceeded => Verdict::Ignored,
                 _ => Verdict::Failure,
             };
             assert_eq!(Verdict::of(kind), expected, "{kind}");

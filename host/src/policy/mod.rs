@@ -41,5 +41,5 @@ pub use breaker::{
     BreakerConfig, BreakerState, Breakers, CircuitBreaker, Permit, Rejected, Verdict, counts_as_failure,
 };
 pub use deadline::{Deadline, TimeoutLevel, effective, step_deadline};
-pub use quota::{Admission, AdmissionStats, InstanceSlot, QuotaError, Quotas, WorkflowSlot};
+pub use quota::{Admission, AdmissionStats, InstanceSlot, QueueTicket, QuotaError, Quotas, WorkflowSlot};
 pub use retry::RetryPolicy;

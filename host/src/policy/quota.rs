@@ -208,12 +208,44 @@ impl Drop for InstanceSlot {
     }
 }
 
-/// Decrements the queue depth when a waiting admission ends, however it ends.
-struct Queued<'a>(&'a AtomicUsize);
+/// A workflow's place in the admission queue (or its slot, if one was free).
+///
+/// Dropping a queued ticket leaves the queue.
+#[derive(Debug)]
+#[must_use = "the place in the queue is given up as soon as it is dropped"]
+pub struct QueueTicket {
+    inner: Arc<Inner>,
+    state: Ticket,
+}
 
-impl Drop for Queued<'_> {
+#[derive(Debug)]
+enum Ticket {
+    Admitted(OwnedSemaphorePermit),
+    Queued,
+    Done,
+}
+
+impl QueueTicket {
+    /// Waits for the workflow's slot, in arrival order.
+    pub async fn admitted(mut self) -> Result<WorkflowSlot, QuotaError> {
+        if let Ticket::Admitted(permit) = std::mem::replace(&mut self.state, Ticket::Queued) {
+            self.state = Ticket::Done;
+            return Ok(WorkflowSlot { _permit: permit });
+        }
+        let permit = Arc::clone(&self.inner.workflows)
+            .acquire_owned()
+            .await
+            .expect(CLOSED);
+        // Leaves the queue here (in drop), now that the wait is over.
+        Ok(WorkflowSlot { _permit: permit })
+    }
+}
+
+impl Drop for QueueTicket {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if matches!(self.state, Ticket::Queued) {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -260,9 +292,20 @@ impl Admission {
     /// when the returned guard is dropped; if this future is dropped while
     /// waiting, it leaves the queue.
     pub async fn admit_workflow(&self) -> Result<WorkflowSlot, QuotaError> {
+        self.enqueue_workflow()?.admitted().await
+    }
+
+    /// The synchronous half of [`Admission::admit_workflow`]: takes a place
+    /// in the queue (or a slot at once), or fails at once with
+    /// [`QuotaError::QueueFull`]. A submitter calls this before it answers,
+    /// then awaits [`QueueTicket::admitted`] in the background.
+    pub fn enqueue_workflow(&self) -> Result<QueueTicket, QuotaError> {
         let inner = &self.inner;
         if let Ok(permit) = Arc::clone(&inner.workflows).try_acquire_owned() {
-            return Ok(WorkflowSlot { _permit: permit });
+            return Ok(QueueTicket {
+                inner: Arc::clone(inner),
+                state: Ticket::Admitted(permit),
+            });
         }
         let max_queued = inner.quotas.max_queued;
         inner
@@ -271,9 +314,10 @@ impl Admission {
                 (n < max_queued).then_some(n + 1)
             })
             .map_err(|_| QuotaError::QueueFull { max_queued })?;
-        let _queued = Queued(&inner.queued);
-        let permit = Arc::clone(&inner.workflows).acquire_owned().await.expect(CLOSED);
-        Ok(WorkflowSlot { _permit: permit })
+        Ok(QueueTicket {
+            inner: Arc::clone(inner),
+            state: Ticket::Queued,
+        })
     }
 
     /// Workflows waiting for a slot right now.

@@ -186,13 +186,18 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
             Ok(())
         },
     )?;
-    host.func_wrap("remaining-ms", |store: StoreContextMut<'_, InstanceState>, (): ()| {
-        let left = store.data().deadline.saturating_duration_since(Instant::now());
-        Ok((u64::try_from(left.as_millis()).unwrap_or(u64::MAX),))
-    })?;
+    host.func_wrap(
+        "remaining-ms",
+        |store: StoreContextMut<'_, InstanceState>, (): ()| {
+            let left = store.data().deadline.saturating_duration_since(Instant::now());
+            Ok((u64::try_from(left.as_millis()).unwrap_or(u64::MAX),))
+        },
+    )?;
     host.func_wrap(
         "state-get",
-        |store: StoreContextMut<'_, InstanceState>, (key,): (String,)| Ok((store.data().imports.state_get(&key),)),
+        |store: StoreContextMut<'_, InstanceState>, (key,): (String,)| {
+            Ok((store.data().imports.state_get(&key),))
+        },
     )?;
     host.func_wrap(
         "state-set",
