@@ -36,3 +36,4 @@ pub use sandbox::{
     StepComponent,
 };
 pub use tokio_util::sync::CancellationToken;
+pub mod workflow;
