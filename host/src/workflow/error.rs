@@ -51,7 +51,14 @@ impl fmt::Display for WorkflowError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.kind)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.kind)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.kind
+            )
         }
     }
 }

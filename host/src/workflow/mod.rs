@@ -312,9 +312,9 @@ impl StepDef {
     /// When the template fails, or `scope` lacks a value the rule needs.
     pub fn eval_input(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
         let output = |id: &str| {
-            (scope.steps)(id)
-                .cloned()
-                .ok_or_else(|| EvalError::new(format!("`steps.{id}` has no output (the step has not finished)")))
+            (scope.steps)(id).cloned().ok_or_else(|| {
+                EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
+            })
         };
         match self.input_source() {
             InputSource::Template(template) => template.eval(scope),
@@ -392,9 +392,9 @@ impl Workflow {
         }
         let output = |i: usize| {
             let id = self.steps[i].id.as_str();
-            (scope.steps)(id)
-                .cloned()
-                .ok_or_else(|| EvalError::new(format!("`steps.{id}` has no output (the step has not finished)")))
+            (scope.steps)(id).cloned().ok_or_else(|| {
+                EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
+            })
         };
         match self.sinks.as_slice() {
             [sink] => output(*sink),

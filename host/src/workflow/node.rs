@@ -167,8 +167,15 @@ impl<'de> Visitor<'de> for BareVisitor {
 /// Parses one YAML (or JSON) document into a positioned tree.
 pub(crate) fn parse(text: &str) -> Result<Node, (Location, String)> {
     serde_saphyr::from_str::<Node>(text).map_err(|e| {
-        let loc = e.location().map(|l| location(&l)).unwrap_or(Location { line: 1, column: 1 });
-        let loc = if loc.line == 0 { Location { line: 1, column: 1 } } else { loc };
+        let loc = e
+            .location()
+            .map(|l| location(&l))
+            .unwrap_or(Location { line: 1, column: 1 });
+        let loc = if loc.line == 0 {
+            Location { line: 1, column: 1 }
+        } else {
+            loc
+        };
         (loc, one_line(&e))
     })
 }
@@ -197,10 +204,14 @@ mod tests {
         assert_eq!(entries[0].0.loc, Location { line: 1, column: 1 });
         assert_eq!(entries[0].1.loc, Location { line: 1, column: 4 });
         assert_eq!(entries[1].0.loc, Location { line: 2, column: 1 });
-        let Value::Seq(items) = &entries[1].1.value else { panic!() };
+        let Value::Seq(items) = &entries[1].1.value else {
+            panic!()
+        };
         assert_eq!(items[0].loc, Location { line: 3, column: 5 });
         assert_eq!(items[0].value, Value::Str("x".into()));
-        let Value::Map(inner) = &items[1].value else { panic!() };
+        let Value::Map(inner) = &items[1].value else {
+            panic!()
+        };
         assert_eq!(inner[0].0.loc, Location { line: 4, column: 6 });
         assert_eq!(inner[0].1.value, Value::Bool(true));
     }

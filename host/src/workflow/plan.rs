@@ -197,7 +197,9 @@ mod tests {
     #[test]
     fn long_chains_order_without_recursion() {
         let n = 100_000;
-        let needs = (0..n).map(|i| if i == 0 { vec![] } else { vec![i - 1] }).collect();
+        let needs = (0..n)
+            .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
+            .collect();
         let p = plan(needs, &vec![1; n]);
         assert_eq!(p.levels.len(), n);
         assert_eq!(p.critical_path.len(), n);

@@ -414,7 +414,9 @@ fn parse_expr(text: &str) -> Result<Expr, String> {
                 let digits = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
                 let close = i + 1 + digits;
                 if digits == 0 || bytes.get(close) != Some(&b']') {
-                    return Err(format!("`${{{text}}}`: expected `[N]` with N a non-negative integer"));
+                    return Err(format!(
+                        "`${{{text}}}`: expected `[N]` with N a non-negative integer"
+                    ));
                 }
                 let n = text[i + 1..close]
                     .parse::<usize>()
@@ -480,11 +482,12 @@ impl Expr {
     fn resolve<'s>(&self, scope: &Scope<'s>) -> Result<Cow<'s, Value>, EvalError> {
         let mut current: &'s Value = match &self.root {
             Root::Input => scope.input,
-            Root::Step(id) => (scope.steps)(id)
-                .ok_or_else(|| EvalError(format!("`steps.{id}` has no output (the step has not finished)")))?,
-            Root::Item => scope
-                .item
-                .ok_or_else(|| EvalError("`item` is not available: no `for_each` item is being run".into()))?,
+            Root::Step(id) => (scope.steps)(id).ok_or_else(|| {
+                EvalError(format!("`steps.{id}` has no output (the step has not finished)"))
+            })?,
+            Root::Item => scope.item.ok_or_else(|| {
+                EvalError("`item` is not available: no `for_each` item is being run".into())
+            })?,
             Root::Index => {
                 return scope.index.map(|i| Cow::Owned(Value::from(i))).ok_or_else(|| {
                     EvalError("`index` is not available: no `for_each` item is being run".into())
@@ -557,14 +560,21 @@ mod tests {
 
     use super::*;
 
-    fn eval_with(template: &Value, input: &Value, outputs: &HashMap<String, Value>) -> Result<Value, EvalError> {
+    fn eval_with(
+        template: &Value,
+        input: &Value,
+        outputs: &HashMap<String, Value>,
+    ) -> Result<Value, EvalError> {
         let steps = |id: &str| outputs.get(id);
         Template::from_json(template, true)?.eval(&Scope::new(input, &steps))
     }
 
     fn outputs() -> HashMap<String, Value> {
         HashMap::from([
-            ("split".to_owned(), json!({"chunks": ["a", "b"], "count": 2, "0": "zero"})),
+            (
+                "split".to_owned(),
+                json!({"chunks": ["a", "b"], "count": 2, "0": "zero"}),
+            ),
             ("nums".to_owned(), json!([10, 20, 30])),
         ])
     }
@@ -573,9 +583,18 @@ mod tests {
     fn whole_value_reference_keeps_the_json_type() {
         let out = outputs();
         let input = json!({"n": 5});
-        assert_eq!(eval_with(&json!("${steps.split.chunks}"), &input, &out).unwrap(), json!(["a", "b"]));
-        assert_eq!(eval_with(&json!("  ${ input.n }\n"), &input, &out).unwrap(), json!(5));
-        assert_eq!(eval_with(&json!("${steps.split}"), &input, &out).unwrap(), out["split"]);
+        assert_eq!(
+            eval_with(&json!("${steps.split.chunks}"), &input, &out).unwrap(),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            eval_with(&json!("  ${ input.n }\n"), &input, &out).unwrap(),
+            json!(5)
+        );
+        assert_eq!(
+            eval_with(&json!("${steps.split}"), &input, &out).unwrap(),
+            out["split"]
+        );
     }
 
     #[test]
@@ -595,9 +614,18 @@ mod tests {
     fn double_dollar_is_a_literal_dollar() {
         let out = outputs();
         let input = json!({"p": 3});
-        assert_eq!(eval_with(&json!("costs $$5"), &input, &out).unwrap(), json!("costs $5"));
-        assert_eq!(eval_with(&json!("$${input.p}"), &input, &out).unwrap(), json!("${input.p}"));
-        assert_eq!(eval_with(&json!("$$${input.p}"), &input, &out).unwrap(), json!("$3"));
+        assert_eq!(
+            eval_with(&json!("costs $$5"), &input, &out).unwrap(),
+            json!("costs $5")
+        );
+        assert_eq!(
+            eval_with(&json!("$${input.p}"), &input, &out).unwrap(),
+            json!("${input.p}")
+        );
+        assert_eq!(
+            eval_with(&json!("$$${input.p}"), &input, &out).unwrap(),
+            json!("$3")
+        );
         assert_eq!(eval_with(&json!("a $ b"), &input, &out).unwrap(), json!("a $ b"));
     }
 
@@ -605,11 +633,23 @@ mod tests {
     fn paths_walk_keys_dotted_indices_and_bracket_indices() {
         let out = outputs();
         let input = json!({"a": {"b-c": [{"d_e": 1}]}});
-        assert_eq!(eval_with(&json!("${input.a.b-c[0].d_e}"), &input, &out).unwrap(), json!(1));
-        assert_eq!(eval_with(&json!("${input.a.b-c.0.d_e}"), &input, &out).unwrap(), json!(1));
-        assert_eq!(eval_with(&json!("${steps.nums[2]}"), &input, &out).unwrap(), json!(30));
+        assert_eq!(
+            eval_with(&json!("${input.a.b-c[0].d_e}"), &input, &out).unwrap(),
+            json!(1)
+        );
+        assert_eq!(
+            eval_with(&json!("${input.a.b-c.0.d_e}"), &input, &out).unwrap(),
+            json!(1)
+        );
+        assert_eq!(
+            eval_with(&json!("${steps.nums[2]}"), &input, &out).unwrap(),
+            json!(30)
+        );
         // `.0` on an object is the key "0".
-        assert_eq!(eval_with(&json!("${steps.split.0}"), &input, &out).unwrap(), json!("zero"));
+        assert_eq!(
+            eval_with(&json!("${steps.split.0}"), &input, &out).unwrap(),
+            json!("zero")
+        );
     }
 
     #[test]
@@ -628,9 +668,15 @@ mod tests {
         let out = outputs();
         let input = json!({"a": {"b": 1}});
         let err = eval_with(&json!("${input.a.c}"), &input, &out).unwrap_err();
-        assert_eq!(err.to_string(), "`input.a.c` does not exist: `input.a` is an object without that key");
+        assert_eq!(
+            err.to_string(),
+            "`input.a.c` does not exist: `input.a` is an object without that key"
+        );
         let err = eval_with(&json!("x ${steps.nums[3]}"), &input, &out).unwrap_err();
-        assert!(err.to_string().contains("`steps.nums[3]` does not exist"), "{err}");
+        assert!(
+            err.to_string().contains("`steps.nums[3]` does not exist"),
+            "{err}"
+        );
         assert!(err.to_string().contains("a list of 3 items"), "{err}");
         let err = eval_with(&json!("${input.a.b.c}"), &input, &out).unwrap_err();
         assert!(err.to_string().contains("`input.a.b` is a number"), "{err}");
@@ -640,13 +686,20 @@ mod tests {
 
     #[test]
     fn item_and_index_come_from_the_scope() {
-        let template = Template::from_json(&json!({"text": "${item.t}", "i": "${index}", "s": "#${index}"}), true).unwrap();
+        let template = Template::from_json(
+            &json!({"text": "${item.t}", "i": "${index}", "s": "#${index}"}),
+            true,
+        )
+        .unwrap();
         assert!(template.uses_item());
         let input = json!(null);
         let steps = |_: &str| None;
         let item = json!({"t": "chunk"});
         let scope = Scope::new(&input, &steps).with_item(&item, 4);
-        assert_eq!(template.eval(&scope).unwrap(), json!({"text": "chunk", "i": 4, "s": "#4"}));
+        assert_eq!(
+            template.eval(&scope).unwrap(),
+            json!({"text": "chunk", "i": 4, "s": "#4"})
+        );
         let err = template.eval(&Scope::new(&input, &steps)).unwrap_err();
         assert!(err.to_string().contains("is not available"), "{err}");
     }
@@ -659,7 +712,17 @@ mod tests {
 
     #[test]
     fn malformed_expressions_are_rejected_at_compile_time() {
-        for bad in ["${}", "${steps}", "${steps.}", "${foo}", "${input.}", "${input[x]}", "${input", "${index.a}", "${input..a}"] {
+        for bad in [
+            "${}",
+            "${steps}",
+            "${steps.}",
+            "${foo}",
+            "${input.}",
+            "${input[x]}",
+            "${input",
+            "${index.a}",
+            "${input..a}",
+        ] {
             let err = Template::from_json(&json!(bad), true).unwrap_err();
             assert!(err.to_string().starts_with("bad expression"), "{bad}: {err}");
         }
@@ -667,9 +730,14 @@ mod tests {
 
     #[test]
     fn references_list_each_step_once_in_order() {
-        let template = Template::from_json(&json!(["${steps.b}", "${steps.a.x} ${steps.b.y}"]), false).unwrap();
+        let template =
+            Template::from_json(&json!(["${steps.b}", "${steps.a.x} ${steps.b.y}"]), false).unwrap();
         assert_eq!(template.references().collect::<Vec<_>>(), ["b", "a"]);
         assert!(!template.is_constant());
-        assert!(Template::from_json(&json!({"a": [1, "$$x"]}), false).unwrap().is_constant());
+        assert!(
+            Template::from_json(&json!({"a": [1, "$$x"]}), false)
+                .unwrap()
+                .is_constant()
+        );
     }
 }
