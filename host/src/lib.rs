@@ -37,3 +37,4 @@ pub use sandbox::{
     StepComponent, StepHost, add_to_json_integer,
 };
 pub use tokio_util::sync::CancellationToken;
+pub mod workflow;

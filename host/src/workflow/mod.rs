@@ -1,0 +1,445 @@
+//! Workflow files: YAML (or JSON) → validated [`Workflow`] → [`Plan`].
+//!
+//! A workflow is a set of steps, each a component run in a sandbox, wired
+//! together by `needs` and by templates that pass one step's output into
+//! another's input. This module only reads, checks and orders workflows; it
+//! runs nothing.
+//!
+//! # File format
+//!
+//! ```yaml
+//! name: docs                 # required
+//! description: Split, count and merge.
+//! timeout: 5m                # whole-workflow timeout
+//! defaults:                  # for every step that does not say otherwise
+//!   fuel: 1000000
+//!   memory: 64MiB
+//!   timeout: 5s
+//!   retry: {max_attempts: 3}
+//! output: ${steps.merge}     # default: see "Workflow output" below
+//! steps:
+//!   - id: split              # required: letters, digits, `_` and `-`; unique
+//!     component: ../target/split.wasm   # required; relative to this file's directory
+//!     input: {text: "${input.text}"}    # quoted: inside `{...}` a `{` ends a plain scalar
+//!   - id: count
+//!     component: count.wasm
+//!     needs: split           # one id, or a list
+//!     for_each: ${steps.split.chunks}
+//!     max_parallel: 4        # only with for_each
+//!     input:
+//!       text: ${item}        # block style needs no quotes
+//!       n: ${index}
+//!     retry:
+//!       max_attempts: 3      # total attempts, first included; at least 1
+//!       backoff: 100ms       # first delay (default 100ms)
+//!       max_backoff: 10s     # (default 10s)
+//!       multiplier: 2.0      # (default 2.0; at least 1)
+//!       jitter: true         # (default true; the scheduler applies full jitter)
+//!       retry_on: [retryable, timeout]   # outcome kinds (default [retryable])
+//!   - id: merge
+//!     component: merge.wasm
+//!     needs: [count]
+//!     continue_on_error: false
+//! ```
+//!
+//! JSON files have the same structure and are read by the same parser (JSON
+//! is YAML 1.2), so their errors carry positions too. Unknown fields anywhere
+//! are errors naming the field. `fuel`, `memory` and `timeout` may be set per
+//! step and under `defaults`; the step's own value wins, key by key. A step's
+//! `retry` replaces the default policy whole.
+//!
+//! # Templates
+//!
+//! A template (`input`, `for_each`, `output`) is any JSON value. Inside its
+//! strings, `${EXPR}` is a reference:
+//!
+//! * a string that is exactly one `${EXPR}` (whitespace around it allowed) is
+//!   replaced by the referenced value, whatever its type;
+//! * otherwise each `${EXPR}` is replaced by the value as text: strings as they
+//!   are, anything else as compact JSON (`"n=${input.n}"` → `"n=3"`);
+//! * `$$` is a literal `$` (`"$${input}"` stays `"${input}"`); a `$` not
+//!   followed by `{` or `$` is literal too;
+//! * mapping keys are literal text.
+//!
+//! `EXPR` is a root followed by any number of `.KEY` (object key, made of
+//! `A-Z a-z 0-9 _ -`), `.N` (array index, or a key made of digits when the
+//! value is an object) or `[N]` (array index):
+//!
+//! | root | value |
+//! | --- | --- |
+//! | `input` | the workflow's input |
+//! | `steps.ID` | step `ID`'s output; for a `for_each` step, the list of its item outputs in order |
+//! | `item` | the current item, only in the `input` of a step with `for_each` |
+//! | `index` | the current item's position (a number), same restriction |
+//!
+//! A step may only use `steps.ID` for a step among its needs, directly or
+//! transitively (`b` needs `a`, `c` needs `b`: `c` may use `steps.a`); anything
+//! else is rejected at load time, so a step never reads an output that may
+//! not exist yet. The workflow `output` may use any step. A path missing at
+//! evaluation time is an [`EvalError`] naming it, never `null`.
+//!
+//! In YAML, `${...}` needs no quotes in block style (`input: ${steps.a}`), but
+//! inside a flow collection (`{...}` or `[...]`) the braces end a plain
+//! scalar, so write `{text: "${input.text}"}`.
+//!
+//! # Defaults
+//!
+//! A step without `input` gets, in order: the current item if it has
+//! `for_each`; the workflow input if it has no needs; its need's output if it
+//! has exactly one; else an object `{need_id: output, ...}` (see
+//! [`StepDef::input_source`]). A workflow without `output` returns its single
+//! sink step's output (a step no one needs), or with several sinks an object
+//! keyed by sink id (see [`Workflow::eval_output`]).
+//!
+//! # Examples
+//!
+//! ```
+//! use std::path::Path;
+//! use stepbox::workflow::Workflow;
+//!
+//! let yaml = "
+//! name: demo
+//! steps:
+//!   - id: a
+//!     component: a.wasm
+//!   - id: b
+//!     component: b.wasm
+//!     needs: a
+//!     input: {value: \"${steps.a.value}\"}
+//! ";
+//! let workflow = Workflow::from_str(yaml, Path::new("flows/demo.yaml"))?;
+//! assert_eq!(workflow.step("b").unwrap().component, Path::new("flows/b.wasm"));
+//! let plan = workflow.plan();
+//! assert_eq!(plan.describe(&workflow), "level 0: a\nlevel 1: b\ncritical path: a -> b\n");
+//! # Ok::<(), stepbox::workflow::WorkflowError>(())
+//! ```
+
+mod error;
+mod load;
+mod node;
+mod plan;
+mod template;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use error::{Location, WorkflowError, WorkflowErrorKind};
+pub use plan::Plan;
+pub use template::{EvalError, Scope, Template};
+
+use crate::OutcomeKind;
+use crate::limits::LimitOverrides;
+
+/// A validated workflow definition.
+///
+/// Fields are public for reading. [`Workflow::step`], [`Workflow::plan`] and
+/// the default input and output rules use indices computed at load time, so
+/// changing `steps` afterwards is not supported.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// The workflow's name.
+    pub name: String,
+    /// What it does.
+    pub description: Option<String>,
+    /// How long the whole workflow may run.
+    pub timeout: Option<Duration>,
+    /// The template of the workflow's output; `None` for the default (see [`Workflow::eval_output`]).
+    pub output: Option<Template>,
+    /// The steps, in file order.
+    pub steps: Vec<StepDef>,
+    /// The file it was read from (as given), used for messages and relative paths.
+    pub source: PathBuf,
+    index: HashMap<String, usize>,
+    plan: Plan,
+    sinks: Vec<usize>,
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone)]
+pub struct StepDef {
+    /// Unique id: letters, digits, `_` and `-`.
+    pub id: String,
+    /// The component file, resolved against the workflow file's directory.
+    pub component: PathBuf,
+    /// Ids of the steps this one waits for (deduplicated, in the order written).
+    pub needs: Vec<String>,
+    /// The input template; `None` for the default (see [`StepDef::input_source`]).
+    pub input: Option<Template>,
+    /// Run once per item of a list instead of once.
+    pub for_each: Option<ForEach>,
+    /// The step's limits over the workflow defaults (the step's own values win).
+    pub limits: LimitOverrides,
+    /// The step's retry policy, else the workflow default, else [`RetryPolicy::default`].
+    pub retry: RetryPolicy,
+    /// Whether the workflow goes on when this step fails (its dependents then do not run).
+    pub continue_on_error: bool,
+    /// Where the step's `id` is written.
+    pub location: Location,
+    /// Where the step's `component` is written.
+    pub component_location: Location,
+}
+
+/// Fan-out of a step over a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForEach {
+    /// The template that gives the list of items.
+    pub items: Template,
+    /// How many items may run at once; `None` for no limit beyond the host's.
+    pub max_parallel: Option<u32>,
+}
+
+impl ForEach {
+    /// Evaluates the item list.
+    ///
+    /// # Errors
+    ///
+    /// When the template fails, or does not give a list.
+    pub fn eval_items(&self, scope: &Scope<'_>) -> Result<Vec<Value>, EvalError> {
+        match self.items.eval(scope)? {
+            Value::Array(items) => Ok(items),
+            other => Err(EvalError::new(format!(
+                "`for_each` must give a list, it gave {}",
+                match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    Value::String(_) => "a string",
+                    Value::Object(_) => "an object",
+                    Value::Array(_) => "a list",
+                }
+            ))),
+        }
+    }
+}
+
+/// When and how often to run a failed step again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first one included (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    pub backoff: Duration,
+    /// Largest delay between attempts.
+    pub max_backoff: Duration,
+    /// Factor applied to the delay after each retry (at least 1).
+    pub multiplier: f64,
+    /// Whether the scheduler applies full jitter (a uniform delay in `0..=delay`).
+    pub jitter: bool,
+    /// Outcomes that are retried; never [`OutcomeKind::InvalidInput`] or [`OutcomeKind::Completed`].
+    pub retry_on: Vec<OutcomeKind>,
+}
+
+impl Default for RetryPolicy {
+    /// One attempt (no retry); were it raised, 100ms doubling up to 10s with
+    /// jitter, on [`OutcomeKind::Retryable`].
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: true,
+            retry_on: vec![OutcomeKind::Retryable],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether a run that ended with `kind` on attempt `attempt` (1-based) is retried.
+    pub fn should_retry(&self, kind: OutcomeKind, attempt: u32) -> bool {
+        attempt < self.max_attempts && self.retry_on.contains(&kind)
+    }
+
+    /// The delay before attempt `attempt + 1`, after `attempt` (1-based) failed,
+    /// before jitter: `backoff * multiplier^(attempt - 1)`, capped at `max_backoff`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let policy = stepbox::workflow::RetryPolicy::default();
+    /// assert_eq!(policy.delay_after(1), Duration::from_millis(100));
+    /// assert_eq!(policy.delay_after(3), Duration::from_millis(400));
+    /// assert_eq!(policy.delay_after(40), Duration::from_secs(10));
+    /// ```
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        if secs.is_finite() && secs < self.max_backoff.as_secs_f64() {
+            Duration::from_secs_f64(secs)
+        } else {
+            self.max_backoff
+        }
+    }
+}
+
+/// Where a step's input comes from (see [`StepDef::input_source`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum InputSource<'a> {
+    /// The step's own `input` template.
+    Template(&'a Template),
+    /// The current `for_each` item.
+    Item,
+    /// The workflow's input (the step has no needs).
+    WorkflowInput,
+    /// The output of the step's only need.
+    Need(&'a str),
+    /// An object `{need_id: output, ...}` of the step's needs.
+    Needs(&'a [String]),
+}
+
+impl StepDef {
+    /// Where this step's input comes from: its `input` template if it has one;
+    /// else the current item if it has `for_each`; else the workflow input if
+    /// it has no needs; else its need's output if it has one need; else an
+    /// object keyed by need id.
+    pub fn input_source(&self) -> InputSource<'_> {
+        match (&self.input, &self.for_each, self.needs.as_slice()) {
+            (Some(template), _, _) => InputSource::Template(template),
+            (None, Some(_), _) => InputSource::Item,
+            (None, None, []) => InputSource::WorkflowInput,
+            (None, None, [need]) => InputSource::Need(need),
+            (None, None, needs) => InputSource::Needs(needs),
+        }
+    }
+
+    /// Evaluates this step's input (for a `for_each` step, one item's input:
+    /// give the item in `scope`), following [`StepDef::input_source`].
+    ///
+    /// # Errors
+    ///
+    /// When the template fails, or `scope` lacks a value the rule needs.
+    pub fn eval_input(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        let output = |id: &str| {
+            (scope.steps)(id).cloned().ok_or_else(|| {
+                EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
+            })
+        };
+        match self.input_source() {
+            InputSource::Template(template) => template.eval(scope),
+            InputSource::Item => scope
+                .item
+                .cloned()
+                .ok_or_else(|| EvalError::new("`item` is not available: no `for_each` item is being run")),
+            InputSource::WorkflowInput => Ok(scope.input.clone()),
+            InputSource::Need(id) => output(id),
+            InputSource::Needs(ids) => ids
+                .iter()
+                .map(|id| Ok((id.clone(), output(id)?)))
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Value::Object),
+        }
+    }
+}
+
+impl Workflow {
+    /// Reads, parses and validates a workflow file (`.yaml`, `.yml` or `.json`).
+    ///
+    /// # Errors
+    ///
+    /// A [`WorkflowError`] at the offending position.
+    pub fn from_file(path: &Path) -> Result<Workflow, WorkflowError> {
+        let text = std::fs::read_to_string(path).map_err(|e| WorkflowError {
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            kind: WorkflowErrorKind::Read(e),
+        })?;
+        Workflow::from_str(&text, path)
+    }
+
+    /// Parses and validates workflow text. `source` is the file it came from:
+    /// components are resolved against its directory and errors name it.
+    ///
+    /// # Errors
+    ///
+    /// A [`WorkflowError`] at the offending position.
+    #[allow(clippy::should_implement_trait)] // FromStr cannot take `source`.
+    pub fn from_str(text: &str, source: &Path) -> Result<Workflow, WorkflowError> {
+        load::load(text, source)
+    }
+
+    /// The step with this id, in constant time.
+    pub fn step(&self, id: &str) -> Option<&StepDef> {
+        self.index.get(id).map(|&i| &self.steps[i])
+    }
+
+    /// The index in [`Workflow::steps`] of the step with this id.
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    /// The execution plan. Validation guarantees the graph is acyclic.
+    pub fn plan(&self) -> Plan {
+        self.plan.clone()
+    }
+
+    /// Indices of the sink steps (steps no other step needs), in file order.
+    pub fn sinks(&self) -> &[usize] {
+        &self.sinks
+    }
+
+    /// Evaluates the workflow's output: its `output` template if it has one;
+    /// else the single sink's output; else an object keyed by sink id.
+    ///
+    /// # Errors
+    ///
+    /// When the template fails or a needed output is missing from `scope`.
+    pub fn eval_output(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        if let Some(template) = &self.output {
+            return template.eval(scope);
+        }
+        let output = |i: usize| {
+            let id = self.steps[i].id.as_str();
+            (scope.steps)(id).cloned().ok_or_else(|| {
+                EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
+            })
+        };
+        match self.sinks.as_slice() {
+            [sink] => output(*sink),
+            sinks => sinks
+                .iter()
+                .map(|&i| Ok((self.steps[i].id.clone(), output(i)?)))
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Value::Object),
+        }
+    }
+
+    /// Checks every step's component: that its file exists, then `check`
+    /// (typically: load it into a sandbox). Returns what `check` returned, one
+    /// per step in file order; a component used by several steps is checked
+    /// once per step, so `check` should cache.
+    ///
+    /// # Errors
+    ///
+    /// The first failure, as [`WorkflowErrorKind::Component`] at the step's
+    /// `component` position.
+    pub fn check_components<T>(
+        &self,
+        mut check: impl FnMut(&StepDef) -> Result<T, String>,
+    ) -> Result<Vec<T>, WorkflowError> {
+        let fail = |step: &StepDef, message: String| WorkflowError {
+            file: self.source.clone(),
+            line: step.component_location.line,
+            column: step.component_location.column,
+            kind: WorkflowErrorKind::Component(message),
+        };
+        let mut checked = Vec::with_capacity(self.steps.len());
+        for step in &self.steps {
+            match std::fs::metadata(&step.component) {
+                Err(_) => {
+                    let message = format!("component `{}` does not exist", step.component.display());
+                    return Err(fail(step, message));
+                }
+                Ok(meta) if !meta.is_file() => {
+                    let message = format!("component `{}` is not a file", step.component.display());
+                    return Err(fail(step, message));
+                }
+                Ok(_) => {}
+            }
+            checked.push(check(step).map_err(|message| fail(step, message))?);
+        }
+        Ok(checked)
+    }
+}
