@@ -25,6 +25,7 @@ pub mod limits;
 mod outcome;
 pub mod policy;
 mod sandbox;
+pub mod scheduler;
 
 pub use limits::{LimitOverrides, Limits};
 pub use outcome::{

@@ -77,6 +77,7 @@ struct Inner {
     defaults: Limits,
     /// One permit per pool slot: runs wait here instead of failing on a full pool.
     permits: Semaphore,
+    max_instances: u32,
     max_wasm_stack: usize,
     max_memory: u64,
     scratch: ScratchRoot,
@@ -214,6 +215,7 @@ impl SandboxBuilder {
                 disk_cache,
                 defaults: self.defaults,
                 permits: Semaphore::new(self.max_instances as usize),
+                max_instances: self.max_instances,
                 max_wasm_stack: self.max_wasm_stack.as_u64() as usize,
                 max_memory: self.max_memory_per_instance.as_u64(),
                 scratch,
@@ -242,6 +244,11 @@ impl Sandbox {
     /// A builder with the documented defaults.
     pub fn builder() -> SandboxBuilder {
         SandboxBuilder::default()
+    }
+
+    /// How many instances may run at once; further runs wait.
+    pub fn max_instances(&self) -> u32 {
+        self.inner.max_instances
     }
 
     /// The limits a run gets when its [`RunOptions`] do not override them.

@@ -130,7 +130,6 @@ pub use error::{Location, WorkflowError, WorkflowErrorKind};
 pub use plan::Plan;
 pub use template::{EvalError, Scope, Template};
 
-use crate::OutcomeKind;
 use crate::limits::LimitOverrides;
 
 /// A validated workflow definition.
@@ -215,64 +214,8 @@ impl ForEach {
     }
 }
 
-/// When and how often to run a failed step again.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Total attempts, the first one included (at least 1).
-    pub max_attempts: u32,
-    /// Delay before the second attempt.
-    pub backoff: Duration,
-    /// Largest delay between attempts.
-    pub max_backoff: Duration,
-    /// Factor applied to the delay after each retry (at least 1).
-    pub multiplier: f64,
-    /// Whether the scheduler applies full jitter (a uniform delay in `0..=delay`).
-    pub jitter: bool,
-    /// Outcomes that are retried; never [`OutcomeKind::InvalidInput`] or [`OutcomeKind::Completed`].
-    pub retry_on: Vec<OutcomeKind>,
-}
-
-impl Default for RetryPolicy {
-    /// One attempt (no retry); were it raised, 100ms doubling up to 10s with
-    /// jitter, on [`OutcomeKind::Retryable`].
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-            multiplier: 2.0,
-            jitter: true,
-            retry_on: vec![OutcomeKind::Retryable],
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Whether a run that ended with `kind` on attempt `attempt` (1-based) is retried.
-    pub fn should_retry(&self, kind: OutcomeKind, attempt: u32) -> bool {
-        attempt < self.max_attempts && self.retry_on.contains(&kind)
-    }
-
-    /// The delay before attempt `attempt + 1`, after `attempt` (1-based) failed,
-    /// before jitter: `backoff * multiplier^(attempt - 1)`, capped at `max_backoff`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let policy = stepbox::workflow::RetryPolicy::default();
-    /// assert_eq!(policy.delay_after(1), Duration::from_millis(100));
-    /// assert_eq!(policy.delay_after(3), Duration::from_millis(400));
-    /// assert_eq!(policy.delay_after(40), Duration::from_secs(10));
-    /// ```
-    pub fn delay_after(&self, attempt: u32) -> Duration {
-        let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
-        let secs = self.backoff.as_secs_f64() * self.multiplier.powi(exponent);
-        if secs.is_finite() && secs < self.max_backoff.as_secs_f64() {
-            Duration::from_secs_f64(secs)
-        } else {
-            self.max_backoff
-        }
-    }
-}
+/// When and how often to run a failed step again (shared with the scheduler).
+pub use crate::policy::RetryPolicy;
 
 /// Where a step's input comes from (see [`StepDef::input_source`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
