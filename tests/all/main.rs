@@ -8,6 +8,7 @@ mod hostile;
 mod loading;
 mod sandbox_escape;
 mod well_behaved;
+mod workflows;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -3,6 +3,7 @@
 mod exit;
 mod inspect;
 mod step;
+mod workflow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,12 @@ enum Command {
     Step(step::StepCommand),
     /// Show a component's imports and exports, and whether it fits the step world
     Inspect(inspect::InspectCommand),
+    /// Run workflow files and print their outputs
+    Run(workflow::RunCommand),
+    /// Check workflow files (and their components) without running them
+    Validate(workflow::ValidateCommand),
+    /// Print a workflow's levels and critical path
+    Plan(workflow::PlanCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -64,6 +71,9 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Step(cmd) => cmd.run(&cli.global).await,
             Command::Inspect(cmd) => cmd.run(&cli.global),
+            Command::Run(cmd) => cmd.run(&cli.global).await,
+            Command::Validate(cmd) => cmd.run(&cli.global),
+            Command::Plan(cmd) => cmd.run(),
         }
     });
     match result {

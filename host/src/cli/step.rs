@@ -103,7 +103,7 @@ impl StepCommand {
     }
 }
 
-fn read_input(spec: &str) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read_input(spec: &str) -> anyhow::Result<Vec<u8>> {
     if spec == "-" {
         let mut buf = Vec::new();
         std::io::stdin()
@@ -117,7 +117,7 @@ fn read_input(spec: &str) -> anyhow::Result<Vec<u8>> {
     Ok(spec.as_bytes().to_vec())
 }
 
-fn describe_source(spec: &str) -> String {
+pub(super) fn describe_source(spec: &str) -> String {
     match spec {
         "-" => "from stdin".into(),
         s if s.starts_with('@') => format!("from `{}`", &s[1..]),

@@ -78,7 +78,9 @@ impl FairGate {
             let mut state = self.lock();
             if state.free > 0 && state.ring.is_empty() {
                 state.free -= 1;
-                return FairPermit { gate: Arc::clone(self) };
+                return FairPermit {
+                    gate: Arc::clone(self),
+                };
             }
             let (tx, rx) = oneshot::channel();
             let queue = state.waiting.entry(run).or_default();
@@ -97,7 +99,9 @@ impl FairGate {
         // (and with it `self`, which we hold): the slot is ours either way.
         let _ = (&mut waiter.rx).await;
         waiter.done = true;
-        FairPermit { gate: Arc::clone(self) }
+        FairPermit {
+            gate: Arc::clone(self),
+        }
     }
 
     /// Hands a freed slot to the next waiting run, or returns it to the pool.
@@ -157,7 +161,11 @@ mod tests {
         }
         let order = order.lock().unwrap();
         let position = order.iter().position(|&r| r == 2).unwrap();
-        assert!(position <= 1, "run 2 was served at position {position} of {}", order.len());
+        assert!(
+            position <= 1,
+            "run 2 was served at position {position} of {}",
+            order.len()
+        );
         assert_eq!(gate.free(), 1);
     }
 

@@ -225,9 +225,8 @@ impl Scheduler {
     pub fn prepare(&self, workflow: Workflow) -> Result<Arc<PreparedWorkflow>, PrepareError> {
         self.inner.admission.check_steps(workflow.steps.len())?;
         let sandbox = &self.inner.sandbox;
-        let components = workflow.check_components(|step| {
-            sandbox.load_file(&step.component).map_err(|e| e.to_string())
-        })?;
+        let components = workflow
+            .check_components(|step| sandbox.load_file(&step.component).map_err(|e| e.to_string()))?;
         let plan = workflow.plan();
         let mut names = self.inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         for component in &components {

@@ -152,7 +152,12 @@ impl Run {
             let lookup = |id: &str| wf.workflow.step_index(id).and_then(|i| outputs[i].as_ref());
             wf.workflow.eval_output(&Scope::new(&shared.input, &lookup))
         });
-        let report = shared.report(reports, output.map(|r| r.map_err(|e| e.to_string())), submitted, started);
+        let report = shared.report(
+            reports,
+            output.map(|r| r.map_err(|e| e.to_string())),
+            submitted,
+            started,
+        );
         tracing::debug!(run = shared.id, workflow = %wf.workflow.name, status = ?report.status, "run ended");
         report
     }
@@ -160,7 +165,12 @@ impl Run {
 
 impl Shared {
     /// Builds step `i`'s input from the outputs so far and spawns it.
-    fn start(self: &Arc<Self>, i: usize, outputs: &[Option<Value>], tasks: &mut JoinSet<(usize, StepReport, Option<Value>)>) {
+    fn start(
+        self: &Arc<Self>,
+        i: usize,
+        outputs: &[Option<Value>],
+        tasks: &mut JoinSet<(usize, StepReport, Option<Value>)>,
+    ) {
         let def = &self.wf.workflow.steps[i];
         let lookup = |id: &str| self.wf.workflow.step_index(id).and_then(|j| outputs[j].as_ref());
         let scope = Scope::new(&self.input, &lookup);
@@ -170,7 +180,10 @@ impl Shared {
                 Err(e) => Work::Invalid(OutcomeKind::InvalidInput, format!("input of `{}`: {e}", def.id)),
             },
             Some(for_each) => match for_each.eval_items(&scope) {
-                Err(e) => Work::Invalid(OutcomeKind::InvalidInput, format!("for_each of `{}`: {e}", def.id)),
+                Err(e) => Work::Invalid(
+                    OutcomeKind::InvalidInput,
+                    format!("for_each of `{}`: {e}", def.id),
+                ),
                 Ok(items) => match self.inner.admission.check_fan_out(items.len()) {
                     Err(e) => Work::Invalid(OutcomeKind::QuotaExceeded, e.to_string()),
                     Ok(()) => items
@@ -179,7 +192,12 @@ impl Shared {
                         .map(|(index, item)| def.eval_input(&scope.clone().with_item(item, index)))
                         .collect::<Result<Vec<_>, _>>()
                         .map_or_else(
-                            |e| Work::Invalid(OutcomeKind::InvalidInput, format!("input of `{}`: {e}", def.id)),
+                            |e| {
+                                Work::Invalid(
+                                    OutcomeKind::InvalidInput,
+                                    format!("input of `{}`: {e}", def.id),
+                                )
+                            },
                             Work::Items,
                         ),
                 },
@@ -205,7 +223,9 @@ impl Shared {
                 None
             }
             Work::One(input) => {
-                let attempts = self.attempts(i, &input, 0, None, None, &self.steps_cancel, true).await;
+                let attempts = self
+                    .attempts(i, &input, 0, None, None, &self.steps_cancel, true)
+                    .await;
                 let output = attempts.output();
                 attempts.fill(&mut report);
                 output
@@ -218,10 +238,19 @@ impl Shared {
 
     /// Runs a `for_each` step's items, `max_parallel` at a time, gathering
     /// their outputs in order. The first item that fails stops the others.
-    async fn run_items(self: &Arc<Self>, i: usize, items: Vec<Value>, report: &mut StepReport) -> Option<Value> {
+    async fn run_items(
+        self: &Arc<Self>,
+        i: usize,
+        items: Vec<Value>,
+        report: &mut StepReport,
+    ) -> Option<Value> {
         let def = &self.wf.workflow.steps[i];
         report.items = Some(items.len());
-        let parallel = def.for_each.as_ref().and_then(|f| f.max_parallel).map_or(items.len(), |n| n as usize);
+        let parallel = def
+            .for_each
+            .as_ref()
+            .and_then(|f| f.max_parallel)
+            .map_or(items.len(), |n| n as usize);
         let limit = Arc::new(Semaphore::new(parallel.clamp(1, Semaphore::MAX_PERMITS)));
         let cancel = self.steps_cancel.child_token();
         let mut tasks = JoinSet::new();
@@ -256,7 +285,10 @@ impl Shared {
                 Some(output) => outputs[index] = output,
                 None => {
                     let is_cancel = attempts.outcome.kind() == OutcomeKind::Cancelled;
-                    if first_failure.as_ref().is_none_or(|(_, f)| f.outcome.kind() == OutcomeKind::Cancelled && !is_cancel) {
+                    if first_failure
+                        .as_ref()
+                        .is_none_or(|(_, f)| f.outcome.kind() == OutcomeKind::Cancelled && !is_cancel)
+                    {
                         first_failure = Some((index, attempts));
                     }
                     cancel.cancel();
@@ -300,7 +332,9 @@ impl Shared {
         };
         let run_deadline = *lock(&self.deadline);
         let mut result = Attempts {
-            outcome: Outcome::Cancelled { elapsed: Duration::ZERO },
+            outcome: Outcome::Cancelled {
+                elapsed: Duration::ZERO,
+            },
             attempts: 0,
             fuel: 0,
             peak_memory: 0,
@@ -367,7 +401,9 @@ impl Shared {
                                 .host(host);
                             let report = inner.sandbox.run(component, &input, options).await;
                             drop(slots);
-                            inner.breakers.record(&digest, permit, report.outcome.kind(), Instant::now());
+                            inner
+                                .breakers
+                                .record(&digest, permit, report.outcome.kind(), Instant::now());
                             result.fuel += report.usage.fuel_consumed;
                             if let Some(cap) = &mut fuel_left {
                                 *cap = cap.saturating_sub(report.usage.fuel_consumed);
@@ -407,19 +443,32 @@ impl Shared {
         submitted: Instant,
         started: Instant,
     ) -> WorkflowReport {
-        let failed = steps
-            .iter()
-            .find(|s| s.status == StepStatus::Failed && !self.wf.workflow.step(&s.id).is_some_and(|d| d.continue_on_error));
+        let failed = steps.iter().find(|s| {
+            s.status == StepStatus::Failed
+                && !self.wf.workflow.step(&s.id).is_some_and(|d| d.continue_on_error)
+        });
         let (status, output, error) = if self.cancel.is_cancelled() {
-            (RunStatus::Cancelled, None, Some("the run was cancelled".to_owned()))
+            (
+                RunStatus::Cancelled,
+                None,
+                Some("the run was cancelled".to_owned()),
+            )
         } else if let Some(step) = failed {
             let why = step.message.clone().unwrap_or_default();
-            (RunStatus::Failed, None, Some(format!("step `{}` failed: {why}", step.id)))
+            (
+                RunStatus::Failed,
+                None,
+                Some(format!("step `{}` failed: {why}", step.id)),
+            )
         } else {
             match output {
                 Some(Ok(output)) => (RunStatus::Succeeded, Some(output), None),
                 Some(Err(e)) => (RunStatus::Failed, None, Some(format!("output: {e}"))),
-                None => (RunStatus::Failed, None, Some("the run ended without output".to_owned())),
+                None => (
+                    RunStatus::Failed,
+                    None,
+                    Some("the run ended without output".to_owned()),
+                ),
             }
         };
         let now = Instant::now();
@@ -454,7 +503,10 @@ impl Attempts {
     fn output(&self) -> Option<Value> {
         let output = self.outcome.output()?;
         // Steps speak JSON by convention; other bytes travel on as a string.
-        Some(serde_json::from_slice(output).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned())))
+        Some(
+            serde_json::from_slice(output)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned())),
+        )
     }
 
     fn fill(self, report: &mut StepReport) {
@@ -488,14 +540,25 @@ impl StepHost for RunHost {
         let depth = self.depth + 1;
         if depth > shared.inner.config.max_call_depth {
             let max = shared.inner.config.max_call_depth;
-            return ChildResult::error(GuestErrorKind::Failed, format!("cannot call `{}`: calls nest at most {max} deep", call.step));
+            return ChildResult::error(
+                GuestErrorKind::Failed,
+                format!("cannot call `{}`: calls nest at most {max} deep", call.step),
+            );
         }
         let Some(i) = shared.wf.workflow.step_index(&call.step) else {
-            return ChildResult::error(GuestErrorKind::Failed, format!("cannot call `{}`: the workflow has no such step", call.step));
+            return ChildResult::error(
+                GuestErrorKind::Failed,
+                format!("cannot call `{}`: the workflow has no such step", call.step),
+            );
         };
         let input = match serde_json::from_slice::<Value>(&call.input) {
             Ok(input) => input,
-            Err(e) => return ChildResult::error(GuestErrorKind::InvalidInput, format!("input for `{}` is not JSON: {e}", call.step)),
+            Err(e) => {
+                return ChildResult::error(
+                    GuestErrorKind::InvalidInput,
+                    format!("input for `{}` is not JSON: {e}", call.step),
+                );
+            }
         };
         let started = Instant::now();
         let parent = Deadline {
@@ -504,7 +567,17 @@ impl StepHost for RunHost {
         };
         // Children run on the caller's slot (taking another could deadlock
         // when every slot is held by a caller) and die with the caller.
-        let attempts = shared.attempts(i, &input, depth, Some(parent), Some(call.fuel), &self.cancel, false).await;
+        let attempts = shared
+            .attempts(
+                i,
+                &input,
+                depth,
+                Some(parent),
+                Some(call.fuel),
+                &self.cancel,
+                false,
+            )
+            .await;
         let fuel_consumed = attempts.fuel;
         let output = match &attempts.outcome {
             Outcome::Completed { output } => Ok(output.clone()),
@@ -515,7 +588,10 @@ impl StepHost for RunHost {
         attempts.fill(&mut report);
         report.duration = started.elapsed();
         lock(&shared.children).push(report);
-        ChildResult { output, fuel_consumed }
+        ChildResult {
+            output,
+            fuel_consumed,
+        }
     }
 
     fn state_get(&self, key: &str) -> Option<String> {
@@ -526,7 +602,11 @@ impl StepHost for RunHost {
         let mut state = lock(&self.shared.state);
         let old = state.values.get(key).map_or(0, |v| key.len() + v.len());
         let bytes = state.bytes - old + key.len() + value.len();
-        self.shared.inner.admission.check_state(bytes).map_err(|e| e.to_string())?;
+        self.shared
+            .inner
+            .admission
+            .check_state(bytes)
+            .map_err(|e| e.to_string())?;
         state.bytes = bytes;
         state.values.insert(key.to_owned(), value);
         Ok(())
@@ -539,7 +619,11 @@ impl StepHost for RunHost {
         let old = current.map_or(0, |v| key.len() + v.len());
         let text = sum.to_string();
         let bytes = state.bytes - old + key.len() + text.len();
-        self.shared.inner.admission.check_state(bytes).map_err(|e| e.to_string())?;
+        self.shared
+            .inner
+            .admission
+            .check_state(bytes)
+            .map_err(|e| e.to_string())?;
         state.bytes = bytes;
         state.values.insert(key.to_owned(), text);
         Ok(sum)

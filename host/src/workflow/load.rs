@@ -788,9 +788,9 @@ steps:
         assert_eq!(a.retry_on, [OutcomeKind::Retryable]);
         assert_eq!(wf.steps[1].retry, RetryPolicy::default());
         assert_eq!(RetryPolicy::default().max_attempts, 1);
-        assert!(a.should_retry(OutcomeKind::Retryable, 3));
-        assert!(!a.should_retry(OutcomeKind::Retryable, 4));
-        assert!(!a.should_retry(OutcomeKind::Trap, 1));
+        assert!(a.should_retry(3, OutcomeKind::Retryable));
+        assert!(!a.should_retry(4, OutcomeKind::Retryable));
+        assert!(!a.should_retry(1, OutcomeKind::Trap));
     }
 
     #[test]

@@ -48,6 +48,14 @@ enum Mode {
     Alloc { bytes: usize },
     /// A bounded compute loop.
     SpinFor { iterations: u64 },
+    /// Adds 1 to the workflow state's `key`, `times` times.
+    Count { key: String, times: u64 },
+    /// Reads the workflow state's `key`.
+    Read { key: String },
+    /// Fails as retryable until the state's `key` counts more than `fail_times` attempts.
+    Flaky { key: String, fail_times: i64 },
+    /// Calls the workflow's step `step` on `input` and returns what it returned.
+    Call { step: String, input: Value },
 }
 
 fn hundred_mib() -> usize {
@@ -105,6 +113,24 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             let block = black_box(vec![1u8; bytes]);
             Ok(json!({"allocated": block.len()}))
         }
+        Mode::Count { key, times } => {
+            let mut last = 0;
+            for _ in 0..times {
+                last = stepbox_guest::state::add(&key, 1)?;
+            }
+            Ok(json!({"last": last}))
+        }
+        Mode::Read { key } => Ok(json!({"value": stepbox_guest::state::get::<Value>(&key)?})),
+        Mode::Flaky { key, fail_times } => {
+            let attempt = stepbox_guest::state::add(&key, 1)?;
+            if attempt <= fail_times {
+                return Err(StepError::retryable(format!(
+                    "attempt {attempt} fails on purpose"
+                )));
+            }
+            Ok(json!({"attempt": attempt}))
+        }
+        Mode::Call { step, input } => stepbox_guest::call::<Value, Value>(&step, &input),
         Mode::SpinFor { iterations } => {
             let mut x = 0u64;
             for i in 0..iterations {
