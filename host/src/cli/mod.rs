@@ -30,6 +30,9 @@ struct GlobalArgs {
     /// Compile components afresh instead of using the disk cache
     #[arg(long, global = true, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Where steps' private /tmp directories are created [default: /dev/shm if writable, else the system temp dir]
+    #[arg(long, global = true, value_name = "DIR")]
+    scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -137,6 +140,9 @@ impl GlobalArgs {
             .or_else(|| (!self.no_cache).then(default_cache_dir).flatten())
         {
             builder = builder.cache_dir(dir);
+        }
+        if let Some(dir) = &self.scratch_dir {
+            builder = builder.scratch_dir(dir);
         }
         builder.build().map_err(CliError::host)
     }

@@ -15,6 +15,9 @@ const CORE_INSTANCES_PER_STEP: u32 = 4;
 /// Tables a Rust step needs (2), with the same slack.
 const TABLES_PER_STEP: u32 = 3;
 
+/// Decommits batched into one flush.
+const DECOMMIT_BATCH: usize = 16;
+
 pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
     let n = settings.max_instances;
     let max_memory = usize::try_from(settings.max_memory_per_instance.as_u64()).unwrap_or(usize::MAX);
@@ -24,7 +27,11 @@ pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
         .total_memories(n)
         .total_tables(n.saturating_mul(TABLES_PER_STEP))
         .total_stacks(n)
-        .max_memory_size(max_memory);
+        .max_memory_size(max_memory)
+        // Linear memory is reset with madvise (a Rust step touches a few
+        // scattered pages of its first MiB, where a memset would write all of
+        // it); the calls are batched.
+        .decommit_batch_size(DECOMMIT_BATCH);
 
     let stack = usize::try_from(settings.max_wasm_stack.as_u64()).unwrap_or(usize::MAX);
     let mut config = Config::new();
