@@ -298,7 +298,7 @@ steps:
     // 50 ms, then 100 ms.
     assert!(started.elapsed() >= Duration::from_millis(150));
 
-    let wf = host.workflow(&"name: fan\nsteps:\n  - id: flaky\n    component: hostile\n    input: {mode: flaky, key: a, fail_times: 5}\n    retry: {max_attempts: 2, backoff: 1ms}\n");
+    let wf = host.workflow("name: retry\nsteps:\n  - id: flaky\n    component: hostile\n    input: {mode: flaky, key: a, fail_times: 5}\n    retry: {max_attempts: 2, backoff: 1ms}\n");
     let report = host.run(&wf, json!({})).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(step(&report, "flaky").attempts, 2);

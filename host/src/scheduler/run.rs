@@ -189,7 +189,7 @@ impl Shared {
                     Ok(()) => items
                         .iter()
                         .enumerate()
-                        .map(|(index, item)| def.eval_input(&scope.clone().with_item(item, index)))
+                        .map(|(index, item)| def.eval_input(&scope.with_item(item, index)))
                         .collect::<Result<Vec<_>, _>>()
                         .map_or_else(
                             |e| {
