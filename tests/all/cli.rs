@@ -184,6 +184,9 @@ fn help_and_version_work_for_every_command() {
         &["--help"][..],
         &["step", "--help"],
         &["inspect", "--help"],
+        &["run", "--help"],
+        &["validate", "--help"],
+        &["plan", "--help"],
         &["--version"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_stepbox"))
@@ -198,4 +201,136 @@ fn help_and_version_work_for_every_command() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("Exit codes"));
+}
+
+/// Writes a workflow file whose `component: NAME.wasm` lines point at the built guests.
+fn workflow_file(dir: &std::path::Path, yaml: &str) -> String {
+    let mut yaml = yaml.to_owned();
+    for (name, _) in stepbox_tests::GUESTS {
+        yaml = yaml.replace(
+            &format!("component: {name}.wasm"),
+            &format!("component: {}", guest(name)),
+        );
+    }
+    let file = dir.join("workflow.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file.display().to_string()
+}
+
+const DOCUMENTS: &str = r#"
+name: documents
+steps:
+  - id: split
+    component: split.wasm
+    input: {text: "${input.text}", lines_per_chunk: 1}
+  - id: count
+    component: wordcount.wasm
+    needs: [split]
+    for_each: ${steps.split.chunks}
+    input: {text: "${item}", top: 100}
+  - id: merge
+    component: merge.wasm
+    needs: [count]
+    input: {counts: "${steps.count}", top: 1}
+"#;
+
+#[test]
+fn run_prints_the_workflows_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = workflow_file(dir.path(), DOCUMENTS);
+    let out = stepbox(&["run", &file, "--input", r#"{"text":"a b\nb c\nb"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"chunks": 3, "words": 5, "lines": 3, "top": [{"word": "b", "count": 3}]})
+    );
+}
+
+#[test]
+fn run_json_reports_every_step_with_its_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = workflow_file(dir.path(), DOCUMENTS);
+    let out = stepbox(&["run", &file, "--input", r#"{"text":"x\ny"}"#, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "succeeded");
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[1]["items"], 2);
+    for step in steps {
+        assert_eq!(step["outcome"], "completed");
+        assert_eq!(step["attempts"], 1);
+        assert!(step["fuel"].as_u64().unwrap() > 0);
+        assert!(step["peak_memory"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn run_repeat_runs_many_workflows_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = workflow_file(dir.path(), DOCUMENTS);
+    let out = stepbox(&[
+        "run",
+        &file,
+        "--input",
+        r#"{"text":"x"}"#,
+        "--repeat",
+        "30",
+        "--parallel",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 30);
+    assert!(stderr(&out).contains("30 runs: 30 succeeded"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_failed_run_exits_with_its_steps_outcome_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = workflow_file(
+        dir.path(),
+        "name: boom\nsteps:\n  - id: boom\n    component: hostile.wasm\n    input: {mode: panic}\n",
+    );
+    let out = stepbox(&["run", &file]);
+    assert_eq!(out.status.code(), Some(25), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("step `boom` failed: trap"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn validate_and_plan_point_at_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = workflow_file(
+        dir.path(),
+        "name: loop\nsteps:\n  - id: a\n    component: hello.wasm\n    needs: [b]\n  - id: b\n    component: hello.wasm\n    needs: [a]\n",
+    );
+    let out = stepbox(&["validate", &file]);
+    assert_bad_input(&out, "workflow.yaml:5:");
+    assert!(stderr(&out).contains("a -> b -> a"), "{}", stderr(&out));
+
+    let file = workflow_file(
+        dir.path(),
+        "name: x\nsteps:\n  - id: a\n    component: hello.wasm\n    colour: red\n",
+    );
+    assert_bad_input(
+        &stepbox(&["plan", &file]),
+        "workflow.yaml:5:5: unknown field `colour`",
+    );
+
+    let file = workflow_file(
+        dir.path(),
+        "name: x\nsteps:\n  - id: a\n    component: not-a-step.wasm\n",
+    );
+    assert_bad_input(&stepbox(&["validate", &file]), "workflow.yaml:4:16");
+
+    let file = workflow_file(dir.path(), DOCUMENTS);
+    let out = stepbox(&["plan", &file]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("level 1: count"), "{plan}");
+    assert!(plan.contains("critical path: split -> count -> merge"), "{plan}");
+    assert_eq!(stepbox(&["validate", &file]).status.code(), Some(0));
 }

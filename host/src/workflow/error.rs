@@ -31,8 +31,8 @@ pub struct WorkflowError {
     pub line: usize,
     /// Column of the offending text, starting at 1 (0 when there is none).
     pub column: usize,
-    /// What is wrong.
-    #[source]
+    /// What is wrong. (Not a `source`: the message above already says it,
+    /// and error reporters would print it twice.)
     pub kind: WorkflowErrorKind,
 }
 
