@@ -21,6 +21,7 @@
 //! arguments, no stdin, no network, no host files but their own `/tmp`. Their
 //! stdout and stderr are captured into the step's log.
 
+pub mod config;
 pub mod limits;
 mod outcome;
 pub mod policy;

@@ -334,3 +334,24 @@ fn validate_and_plan_point_at_file_line_and_column() {
     assert!(plan.contains("critical path: split -> count -> merge"), "{plan}");
     assert_eq!(stepbox(&["validate", &file]).status.code(), Some(0));
 }
+
+#[test]
+fn the_configuration_file_sets_quotas_and_rejects_typos() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = workflow_file(
+        dir.path(),
+        "name: fan\nsteps:\n  - id: s\n    component: hostile.wasm\n    for_each: [1, 2, 3]\n    input: {mode: echo, id: 1}\n",
+    );
+    let config = dir.path().join("stepbox.toml");
+    std::fs::write(&config, "[quotas]\nmax_fan_out = 2\n").unwrap();
+    let config = config.display().to_string();
+    let out = stepbox(&["run", &file, "--config", &config]);
+    assert_eq!(out.status.code(), Some(27), "{}", stderr(&out));
+    assert!(stderr(&out).contains("quota exceeded"), "{}", stderr(&out));
+    // A flag overrides the file.
+    let out = stepbox(&["run", &file, "--config", &config, "--max-fan-out", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    std::fs::write(dir.path().join("stepbox.toml"), "[quotas]\nmax_fan_outs = 2\n").unwrap();
+    assert_bad_input(&stepbox(&["run", &file, "--config", &config]), "max_fan_outs");
+}

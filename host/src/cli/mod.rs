@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use stepbox::{Sandbox, SandboxBuilder};
+use stepbox::config::HostConfig;
+use stepbox::{Limits, Sandbox, SandboxBuilder};
 
 /// Run untrusted workflow steps as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -30,6 +31,9 @@ struct GlobalArgs {
     /// Compile components afresh instead of using the disk cache
     #[arg(long, global = true, conflicts_with = "cache_dir")]
     no_cache: bool,
+    /// Host configuration (quotas, timeouts, breakers, step defaults) [default: ./stepbox.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Where steps' private /tmp directories are created [default: /dev/shm if writable, else the system temp dir]
     #[arg(long, global = true, value_name = "DIR")]
     scratch_dir: Option<PathBuf>,
@@ -131,9 +135,20 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
 }
 
 impl GlobalArgs {
-    /// A sandbox with the caching these flags ask for.
+    /// The host configuration: `--config`, else `./stepbox.toml` if it exists, else defaults.
+    fn host_config(&self) -> Result<HostConfig, CliError> {
+        let default = PathBuf::from("stepbox.toml");
+        match &self.config {
+            Some(path) => Ok(HostConfig::from_file(path)?),
+            None if default.is_file() => Ok(HostConfig::from_file(&default)?),
+            None => Ok(HostConfig::default()),
+        }
+    }
+
+    /// A sandbox with the caching these flags ask for and the configured step defaults.
     fn sandbox(&self) -> Result<Sandbox, CliError> {
-        let mut builder = SandboxBuilder::default();
+        let limits = self.host_config()?.limits;
+        let mut builder = SandboxBuilder::default().default_limits(Limits::default().with(&limits));
         if let Some(dir) = self
             .cache_dir
             .clone()

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytesize::ByteSize;
 use stepbox::limits::{parse_duration, parse_size};
-use stepbox::policy::Quotas;
 use stepbox::scheduler::{RunStatus, Scheduler, SchedulerConfig, WorkflowReport};
 use stepbox::workflow::Workflow;
 
@@ -81,8 +80,9 @@ struct QuotaArgs {
 }
 
 impl QuotaArgs {
-    fn config(&self) -> SchedulerConfig {
-        let mut quotas = Quotas::default();
+    /// `base` (from the configuration file) with every flag given applied over it.
+    fn config(&self, base: SchedulerConfig) -> SchedulerConfig {
+        let mut quotas = base.quotas;
         let set = |slot: &mut usize, value: Option<usize>| {
             if let Some(v) = value {
                 *slot = v;
@@ -102,8 +102,8 @@ impl QuotaArgs {
         }
         SchedulerConfig {
             quotas,
-            global_timeout: self.global_timeout,
-            ..SchedulerConfig::default()
+            global_timeout: self.global_timeout.or(base.global_timeout),
+            ..base
         }
     }
 }
@@ -139,7 +139,7 @@ impl RunCommand {
             .iter()
             .map(|f| Workflow::from_file(f))
             .collect::<Result<_, _>>()?;
-        let mut config = self.quotas.config();
+        let mut config = self.quotas.config(global.host_config()?.scheduler);
         if let Some(parallel) = self.parallel {
             config.quotas.max_workflows = config.quotas.max_workflows.min(parallel.max(1));
         }

@@ -1,0 +1,104 @@
+//! Workflow throughput and latency in memory (no journal yet), on trivial
+//! steps, and 10,000 concurrent small workflows with the peak RSS.
+//!
+//! Run with `cargo bench -p stepbox --bench workflows`. Prints one line per
+//! scenario: the median of several repeats, and the spread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stepbox::Sandbox;
+use stepbox::policy::Quotas;
+use stepbox::scheduler::{PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig};
+use stepbox::workflow::Workflow;
+
+const THREE_STEPS: &str = "name: three\nsteps:\n  - id: a\n    component: T\n  - id: b\n    component: T\n    needs: [a]\n  - id: c\n    component: T\n    needs: [b]\n";
+const ONE_STEP: &str = "name: one\nsteps:\n  - id: a\n    component: T\n";
+
+fn prepare(scheduler: &Scheduler, yaml: &str, dir: &std::path::Path) -> Arc<PreparedWorkflow> {
+    let trivial = stepbox_tests::guest("trivial");
+    let file = dir.join("wf.yaml");
+    std::fs::write(
+        &file,
+        yaml.replace("component: T", &format!("component: {}", trivial.display())),
+    )
+    .unwrap();
+    scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap()
+}
+
+/// Submits `n` runs at once and waits for all; returns wall time.
+async fn burst(scheduler: &Scheduler, wf: &Arc<PreparedWorkflow>, n: usize) -> Duration {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|i| scheduler.submit(wf, json!({"i": i})).unwrap())
+        .collect();
+    for handle in handles {
+        let report = handle.wait().await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+    }
+    started.elapsed()
+}
+
+fn median(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(f64::total_cmp);
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no options.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let config = SchedulerConfig {
+            quotas: Quotas {
+                max_workflows: 10_000,
+                max_queued: 100_000,
+                ..Quotas::default()
+            },
+            ..SchedulerConfig::default()
+        };
+        let scheduler = Scheduler::new(Sandbox::builder().build().unwrap(), config).unwrap();
+        let three = prepare(&scheduler, THREE_STEPS, dir.path());
+        let one = prepare(&scheduler, ONE_STEP, dir.path());
+        burst(&scheduler, &three, 200).await; // warm up
+
+        let mut latencies = Vec::new();
+        for _ in 0..2_000 {
+            latencies.push(burst(&scheduler, &three, 1).await.as_secs_f64() * 1e3);
+        }
+        let (p50, min, max) = median(latencies.clone());
+        latencies.sort_by(f64::total_cmp);
+        let p99 = latencies[latencies.len() * 99 / 100];
+        println!("3-step workflow latency, one at a time: p50 {p50:.3} ms, p99 {p99:.3} ms (min {min:.3}, max {max:.3})");
+
+        let mut rates = Vec::new();
+        for _ in 0..7 {
+            let wall = burst(&scheduler, &three, 5_000).await;
+            rates.push(5_000.0 / wall.as_secs_f64());
+        }
+        let (rate, lo, hi) = median(rates);
+        println!("3-step workflows, 5,000 submitted at once: {rate:.0} workflows/s (range {lo:.0}-{hi:.0})");
+
+        let rss_before = peak_rss_mib();
+        let wall = burst(&scheduler, &one, 10_000).await;
+        println!(
+            "10,000 concurrent 1-step workflows: all succeeded in {:.2} s; peak RSS {:.0} MiB (before: {rss_before:.0} MiB)",
+            wall.as_secs_f64(),
+            peak_rss_mib()
+        );
+    });
+}
