@@ -175,10 +175,13 @@ impl RunCommand {
                 cancels.iter().for_each(|c| c.cancel());
             }
         });
+        let progress = progress_bar(total);
         let mut reports = Vec::with_capacity(total);
         for handle in handles {
             reports.push(handle.wait().await);
+            progress.inc(1);
         }
+        progress.finish_and_clear();
         let elapsed = started.elapsed();
         self.print(&reports)?;
         if total > 1 {
@@ -218,6 +221,21 @@ impl RunCommand {
         }
         Ok(())
     }
+}
+
+/// A progress bar on stderr for many runs on a terminal; hidden otherwise.
+fn progress_bar(total: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if total < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {per_sec}, eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn exit_code(report: &WorkflowReport) -> u8 {
