@@ -379,6 +379,25 @@ async fn each_quota_is_enforced_with_a_clear_error() {
     let report = host.run(&big, json!({})).await;
     assert_eq!(report.failed_kind, Some(OutcomeKind::QuotaExceeded));
 
+    // More steps than a workflow may have: refused when prepared.
+    let host_small = Host::with(SchedulerConfig {
+        quotas: Quotas {
+            max_steps_per_workflow: 1,
+            ..Quotas::default()
+        },
+        ..SchedulerConfig::default()
+    });
+    let two = "name: two\nsteps:\n  - id: a\n    component: C\n  - id: b\n    component: C\n"
+        .replace('C', &stepbox_tests::guest("hostile").display().to_string());
+    let file = host_small.dir.path().join("two.yaml");
+    std::fs::write(&file, two).unwrap();
+    let err = host_small
+        .scheduler
+        .prepare(Workflow::from_file(&file).unwrap())
+        .err()
+        .unwrap();
+    assert!(err.to_string().starts_with("quota exceeded"), "{err}");
+
     let state = host.workflow("name: state\nsteps:\n  - id: s\n    component: hostile\n    input: {mode: count, key: a-very-long-key-name-that-does-not-fit-in-sixty-four-bytes-at-all, times: 1}\n");
     let report = host.run(&state, json!({})).await;
     assert_eq!(report.status, RunStatus::Failed);
