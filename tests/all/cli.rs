@@ -206,7 +206,7 @@ fn help_and_version_work_for_every_command() {
 /// Writes a workflow file whose `component: NAME.wasm` lines point at the built guests.
 fn workflow_file(dir: &std::path::Path, yaml: &str) -> String {
     let mut yaml = yaml.to_owned();
-    for (name, _) in stepbox_tests::GUESTS {
+    for name in stepbox_tests::GUESTS {
         yaml = yaml.replace(
             &format!("component: {name}.wasm"),
             &format!("component: {}", guest(name)),

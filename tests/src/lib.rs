@@ -17,18 +17,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The guest crates, by the name their component file has.
-pub const GUESTS: &[(&str, &str)] = &[
-    ("hello", "hello"),
-    ("wordcount", "wordcount"),
-    ("scratch", "scratch"),
-    ("split", "split"),
-    ("merge", "merge"),
-    ("flaky", "flaky"),
-    ("runaway", "runaway"),
-    ("trivial", "trivial"),
-    ("hostile", "hostile"),
-    ("not-a-step", "not-a-step"),
+/// The guest crates (each component file is named after its crate).
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "wordcount",
+    "scratch",
+    "split",
+    "merge",
+    "flaky",
+    "runaway",
+    "trivial",
+    "hostile",
+    "not-a-step",
 ];
 
 /// The workspace root.
@@ -48,9 +48,9 @@ pub fn workspace_root() -> &'static Path {
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(build_all);
-    let (_, package) = GUESTS
+    let package = GUESTS
         .iter()
-        .find(|(file, _)| *file == name)
+        .find(|package| **package == name)
         .unwrap_or_else(|| panic!("unknown guest `{name}`"));
     // cdylib artifacts use underscores; binaries keep the package name.
     let file = if *package == "not-a-step" {
@@ -77,7 +77,7 @@ fn build_all() -> PathBuf {
             "--target-dir",
         ])
         .arg(&target_dir);
-    for (_, package) in GUESTS {
+    for package in GUESTS {
         command.args(["-p", package]);
     }
     // Flags meant for the host build (coverage, sanitizers) must not leak into the guests.

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::report::{RunStatus, StepReport, StepStatus, WorkflowReport};
 use super::{Inner, PreparedWorkflow};
 use crate::outcome::{GuestErrorKind, Outcome, OutcomeKind};
-use crate::policy::{BreakerState, Deadline, QueueTicket, Rejected, TimeoutLevel, effective, step_deadline};
+use crate::policy::{
+    Admission, BreakerState, Deadline, QueueTicket, Rejected, TimeoutLevel, effective, step_deadline,
+};
 use crate::sandbox::{ChildCall, ChildResult, RunOptions, StepHost, add_to_json_integer};
 use crate::workflow::Scope;
 
@@ -41,7 +43,20 @@ struct Shared {
 #[derive(Default)]
 struct State {
     values: HashMap<String, String>,
+    /// Keys and values, in bytes: what the state quota limits.
     bytes: usize,
+}
+
+impl State {
+    /// Sets `key` unless the state would outgrow its quota.
+    fn put(&mut self, key: &str, value: String, admission: &Admission) -> Result<(), String> {
+        let old = self.values.get(key).map_or(0, |v| key.len() + v.len());
+        let bytes = self.bytes - old + key.len() + value.len();
+        admission.check_state(bytes).map_err(|e| e.to_string())?;
+        self.bytes = bytes;
+        self.values.insert(key.to_owned(), value);
+        Ok(())
+    }
 }
 
 /// The input a step starts with.
@@ -599,33 +614,13 @@ impl StepHost for RunHost {
     }
 
     fn state_set(&self, key: &str, value: String) -> Result<(), String> {
-        let mut state = lock(&self.shared.state);
-        let old = state.values.get(key).map_or(0, |v| key.len() + v.len());
-        let bytes = state.bytes - old + key.len() + value.len();
-        self.shared
-            .inner
-            .admission
-            .check_state(bytes)
-            .map_err(|e| e.to_string())?;
-        state.bytes = bytes;
-        state.values.insert(key.to_owned(), value);
-        Ok(())
+        lock(&self.shared.state).put(key, value, &self.shared.inner.admission)
     }
 
     fn state_add(&self, key: &str, delta: i64) -> Result<i64, String> {
         let mut state = lock(&self.shared.state);
-        let current = state.values.get(key).map(String::as_str);
-        let sum = add_to_json_integer(current, key, delta)?;
-        let old = current.map_or(0, |v| key.len() + v.len());
-        let text = sum.to_string();
-        let bytes = state.bytes - old + key.len() + text.len();
-        self.shared
-            .inner
-            .admission
-            .check_state(bytes)
-            .map_err(|e| e.to_string())?;
-        state.bytes = bytes;
-        state.values.insert(key.to_owned(), text);
+        let sum = add_to_json_integer(state.values.get(key).map(String::as_str), key, delta)?;
+        state.put(key, sum.to_string(), &self.shared.inner.admission)?;
         Ok(sum)
     }
 }
