@@ -106,5 +106,41 @@ fn load_cached(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, step_overhead, load_cached);
+/// Criterion reports the mean time of batches of steps; this times 20,000
+/// single steps one by one in one task and prints the percentiles of the
+/// per-step latency, which is what "median per step" means.
+fn latency_percentiles(_: &mut Criterion) {
+    let path = stepbox_tests::guest("trivial");
+    let sandbox = Sandbox::builder().build().unwrap();
+    let step = sandbox.load_file(&path).unwrap();
+    let rt = runtime();
+    let mut micros: Vec<f64> = rt.block_on(async move {
+        tokio::spawn(async move {
+            let mut micros = Vec::with_capacity(20_000);
+            for i in 0..22_000 {
+                let started = Instant::now();
+                let report = sandbox.run(&step, INPUT, RunOptions::default()).await;
+                let elapsed = started.elapsed();
+                assert_eq!(report.outcome.kind(), OutcomeKind::Completed);
+                if i >= 2_000 {
+                    micros.push(elapsed.as_secs_f64() * 1e6);
+                }
+            }
+            micros
+        })
+        .await
+        .unwrap()
+    });
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "trivial step, one task, per-step latency over {} runs: p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs",
+        micros.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99)
+    );
+}
+
+criterion_group!(benches, latency_percentiles, step_overhead, load_cached);
 criterion_main!(benches);

@@ -26,6 +26,7 @@ pub const GUESTS: &[&str] = &[
     "merge",
     "flaky",
     "runaway",
+    "fib",
     "trivial",
     "hostile",
     "not-a-step",
