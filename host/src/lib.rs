@@ -35,8 +35,8 @@ pub use outcome::{
 };
 pub use sandbox::{
     ChildCall, ChildResult, ComponentInfo, DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_WASM_STACK,
-    DEFAULT_MEMORY_CACHE_ENTRIES, Digest, Item, LoadError, RunOptions, Sandbox, SandboxBuilder, SandboxError,
-    StepComponent, StepHost, add_to_json_integer,
+    DEFAULT_MEMORY_CACHE_ENTRIES, Digest, Item, LoadError, MAX_STACK_SIZES, RunOptions, STACK_RANGE, Sandbox,
+    SandboxBuilder, SandboxError, StepComponent, StepHost, add_to_json_integer,
 };
 pub use tokio_util::sync::CancellationToken;
 pub mod workflow;

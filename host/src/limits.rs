@@ -31,6 +31,10 @@ pub const DEFAULT_OUTPUT: ByteSize = ByteSize::mib(16);
 /// Past it records are dropped and counted, so a log flood cannot exhaust the host.
 pub const DEFAULT_LOG: ByteSize = ByteSize::mib(1);
 
+/// Default wasm stack: deep enough for ordinary recursion, small enough that
+/// unbounded recursion ends quickly in a stack-overflow outcome.
+pub const DEFAULT_STACK: ByteSize = ByteSize::kib(512);
+
 /// The limits one step instance runs under.
 ///
 /// # Examples
@@ -59,11 +63,15 @@ pub struct Limits {
     pub output: ByteSize,
     /// Largest captured log (log records, stdout and stderr together).
     pub log: ByteSize,
+    /// The wasm stack. wasmtime fixes the stack per engine, so each distinct
+    /// size a sandbox runs with costs it an engine (see
+    /// [`Sandbox::run`](crate::Sandbox::run)); most hosts use one.
+    pub stack: ByteSize,
 }
 
 impl Default for Limits {
     /// The documented defaults: [`DEFAULT_FUEL`], [`DEFAULT_MEMORY`],
-    /// [`DEFAULT_TIMEOUT`], [`DEFAULT_OUTPUT`] and [`DEFAULT_LOG`].
+    /// [`DEFAULT_TIMEOUT`], [`DEFAULT_OUTPUT`], [`DEFAULT_LOG`] and [`DEFAULT_STACK`].
     fn default() -> Self {
         Limits {
             fuel: DEFAULT_FUEL,
@@ -71,6 +79,7 @@ impl Default for Limits {
             timeout: DEFAULT_TIMEOUT,
             output: DEFAULT_OUTPUT,
             log: DEFAULT_LOG,
+            stack: DEFAULT_STACK,
         }
     }
 }
@@ -95,12 +104,14 @@ impl Limits {
             timeout,
             output,
             log,
+            stack,
         } = *overrides;
         self.fuel = fuel.unwrap_or(self.fuel);
         self.memory = memory.unwrap_or(self.memory);
         self.timeout = timeout.unwrap_or(self.timeout);
         self.output = output.unwrap_or(self.output);
         self.log = log.unwrap_or(self.log);
+        self.stack = stack.unwrap_or(self.stack);
         self
     }
 }
@@ -128,6 +139,8 @@ pub struct LimitOverrides {
     pub output: Option<ByteSize>,
     /// Replaces [`Limits::log`].
     pub log: Option<ByteSize>,
+    /// Replaces [`Limits::stack`].
+    pub stack: Option<ByteSize>,
 }
 
 /// Parses a human duration such as `500ms`, `2s` or `1m 30s`.

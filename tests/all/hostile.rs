@@ -211,3 +211,58 @@ async fn dropping_a_run_future_midway_cleans_up_too() {
     assert!(sb.scratch_leftovers().is_empty());
     assert!(sb.descriptors_into_scratch().is_empty());
 }
+
+#[tokio::test]
+async fn the_wasm_stack_is_a_per_run_limit() {
+    let sb = TestSandbox::new();
+    let small = LimitOverrides {
+        stack: Some(ByteSize::kib(128)),
+        ..limits()
+    };
+    let report = hostile(&sb, json!({"mode": "recursion"}), small).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::StackOverflow {
+            limit: ByteSize::kib(128).as_u64()
+        }
+    );
+    // Well-behaved steps run with that stack too, and with a larger one.
+    let step = sb.load("hostile");
+    for stack in [ByteSize::kib(128), ByteSize::mib(2)] {
+        let stack = LimitOverrides {
+            stack: Some(stack),
+            ..limits()
+        };
+        let echo = sb.run(&step, json!({"mode": "echo", "id": 3}), stack).await;
+        assert_eq!(output(&echo)["id"], 3);
+    }
+    // Each size costs an engine: a third size beyond the default is the last one.
+    let third = LimitOverrides {
+        stack: Some(ByteSize::kib(256)),
+        ..limits()
+    };
+    output(&sb.run(&step, json!({"mode": "echo", "id": 4}), third).await);
+    let fourth = LimitOverrides {
+        stack: Some(ByteSize::mib(1)),
+        ..limits()
+    };
+    let report = sb.run(&step, json!({"mode": "echo", "id": 5}), fourth).await;
+    assert_eq!(
+        report.outcome.kind(),
+        stepbox::OutcomeKind::HostFailure,
+        "{}",
+        report.outcome
+    );
+    // A size outside the accepted range is refused, naming the range.
+    let tiny = LimitOverrides {
+        stack: Some(ByteSize::kib(1)),
+        ..limits()
+    };
+    let report = sb.run(&step, json!({"mode": "echo", "id": 1}), tiny).await;
+    match report.outcome {
+        Outcome::HostFailure { message } => {
+            assert!(message.contains("outside the accepted range"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+}

@@ -34,6 +34,9 @@ pub struct StepCommand {
     /// Captured log size limit (log records, stdout and stderr) [default: 1MiB]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     max_log: Option<ByteSize>,
+    /// Wasm stack, 64KiB to 64MiB [default: 512KiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    stack: Option<ByteSize>,
     /// Print the full run report (outcome, usage, log) as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -75,6 +78,7 @@ impl StepCommand {
                 timeout: self.timeout,
                 output: self.max_output,
                 log: self.max_log,
+                stack: self.stack,
             })
             .cancel_token(cancel);
         let report = sandbox.run(&component, &input, options).await;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bytesize::ByteSize;
+
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -18,7 +20,12 @@ const TABLES_PER_STEP: u32 = 3;
 /// Decommits batched into one flush.
 const DECOMMIT_BATCH: usize = 16;
 
-pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
+/// An engine for instances with a `stack`-sized wasm stack, with its linker
+/// and its epoch ticker running.
+pub(super) fn build(
+    settings: &SandboxBuilder,
+    stack: ByteSize,
+) -> Result<(Engine, Linker<InstanceState>), SandboxError> {
     let n = settings.max_instances;
     let max_memory = usize::try_from(settings.max_memory_per_instance.as_u64()).unwrap_or(usize::MAX);
     let mut pool = PoolingAllocationConfig::new();
@@ -33,7 +40,7 @@ pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
         // it); the calls are batched.
         .decommit_batch_size(DECOMMIT_BATCH);
 
-    let stack = usize::try_from(settings.max_wasm_stack.as_u64()).unwrap_or(usize::MAX);
+    let stack = usize::try_from(stack.as_u64()).unwrap_or(usize::MAX);
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -43,7 +50,11 @@ pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
         // The fiber stack must hold the wasm stack plus the host frames below it.
         .async_stack_size(stack + 1024 * 1024)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
-    Engine::new(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+    let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+    let mut linker = Linker::new(&engine);
+    link(&mut linker)?;
+    start_epoch_ticker(&engine, settings.epoch_tick)?;
+    Ok((engine, linker))
 }
 
 /// Adds WASI 0.2 and the stepbox `host` interface to the linker.
@@ -51,7 +62,7 @@ pub(super) fn build(settings: &SandboxBuilder) -> Result<Engine, SandboxError> {
 /// WASI is linked whole, but the context each instance gets denies what a
 /// step must not have: no environment, no arguments, no stdin, no sockets,
 /// no name lookup, and no directory but its own `/tmp`.
-pub(super) fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
+fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
     wasmtime_wasi::p2::add_to_linker_async(linker)
         .and_then(|()| super::step_host::add_to_linker(linker))
         .map_err(|e| SandboxError::Engine(format!("{e:#}")))
@@ -62,7 +73,7 @@ pub(super) fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxErro
 /// The thread holds only a weak reference, so it does not keep the engine
 /// alive. Without it a spinning guest would never be interrupted, so failing
 /// to start it fails the sandbox.
-pub(super) fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), SandboxError> {
+fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), SandboxError> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("stepbox-epoch".into())

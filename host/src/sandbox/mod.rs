@@ -14,8 +14,9 @@ mod run;
 mod scratch;
 mod step_host;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use self::bindings::StepPre;
 use self::cache::DiskCache;
 use self::component::Loaded;
 pub use self::component::{ComponentInfo, Digest, Item, LoadError, StepComponent};
@@ -34,9 +36,16 @@ use crate::limits::Limits;
 /// Default number of step instances that may run at once; runs beyond it wait.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
 
-/// Default wasm stack of every instance. wasmtime fixes it per engine, so it
-/// is a host setting rather than a per-step limit.
-pub const DEFAULT_MAX_WASM_STACK: ByteSize = ByteSize::kib(512);
+/// Default wasm stack of every instance ([`Limits::stack`]).
+pub const DEFAULT_MAX_WASM_STACK: ByteSize = crate::limits::DEFAULT_STACK;
+
+/// How many distinct wasm stack sizes one sandbox runs with. wasmtime fixes
+/// the stack per engine, so each size beyond the default costs an engine (an
+/// instance pool's address space and an epoch ticker thread).
+pub const MAX_STACK_SIZES: usize = 4;
+
+/// The smallest and largest per-run wasm stack accepted.
+pub const STACK_RANGE: (ByteSize, ByteSize) = (ByteSize::kib(64), ByteSize::mib(64));
 
 /// Default interval of the epoch ticker: the precision of timeouts, and how
 /// often a long computation yields its thread to other steps.
@@ -72,13 +81,16 @@ pub struct Sandbox {
 struct Inner {
     engine: Engine,
     linker: Linker<InstanceState>,
+    /// Engines for runs with another stack size than the default, by size.
+    stack_tiers: Mutex<HashMap<u64, Arc<StackTier>>>,
+    /// What built the default engine, to build the others alike.
+    settings: SandboxBuilder,
     memory_cache: moka::sync::Cache<Digest, StepComponent>,
     disk_cache: Option<DiskCache>,
     defaults: Limits,
     /// One permit per pool slot: runs wait here instead of failing on a full pool.
     permits: Semaphore,
     max_instances: u32,
-    max_wasm_stack: usize,
     max_memory: u64,
     scratch: ScratchRoot,
 }
@@ -109,7 +121,6 @@ struct Inner {
 pub struct SandboxBuilder {
     max_instances: u32,
     max_memory_per_instance: ByteSize,
-    max_wasm_stack: ByteSize,
     epoch_tick: Duration,
     defaults: Limits,
     cache_dir: Option<PathBuf>,
@@ -122,7 +133,6 @@ impl Default for SandboxBuilder {
         SandboxBuilder {
             max_instances: DEFAULT_MAX_INSTANCES,
             max_memory_per_instance: ByteSize::gib(4),
-            max_wasm_stack: DEFAULT_MAX_WASM_STACK,
             epoch_tick: DEFAULT_EPOCH_TICK,
             defaults: Limits::default(),
             cache_dir: None,
@@ -147,10 +157,11 @@ impl SandboxBuilder {
         self
     }
 
-    /// The wasm stack of every instance; unbounded recursion ends in a
+    /// The default wasm stack of every instance (the same as the `stack` of
+    /// [`SandboxBuilder::default_limits`]); unbounded recursion ends in a
     /// [`StackOverflow`](crate::Outcome::StackOverflow) outcome at this depth.
     pub fn max_wasm_stack(mut self, size: ByteSize) -> Self {
-        self.max_wasm_stack = size;
+        self.defaults.stack = size;
         self
     }
 
@@ -199,9 +210,7 @@ impl SandboxBuilder {
     /// [`SandboxError`] when the engine cannot be created (for example the pool
     /// does not fit in the address space) or a directory cannot be created.
     pub fn build(self) -> Result<Sandbox, SandboxError> {
-        let engine = engine::build(&self)?;
-        let mut linker = Linker::new(&engine);
-        engine::link(&mut linker)?;
+        let (engine, linker) = engine::build(&self, self.defaults.stack)?;
         let disk_cache = self
             .cache_dir
             .as_deref()
@@ -213,7 +222,6 @@ impl SandboxBuilder {
             })
             .transpose()?;
         let scratch = ScratchRoot::create(self.scratch_parent.as_deref())?;
-        engine::start_epoch_ticker(&engine, self.epoch_tick)?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 engine,
@@ -223,9 +231,10 @@ impl SandboxBuilder {
                 defaults: self.defaults,
                 permits: Semaphore::new(self.max_instances as usize),
                 max_instances: self.max_instances,
-                max_wasm_stack: self.max_wasm_stack.as_u64() as usize,
+                stack_tiers: Mutex::new(HashMap::new()),
                 max_memory: self.max_memory_per_instance.as_u64(),
                 scratch,
+                settings: self,
             }),
         })
     }
@@ -337,6 +346,78 @@ impl Sandbox {
         })
     }
 
+    /// The engine and the pre-instantiated `step` for runs with a `stack`
+    /// other than the default: built on first use, then cached.
+    fn stack_tier(
+        &self,
+        step: &StepComponent,
+        stack: ByteSize,
+    ) -> Result<(Engine, StepPre<InstanceState>), String> {
+        let (min, max) = STACK_RANGE;
+        if stack < min || stack > max {
+            return Err(format!(
+                "a wasm stack of {} is outside the accepted range {}..={}",
+                stack.display().iec(),
+                min.display().iec(),
+                max.display().iec()
+            ));
+        }
+        let tier = {
+            let mut tiers = self
+                .inner
+                .stack_tiers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match tiers.get(&stack.as_u64()) {
+                Some(tier) => Arc::clone(tier),
+                None => {
+                    if tiers.len() + 1 >= MAX_STACK_SIZES {
+                        return Err(format!(
+                            "this sandbox already runs with {MAX_STACK_SIZES} wasm stack sizes, the most it supports"
+                        ));
+                    }
+                    let (engine, linker) =
+                        engine::build(&self.inner.settings, stack).map_err(|e| e.to_string())?;
+                    let tier = Arc::new(StackTier {
+                        engine,
+                        linker,
+                        components: moka::sync::Cache::new(self.inner.settings.memory_cache_entries),
+                    });
+                    tiers.insert(stack.as_u64(), Arc::clone(&tier));
+                    tier
+                }
+            }
+        };
+        let digest = step.digest();
+        if let Some(pre) = tier.components.get(&digest) {
+            return Ok((tier.engine.clone(), pre));
+        }
+        // The stack size is checked when wasm is entered, not compiled in:
+        // code compiled by the default engine is valid in the tier's.
+        let fail = |e: wasmtime::Error| {
+            format!(
+                "cannot prepare `{}` for a {} stack: {e:#}",
+                step.name(),
+                stack.display().iec()
+            )
+        };
+        let bytes = step
+            .inner
+            .pre
+            .instance_pre()
+            .component()
+            .serialize()
+            .map_err(fail)?;
+        // SAFETY: the bytes were just serialized by this sandbox's own engine,
+        // whose configuration the tier's engine shares but for the stack size.
+        let component =
+            unsafe { wasmtime::component::Component::deserialize(&tier.engine, &bytes) }.map_err(fail)?;
+        let pre =
+            component::pre_instantiate(&tier.linker, step.name(), &component).map_err(|e| e.to_string())?;
+        tier.components.insert(digest, pre.clone());
+        Ok((tier.engine.clone(), pre))
+    }
+
     fn compile_cached(
         &self,
         name: &str,
@@ -365,6 +446,14 @@ impl std::fmt::Debug for Sandbox {
             .field("scratch", &self.inner.scratch.path)
             .finish_non_exhaustive()
     }
+}
+
+/// An engine for one non-default wasm stack size, and the components
+/// pre-instantiated for it.
+struct StackTier {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    components: moka::sync::Cache<Digest, StepPre<InstanceState>>,
 }
 
 /// The directory holding all of a sandbox's instance directories.

@@ -108,6 +108,11 @@ impl Sandbox {
     /// ends, including when this future is dropped). Nothing the guest does
     /// makes this panic or return early: every ending is an [`Outcome`].
     ///
+    /// A run whose [`Limits::stack`] differs from the sandbox's default runs
+    /// on an engine built for that stack size, created (and the component
+    /// prepared for it, from its compiled code) on first use; a sandbox keeps
+    /// at most [`MAX_STACK_SIZES`](crate::MAX_STACK_SIZES) sizes.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -125,6 +130,18 @@ impl Sandbox {
         let inner = &*self.inner;
         let limits = inner.defaults.with(&options.limits);
         let queued = Instant::now();
+        let tier;
+        let (engine, pre) = if limits.stack == inner.defaults.stack {
+            (&inner.engine, &step.inner.pre)
+        } else {
+            match self.stack_tier(step, limits.stack) {
+                Ok(found) => {
+                    tier = found;
+                    (&tier.0, &tier.1)
+                }
+                Err(message) => return early(host_failure(&message), queued),
+            }
+        };
         let cancelled = async {
             match &options.cancel {
                 Some(token) => token.cancelled().await,
@@ -174,7 +191,7 @@ impl Sandbox {
         };
         let memory_limit = limits.memory.as_u64().min(inner.max_memory);
         let mut store = Store::new(
-            &inner.engine,
+            engine,
             InstanceState {
                 wasi,
                 table: ResourceTable::new(),
@@ -203,7 +220,6 @@ impl Sandbox {
         });
 
         let ended = {
-            let pre = &step.inner.pre;
             let call = async {
                 let instance = pre.instantiate_async(&mut store).await?;
                 instance.call_run(&mut store, input).await
@@ -231,7 +247,7 @@ impl Sandbox {
             limits: &limits,
             allowed: deadline.saturating_duration_since(started),
             elapsed,
-            max_wasm_stack: inner.max_wasm_stack as u64,
+            max_wasm_stack: limits.stack.as_u64(),
             log: &log,
         };
         let outcome = classify.ended(ended);

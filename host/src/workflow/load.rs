@@ -392,6 +392,7 @@ fn read_step(
         timeout: own.timeout.or(default_limits.timeout),
         output: own.output.or(default_limits.output),
         log: own.log.or(default_limits.log),
+        stack: own.stack.or(default_limits.stack),
     };
     let retry = match retry {
         Some(n) => retry_policy(n)?,
