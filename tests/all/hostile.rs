@@ -55,12 +55,21 @@ async fn a_loop_calling_host_imports_is_stopped_by_fuel_and_by_time() {
     let report = hostile(
         &sb,
         json!({"mode": "host-loop"}),
-        timeout(Duration::from_millis(200)),
+        LimitOverrides {
+            timeout: Some(Duration::from_millis(200)),
+            log: Some(ByteSize::kib(4)),
+            ..limits()
+        },
     )
     .await;
     assert_eq!(report.outcome.kind(), OutcomeKind::Timeout);
     // The trace records it floods the log with are capped, not accumulated.
-    assert!(report.log.dropped_bytes > 0 || report.log.records.len() < 100_000);
+    let kept: usize = report.log.records.iter().map(|r| r.message.len()).sum();
+    assert!(kept <= 4 * 1024, "kept {kept} bytes");
+    assert!(
+        report.log.dropped_bytes > 0,
+        "the loop wrote less than 4 KiB in 200 ms"
+    );
 }
 
 #[tokio::test]
