@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -261,37 +260,44 @@ impl Shared {
     ) -> Option<Value> {
         let def = &self.wf.workflow.steps[i];
         report.items = Some(items.len());
+        // Items wait here rather than as tasks: 10,000 spawned tasks would
+        // all sit in the runtime's queue ahead of other runs' work. Twice
+        // the instance slots keeps every slot this run may get busy.
         let parallel = def
             .for_each
             .as_ref()
             .and_then(|f| f.max_parallel)
-            .map_or(items.len(), |n| n as usize);
-        let limit = Arc::new(Semaphore::new(parallel.clamp(1, Semaphore::MAX_PERMITS)));
+            .map_or(2 * self.inner.config.quotas.max_instances, |n| n as usize)
+            .max(1);
         let cancel = self.steps_cancel.child_token();
+        let total = items.len();
+        let mut pending = items.into_iter().enumerate();
         let mut tasks = JoinSet::new();
-        for (index, input) in items.into_iter().enumerate() {
-            let (shared, limit, cancel) = (Arc::clone(self), Arc::clone(&limit), cancel.clone());
-            tasks.spawn(async move {
-                let _turn = tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => None,
-                    turn = limit.acquire_owned() => turn.ok(),
-                };
-                let attempts = shared.attempts(i, &input, 0, None, None, &cancel, true).await;
-                (index, attempts)
-            });
-        }
-        let mut outputs: Vec<Value> = Vec::with_capacity(report.items.unwrap_or(0));
-        outputs.resize(report.items.unwrap_or(0), Value::Null);
+        let mut outputs: Vec<Value> = vec![Value::Null; total];
         let mut first_failure: Option<(usize, Attempts)> = None;
+        let mut finished = 0;
         report.status = StepStatus::Succeeded;
         report.outcome = Some(OutcomeKind::Completed);
-        while let Some(joined) = tasks.join_next().await {
+        loop {
+            while tasks.len() < parallel && !cancel.is_cancelled() {
+                let Some((index, input)) = pending.next() else {
+                    break;
+                };
+                let (shared, cancel) = (Arc::clone(self), cancel.clone());
+                tasks.spawn(async move {
+                    let attempts = shared.attempts(i, &input, 0, None, None, &cancel, true).await;
+                    (index, attempts)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
             let (index, attempts) = match joined {
                 Ok(done) => done,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => unreachable!("item tasks are never aborted: {e}"),
             };
+            finished += 1;
             report.attempts = report.attempts.max(attempts.attempts);
             report.fuel += attempts.fuel;
             report.peak_memory = report.peak_memory.max(attempts.peak_memory);
@@ -309,6 +315,13 @@ impl Shared {
                     cancel.cancel();
                 }
             }
+        }
+        if first_failure.is_none() && finished < total {
+            // Cancelled from outside before every item started.
+            report.status = StepStatus::Cancelled;
+            report.outcome = Some(OutcomeKind::Cancelled);
+            report.message = Some(format!("cancelled after {finished} of {total} items"));
+            return None;
         }
         let Some((index, failure)) = first_failure else {
             return Some(Value::Array(outputs));
