@@ -491,3 +491,26 @@ steps:
     ));
     assert!(host.sb.scratch_leftovers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_memory_counts_against_the_budget_without_waiting() {
+    let host = Host::with(SchedulerConfig {
+        quotas: Quotas {
+            memory_budget: bytesize::ByteSize::mib(100),
+            ..Quotas::default()
+        },
+        ..SchedulerConfig::default()
+    });
+    let calls = |child_memory: &str| {
+        format!(
+            "name: greedy\nsteps:\n  - id: parent\n    component: hostile\n    memory: 64MiB\n    input: {{mode: call, step: child, input: {{mode: echo, id: 1}}}}\n  - id: child\n    component: hostile\n    needs: [parent]\n    memory: {child_memory}\n"
+        )
+    };
+    let report = host.run(&host.workflow(&calls("16MiB")), json!({})).await;
+    assert_eq!(report.children[0].outcome, Some(OutcomeKind::Completed));
+
+    let report = host.run(&host.workflow(&calls("64MiB")), json!({})).await;
+    assert_eq!(report.children[0].outcome, Some(OutcomeKind::QuotaExceeded));
+    assert!(report.error.unwrap().contains("quota exceeded"));
+    assert_eq!(host.scheduler.stats().memory_in_use, bytesize::ByteSize::b(0));
+}

@@ -106,6 +106,22 @@ pub enum QuotaError {
         /// The limit.
         max: usize,
     },
+    /// No memory of the budget is free now, for a request that cannot wait
+    /// (a child call, whose caller holds memory of its own).
+    #[error(
+        "quota exceeded: {} of memory asked for, but only {} of the {} budget is free",
+        .asked.display().iec(),
+        .free.display().iec(),
+        .budget.display().iec()
+    )]
+    MemoryBudgetExhausted {
+        /// The memory asked for.
+        asked: ByteSize,
+        /// What was free.
+        free: ByteSize,
+        /// The whole budget.
+        budget: ByteSize,
+    },
     /// One step's memory limit is larger than the whole memory budget, so it could never run.
     #[error(
         "quota exceeded: a step asked for {} of memory, more than the whole budget of {}",
@@ -187,7 +203,8 @@ pub struct WorkflowSlot {
 #[derive(Debug)]
 #[must_use = "the slot is released as soon as it is dropped"]
 pub struct InstanceSlot {
-    _instance: OwnedSemaphorePermit,
+    /// None for a memory-only reservation ([`Admission::try_reserve_memory`]).
+    _instance: Option<OwnedSemaphorePermit>,
     _memory: OwnedSemaphorePermit,
     memory: ByteSize,
     inner: Arc<Inner>,
@@ -335,6 +352,62 @@ impl Admission {
     /// up). Dropping the guard releases both; dropping this future while it
     /// waits releases whatever it had taken.
     pub async fn reserve_instance(&self, memory: ByteSize) -> Result<InstanceSlot, QuotaError> {
+        let units = self.memory_units(memory)?;
+        let memory_permit = Arc::clone(&self.inner.memory)
+            .acquire_many_owned(units)
+            .await
+            .expect(CLOSED);
+        let instance_permit = Arc::clone(&self.inner.instances)
+            .acquire_owned()
+            .await
+            .expect(CLOSED);
+        self.inner
+            .memory_in_use
+            .fetch_add(memory.as_u64(), Ordering::Relaxed);
+        Ok(InstanceSlot {
+            _instance: Some(instance_permit),
+            _memory: memory_permit,
+            memory,
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    /// Reserves `memory` of the budget at once, without an instance slot,
+    /// for work that runs on a slot it already has (a child call on its
+    /// caller's): waiting could deadlock when every holder waits on a child.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::MemoryBudgetExhausted`] when that much is not free now;
+    /// [`QuotaError::MemoryLimitTooLarge`] when it exceeds the whole budget.
+    pub fn try_reserve_memory(&self, memory: ByteSize) -> Result<InstanceSlot, QuotaError> {
+        let units = self.memory_units(memory)?;
+        let permit = Arc::clone(&self.inner.memory)
+            .try_acquire_many_owned(units)
+            .map_err(|_| QuotaError::MemoryBudgetExhausted {
+                asked: memory,
+                free: ByteSize::b(
+                    self.inner
+                        .quotas
+                        .memory_budget
+                        .as_u64()
+                        .saturating_sub(self.inner.memory_in_use.load(Ordering::Relaxed)),
+                ),
+                budget: self.inner.quotas.memory_budget,
+            })?;
+        self.inner
+            .memory_in_use
+            .fetch_add(memory.as_u64(), Ordering::Relaxed);
+        Ok(InstanceSlot {
+            _instance: None,
+            _memory: permit,
+            memory,
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    /// The permits `memory` takes; an error when it exceeds the budget.
+    fn memory_units(&self, memory: ByteSize) -> Result<u32, QuotaError> {
         let inner = &self.inner;
         let budget = inner.quotas.memory_budget;
         if memory > budget {
@@ -346,19 +419,7 @@ impl Admission {
         // Round up, but never past the whole budget: a request of at most the
         // budget must be admissible when nothing else runs.
         let units = memory.as_u64().div_ceil(inner.memory_unit);
-        let units = u32::try_from(units).unwrap_or(u32::MAX).min(inner.memory_permits);
-        let memory_permit = Arc::clone(&inner.memory)
-            .acquire_many_owned(units)
-            .await
-            .expect(CLOSED);
-        let instance_permit = Arc::clone(&inner.instances).acquire_owned().await.expect(CLOSED);
-        inner.memory_in_use.fetch_add(memory.as_u64(), Ordering::Relaxed);
-        Ok(InstanceSlot {
-            _instance: instance_permit,
-            _memory: memory_permit,
-            memory,
-            inner: Arc::clone(inner),
-        })
+        Ok(u32::try_from(units).unwrap_or(u32::MAX).min(inner.memory_permits))
     }
 
     /// Checks a workflow's step count against `max_steps_per_workflow`.

@@ -391,11 +391,14 @@ impl Shared {
                     let memory = def.limits.memory.unwrap_or(defaults.memory);
                     let slots = async {
                         if !gated {
-                            return Ok(None);
+                            // A child runs on its caller's slot, but its
+                            // memory counts against the budget; it cannot
+                            // wait for it (its caller holds some).
+                            return Ok((None, inner.admission.try_reserve_memory(memory)?));
                         }
                         let turn = inner.gate.acquire(self.id).await;
                         let slot = inner.admission.reserve_instance(memory).await?;
-                        Ok(Some((turn, slot)))
+                        Ok((Some(turn), slot))
                     };
                     let slots = tokio::select! {
                         biased;
@@ -594,7 +597,8 @@ impl StepHost for RunHost {
             level: TimeoutLevel::Parent,
         };
         // Children run on the caller's slot (taking another could deadlock
-        // when every slot is held by a caller) and die with the caller.
+        // when every slot is held by a caller), reserve their memory from the
+        // budget without waiting, and die with the caller.
         let attempts = shared
             .attempts(
                 i,
