@@ -20,6 +20,13 @@
 //! Guests get nothing they are not given: no environment variables, no
 //! arguments, no stdin, no network, no host files but their own `/tmp`. Their
 //! stdout and stderr are captured into the step's log.
+//!
+//! Workflows build on that, one module per concern, with data flowing one
+//! way: a file is read into a [`workflow::Workflow`] (validated, with its
+//! plan), a [`scheduler::Scheduler`] runs it on a sandbox, consulting the
+//! [`policy`] pieces (retries, circuit breakers, the deadline hierarchy,
+//! quotas), and reports a [`scheduler::WorkflowReport`]. [`config`] reads the
+//! host's `stepbox.toml`.
 
 pub mod config;
 pub mod limits;
