@@ -49,6 +49,15 @@ fn bench_plan(c: &mut Criterion) {
                 black_box(workflow.plan())
             })
         });
+        // The same DAG as JSON, which loads through the fast path.
+        let value: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let json = serde_json::to_string(&value).unwrap();
+        group.bench_with_input(BenchmarkId::new("from_str+plan json", steps), &json, |b, json| {
+            b.iter(|| {
+                let workflow = Workflow::from_str(black_box(json), Path::new("bench.json")).unwrap();
+                black_box(workflow.plan())
+            })
+        });
         // The YAML parser alone, for comparison: what validation adds is the difference.
         group.bench_with_input(BenchmarkId::new("yaml_parse_only", steps), &text, |b, text| {
             b.iter(|| black_box(serde_saphyr::from_str::<serde::de::IgnoredAny>(black_box(text)).unwrap()))
