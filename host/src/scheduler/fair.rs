@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 /// Instance slots shared round-robin between runs.
 #[derive(Debug)]
 pub(crate) struct FairGate {
+    slots: usize,
     state: Mutex<State>,
 }
 
@@ -58,6 +59,7 @@ impl Drop for Waiter {
 impl FairGate {
     pub(crate) fn new(slots: usize) -> Arc<FairGate> {
         Arc::new(FairGate {
+            slots,
             state: Mutex::new(State {
                 free: slots,
                 ring: VecDeque::new(),
@@ -124,6 +126,11 @@ impl FairGate {
             }
         }
         state.free += 1;
+    }
+
+    /// Slots in use.
+    pub(crate) fn in_use(&self) -> usize {
+        self.slots - self.lock().free
     }
 
     /// Slots not in use.
