@@ -372,34 +372,6 @@ impl Admission {
         })
     }
 
-    /// Reserves `memory` of the budget, without an instance slot, waiting
-    /// first come first served until it is free: for a caller that bounds
-    /// instances itself (the scheduler shares its slots fairly between runs).
-    ///
-    /// # Errors
-    ///
-    /// [`QuotaError::MemoryLimitTooLarge`] when it exceeds the whole budget.
-    pub async fn reserve_memory(&self, memory: ByteSize) -> Result<InstanceSlot, QuotaError> {
-        let units = self.memory_units(memory)?;
-        let permit = Arc::clone(&self.inner.memory)
-            .acquire_many_owned(units)
-            .await
-            .expect(CLOSED);
-        Ok(self.memory_slot(memory, permit))
-    }
-
-    fn memory_slot(&self, memory: ByteSize, permit: OwnedSemaphorePermit) -> InstanceSlot {
-        self.inner
-            .memory_in_use
-            .fetch_add(memory.as_u64(), Ordering::Relaxed);
-        InstanceSlot {
-            _instance: None,
-            _memory: permit,
-            memory,
-            inner: Arc::clone(&self.inner),
-        }
-    }
-
     /// Reserves `memory` of the budget at once, without an instance slot,
     /// for work that runs on a slot it already has (a child call on its
     /// caller's): waiting could deadlock when every holder waits on a child.
@@ -423,7 +395,15 @@ impl Admission {
                 ),
                 budget: self.inner.quotas.memory_budget,
             })?;
-        Ok(self.memory_slot(memory, permit))
+        self.inner
+            .memory_in_use
+            .fetch_add(memory.as_u64(), Ordering::Relaxed);
+        Ok(InstanceSlot {
+            _instance: None,
+            _memory: permit,
+            memory,
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     /// The permits `memory` takes; an error when it exceeds the budget.

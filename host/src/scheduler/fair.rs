@@ -14,7 +14,6 @@ use tokio::sync::oneshot;
 /// Instance slots shared round-robin between runs.
 #[derive(Debug)]
 pub(crate) struct FairGate {
-    slots: usize,
     state: Mutex<State>,
 }
 
@@ -59,7 +58,6 @@ impl Drop for Waiter {
 impl FairGate {
     pub(crate) fn new(slots: usize) -> Arc<FairGate> {
         Arc::new(FairGate {
-            slots,
             state: Mutex::new(State {
                 free: slots,
                 ring: VecDeque::new(),
@@ -126,11 +124,6 @@ impl FairGate {
             }
         }
         state.free += 1;
-    }
-
-    /// Slots in use.
-    pub(crate) fn in_use(&self) -> usize {
-        self.slots - self.lock().free
     }
 
     /// Slots not in use.

@@ -262,10 +262,7 @@ impl Scheduler {
 
     /// Runs in flight and waiting, instances and memory in use.
     pub fn stats(&self) -> AdmissionStats {
-        AdmissionStats {
-            instances_in_use: self.inner.gate.in_use(),
-            ..self.inner.admission.stats()
-        }
+        self.inner.admission.stats()
     }
 
     /// Every component's breaker state, by component name.

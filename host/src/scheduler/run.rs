@@ -397,9 +397,7 @@ impl Shared {
                             return Ok((None, inner.admission.try_reserve_memory(memory)?));
                         }
                         let turn = inner.gate.acquire(self.id).await;
-                        // The gate bounds instances, fairly between runs;
-                        // admission only accounts for memory.
-                        let slot = inner.admission.reserve_memory(memory).await?;
+                        let slot = inner.admission.reserve_instance(memory).await?;
                         Ok((Some(turn), slot))
                     };
                     let slots = tokio::select! {
