@@ -296,6 +296,34 @@ pub fn remaining() -> Duration {
     Duration::from_millis(host::remaining_ms())
 }
 
+/// A key naming this unit of work (this step of this run, or this item of a
+/// `for_each`), the same across retries, crashes and resumes.
+///
+/// The host runs a step at least once: a step that was running when its host
+/// crashed runs again. Pass this key to whatever the step changes outside the
+/// sandbox (as an idempotency key, a request id, a row's unique key) so that
+/// running twice has the effect of running once.
+///
+/// ```no_run
+/// let key = stepbox_guest::idempotency_key();
+/// stepbox_guest::info(format!("charging once under {key}"));
+/// ```
+pub fn idempotency_key() -> String {
+    host::idempotency_key()
+}
+
+/// Which attempt at this unit of work this is: 1 the first time, then
+/// counting retries and runs cut short by a crash or a shutdown.
+///
+/// ```no_run
+/// if stepbox_guest::attempt() > 1 {
+///     stepbox_guest::warn("running again: checking what the last attempt did");
+/// }
+/// ```
+pub fn attempt() -> u32 {
+    host::attempt()
+}
+
 /// Runs another step of the same workflow, by its id, as a child of this
 /// step, and returns its output.
 ///

@@ -34,6 +34,7 @@ mod outcome;
 pub mod policy;
 mod sandbox;
 pub mod scheduler;
+pub mod store;
 
 pub use limits::{LimitOverrides, Limits};
 pub use outcome::{

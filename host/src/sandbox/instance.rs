@@ -1,5 +1,6 @@
 //! The state of one step instance, and the host imports it can call.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
@@ -19,6 +20,15 @@ pub(crate) struct InstanceState {
     pub(crate) deadline: Instant,
     /// Where child calls and state operations go.
     pub(crate) imports: Imports,
+    /// What `idempotency-key` and `attempt` return.
+    pub(crate) work: WorkId,
+}
+
+/// Which unit of work an instance runs, as the guest sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkId {
+    pub(crate) key: Arc<str>,
+    pub(crate) attempt: u32,
 }
 
 impl WasiView for InstanceState {

@@ -12,7 +12,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::bindings::StepError;
 use super::capture::LogCapture;
-use super::instance::{InstanceState, MemoryLimitExceeded, MemoryLimiter};
+use super::instance::{InstanceState, MemoryLimitExceeded, MemoryLimiter, WorkId};
 use super::scratch::ScratchDir;
 use super::step_host::{Imports, StepHost};
 use super::{Sandbox, StepComponent};
@@ -49,6 +49,12 @@ pub struct RunOptions {
     /// Serves the step's child calls and state operations; without one,
     /// calls fail and state is private to the run.
     pub host: Option<Arc<dyn StepHost>>,
+    /// What the guest's `idempotency-key` returns: a key naming the unit of
+    /// work across retries and restarts. Without one, a key unique to this
+    /// run.
+    pub idempotency_key: Option<Arc<str>>,
+    /// What the guest's `attempt` returns; 0 (unset) reads as 1.
+    pub attempt: u32,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -58,6 +64,8 @@ impl std::fmt::Debug for RunOptions {
             .field("deadline", &self.deadline)
             .field("cancel", &self.cancel)
             .field("host", &self.host.as_ref().map(|_| "dyn StepHost"))
+            .field("idempotency_key", &self.idempotency_key)
+            .field("attempt", &self.attempt)
             .finish()
     }
 }
@@ -84,6 +92,13 @@ impl RunOptions {
     /// Sets [`RunOptions::host`].
     pub fn host(mut self, host: Arc<dyn StepHost>) -> Self {
         self.host = Some(host);
+        self
+    }
+
+    /// Sets [`RunOptions::idempotency_key`] and [`RunOptions::attempt`].
+    pub fn work(mut self, idempotency_key: Arc<str>, attempt: u32) -> Self {
+        self.idempotency_key = Some(idempotency_key);
+        self.attempt = attempt;
         self
     }
 }
@@ -201,6 +216,12 @@ impl Sandbox {
                 imports: match options.host {
                     Some(host) => Imports::Host(host),
                     None => Imports::Alone(HashMap::new()),
+                },
+                work: WorkId {
+                    key: options
+                        .idempotency_key
+                        .unwrap_or_else(|| format!("step-{:016x}", fastrand::u64(..)).into()),
+                    attempt: options.attempt.max(1),
                 },
             },
         );

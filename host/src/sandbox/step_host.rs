@@ -194,6 +194,13 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
         },
     )?;
     host.func_wrap(
+        "idempotency-key",
+        |store: StoreContextMut<'_, InstanceState>, (): ()| Ok((store.data().work.key.to_string(),)),
+    )?;
+    host.func_wrap("attempt", |store: StoreContextMut<'_, InstanceState>, (): ()| {
+        Ok((store.data().work.attempt,))
+    })?;
+    host.func_wrap(
         "state-get",
         |store: StoreContextMut<'_, InstanceState>, (key,): (String,)| {
             Ok((store.data().imports.state_get(&key),))

@@ -1,0 +1,252 @@
+//! The events a journal records, and the small enums they carry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Millis, RunId};
+
+/// Something that happened to a run, as the journal records it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A workflow definition and its components, recorded once, before the
+    /// first run that uses them.
+    WorkflowDefined(Arc<WorkflowRecord>),
+    /// A run was accepted: from now on it must reach a final status.
+    RunAccepted {
+        /// The run.
+        run: RunId,
+        /// The digest of its [`WorkflowRecord`].
+        workflow: Arc<str>,
+        /// The workflow's name.
+        name: Arc<str>,
+        /// The host that accepted it, which holds its lease.
+        owner: Arc<str>,
+        /// Its lease's end.
+        lease_until: Millis,
+        /// Its input (JSON).
+        input: Vec<u8>,
+        /// When.
+        at: Millis,
+    },
+    /// A run was admitted and started executing.
+    RunStarted {
+        /// The run.
+        run: RunId,
+        /// When.
+        at: Millis,
+    },
+    /// An attempt at a unit of work started.
+    AttemptStarted {
+        /// The run.
+        run: RunId,
+        /// The step's id.
+        step: Arc<str>,
+        /// The item, for a `for_each` step.
+        item: Option<u32>,
+        /// The attempt's number.
+        attempt: u32,
+        /// When.
+        at: Millis,
+    },
+    /// An attempt ended.
+    AttemptEnded(Box<AttemptEnd>),
+    /// A step wrote the run's state.
+    StateWritten {
+        /// The run.
+        run: RunId,
+        /// The key.
+        key: String,
+        /// Its new value (JSON).
+        value: String,
+    },
+    /// A run reached a status: final, or [`RunState::Interrupted`] when the
+    /// host stopped before it finished (it resumes on restart).
+    RunEnded {
+        /// The run.
+        run: RunId,
+        /// Its status.
+        status: RunState,
+        /// Its output (JSON), when it succeeded.
+        output: Option<Vec<u8>>,
+        /// Why it did not succeed.
+        error: Option<String>,
+        /// When.
+        at: Millis,
+    },
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    /// The run.
+    pub run: RunId,
+    /// The step's id.
+    pub step: Arc<str>,
+    /// The item, for a `for_each` step.
+    pub item: Option<u32>,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// How it ended.
+    pub status: AttemptStatus,
+    /// Whether no retry follows: the unit's result is this attempt's.
+    pub last: bool,
+    /// The outcome kind, such as `completed` or `timeout`.
+    pub outcome: &'static str,
+    /// The outcome in one line, when it did not complete.
+    pub message: Option<String>,
+    /// Its output, when it completed.
+    pub output: Option<Vec<u8>>,
+    /// What it logged, if anything.
+    pub log: Option<String>,
+    /// What it used.
+    pub usage: AttemptUsage,
+    /// When.
+    pub at: Millis,
+}
+
+/// What an attempt used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptUsage {
+    /// From start to end, including the wait for an instance slot.
+    #[serde(serialize_with = "as_millis")]
+    pub duration: Duration,
+    /// Of which waiting for an instance slot.
+    #[serde(serialize_with = "as_millis")]
+    pub queue_wait: Duration,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Peak linear memory, in bytes.
+    pub peak_memory: u64,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
+/// How an attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttemptStatus {
+    /// Started and not (yet) ended: in flight, or cut short by a crash.
+    Started,
+    /// It produced output.
+    Completed,
+    /// It failed.
+    Failed,
+    /// The host stopped it (shutdown); it runs again on resume.
+    Interrupted,
+    /// The run was cancelled, or another step failed it.
+    Cancelled,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Accepted, not yet admitted.
+    Accepted,
+    /// Admitted and executing (or its host crashed).
+    Running,
+    /// Its host shut down before it finished; it resumes on restart.
+    Interrupted,
+    /// Finished with output.
+    Succeeded,
+    /// Finished without output.
+    Failed,
+    /// Cancelled from outside.
+    Cancelled,
+}
+
+macro_rules! names {
+    ($ty:ty { $($variant:ident = $name:literal),* $(,)? }) => {
+        impl $ty {
+            /// The name the journal stores and the CLI prints.
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $name),* }
+            }
+
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$(<$ty>::$variant),*];
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok(<$ty>::$variant),)*
+                    other => {
+                        let known: Vec<&str> = vec![$($name),*];
+                        Err(format!("unknown status `{other}` (one of {})", known.join(", ")))
+                    }
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names!(AttemptStatus {
+    Started = "started",
+    Completed = "completed",
+    Failed = "failed",
+    Interrupted = "interrupted",
+    Cancelled = "cancelled",
+});
+
+names!(RunState {
+    Accepted = "accepted",
+    Running = "running",
+    Interrupted = "interrupted",
+    Succeeded = "succeeded",
+    Failed = "failed",
+    Cancelled = "cancelled",
+});
+
+impl RunState {
+    /// Whether the run still has to run (a host resumes it).
+    ///
+    /// ```
+    /// use stepbox::store::RunState;
+    /// assert!(RunState::Interrupted.is_incomplete());
+    /// assert!(!RunState::Failed.is_incomplete());
+    /// ```
+    pub fn is_incomplete(self) -> bool {
+        matches!(
+            self,
+            RunState::Accepted | RunState::Running | RunState::Interrupted
+        )
+    }
+}
+
+/// A workflow as a run started with it: the definition's text and every
+/// step's component, so that the run resumes with the same code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowRecord {
+    /// A digest of everything below: runs refer to their workflow by it.
+    pub digest: String,
+    /// The workflow's name.
+    pub name: String,
+    /// The file it was read from; components are resolved against its directory.
+    pub path: String,
+    /// The file's text.
+    pub source: String,
+    /// Per step, in file order, the component it runs.
+    pub components: Vec<ComponentRecord>,
+}
+
+/// A component, by digest, with its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentRecord {
+    /// The SHA-256 of `bytes`, in hex.
+    pub digest: String,
+    /// A name for messages (the file name).
+    pub name: String,
+    /// The component itself.
+    pub bytes: Arc<[u8]>,
+}

@@ -1,0 +1,467 @@
+//! The journal's one writer: group commit on a thread of its own.
+//!
+//! Appending is pushing onto a buffer under a short lock and taking a
+//! [`Ticket`]; the writer thread swaps the whole buffer out, writes it in one
+//! transaction and publishes the ticket it reached. A run that must not go on
+//! before its events are durable awaits its ticket; while one commit's fsync
+//! runs, the next batch fills up, so throughput grows with the number of
+//! runs instead of falling to one fsync per step.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{DEFAULT_LEASE, Durability, Event, RecoveredRun, RunId, Store, StoreError, now_millis};
+
+/// How a [`Journal`] writes.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// [`Durability::Strict`] or [`Durability::Batched`]; a journal under
+    /// [`Durability::Memory`] is not started at all.
+    pub durability: Durability,
+    /// Under [`Durability::Batched`], the longest a completion waits to be
+    /// written (the most a crash can lose).
+    pub batch_window: Duration,
+    /// How long this host's claim on its runs lasts without renewal; it is
+    /// renewed every third of it.
+    pub lease: Duration,
+    /// This host's name in the runs it owns.
+    pub owner: String,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            durability: Durability::Strict,
+            batch_window: Duration::from_millis(10),
+            lease: DEFAULT_LEASE,
+            owner: default_owner(),
+        }
+    }
+}
+
+/// A name for this host process: host name and pid.
+fn default_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// A position in the journal: events appended up to it are durable once
+/// [`Journal::durable`] returns for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Ticket(u64);
+
+/// What the journal has done, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JournalStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Events written.
+    pub events: u64,
+    /// Events in the largest batch.
+    pub largest_batch: u64,
+    /// Time spent writing and committing, in total.
+    pub commit_time: Duration,
+}
+
+/// Group-committing writer of journal events. Clones share one writer.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    buffer: Mutex<Buffer>,
+    wake: Condvar,
+    /// The last ticket written, or the failure that stopped the writer.
+    written: watch::Sender<Result<u64, StoreError>>,
+    durability: Durability,
+    owner: Arc<str>,
+    lease: Duration,
+    next_run: AtomicU64,
+    stats: Mutex<JournalStats>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    events: Vec<Event>,
+    /// Events appended since the start: the latest ticket.
+    appended: u64,
+    /// Write now, even inside a batch window.
+    flush: bool,
+    closed: bool,
+    failed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the buffer consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("durability", &self.shared.durability)
+            .field("owner", &self.shared.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Claims `store`'s incomplete runs for this host, then starts the writer.
+    /// Returns the journal and the runs to resume.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read or written, or
+    /// [`StoreError::Other`] if `config` asks for [`Durability::Memory`].
+    pub fn start(
+        mut store: Box<dyn Store>,
+        config: JournalConfig,
+    ) -> Result<(Journal, Vec<RecoveredRun>), StoreError> {
+        if config.durability == Durability::Memory {
+            return Err(StoreError::Other {
+                path: "(memory)".into(),
+                detail: "a journal under `memory` durability writes nothing; run without one".into(),
+            });
+        }
+        let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
+        let recovered = store.claim_incomplete(&config.owner, now_millis().saturating_add(lease_ms))?;
+        let next_run = store.next_run_id()?;
+        let (written, _) = watch::channel(Ok(0));
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer::default()),
+            wake: Condvar::new(),
+            written,
+            durability: config.durability,
+            owner: config.owner.into(),
+            lease: config.lease,
+            next_run: AtomicU64::new(next_run),
+            stats: Mutex::new(JournalStats::default()),
+            thread: Mutex::new(None),
+        });
+        let writer = Arc::clone(&shared);
+        let window = config.batch_window;
+        let thread = std::thread::Builder::new()
+            .name("stepbox-journal".into())
+            .spawn(move || writer.run(store, window))
+            .map_err(|e| StoreError::Other {
+                path: "(journal)".into(),
+                detail: format!("cannot start the journal's writer thread: {e}"),
+            })?;
+        *lock(&shared.thread) = Some(thread);
+        Ok((Journal { shared }, recovered))
+    }
+
+    /// The durability level it writes at.
+    pub fn durability(&self) -> Durability {
+        self.shared.durability
+    }
+
+    /// This host's name in the runs it owns.
+    pub fn owner(&self) -> &Arc<str> {
+        &self.shared.owner
+    }
+
+    /// The lease a newly accepted run gets, as an instant in journal time.
+    pub fn lease_until(&self) -> super::Millis {
+        let lease = i64::try_from(self.shared.lease.as_millis()).unwrap_or(i64::MAX);
+        now_millis().saturating_add(lease)
+    }
+
+    /// A new run id, never handed out before by this store.
+    pub fn next_run_id(&self) -> RunId {
+        self.shared.next_run.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Appends one event; it is written with the next batch.
+    pub fn append(&self, event: Event) -> Ticket {
+        let mut buffer = lock(&self.shared.buffer);
+        if !buffer.failed {
+            buffer.events.push(event);
+        }
+        buffer.appended += 1;
+        let ticket = Ticket(buffer.appended);
+        drop(buffer);
+        self.shared.wake.notify_one();
+        ticket
+    }
+
+    /// Appends events in order, in one batch.
+    pub fn append_all(&self, events: impl IntoIterator<Item = Event>) -> Ticket {
+        let mut buffer = lock(&self.shared.buffer);
+        let before = buffer.events.len();
+        if buffer.failed {
+            buffer.appended += events.into_iter().count() as u64;
+        } else {
+            buffer.events.extend(events);
+            buffer.appended += (buffer.events.len() - before) as u64;
+        }
+        let ticket = Ticket(buffer.appended);
+        drop(buffer);
+        self.shared.wake.notify_one();
+        ticket
+    }
+
+    /// Waits until what the durability level promises about `ticket` holds:
+    /// written under [`Durability::Strict`]; at once under
+    /// [`Durability::Batched`] (the window bounds the loss).
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] that stopped the writer.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        match self.shared.durability {
+            Durability::Strict | Durability::Memory => self.written(ticket).await,
+            Durability::Batched => self.status(),
+        }
+    }
+
+    /// Waits until the events up to `ticket` are written, whatever the level.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] that stopped the writer.
+    pub async fn written(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let mut rx = self.shared.written.subscribe();
+        let seen = rx
+            .wait_for(|w| w.as_ref().map_or(true, |&n| n >= ticket.0))
+            .await
+            .map_err(|_| StoreError::Other {
+                path: "(journal)".into(),
+                detail: "the journal's writer is gone".into(),
+            })?;
+        match &*seen {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Stopped(Box::new(e.clone()))),
+        }
+    }
+
+    /// Writes everything appended so far, now, and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] that stopped the writer.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let ticket = {
+            let mut buffer = lock(&self.shared.buffer);
+            buffer.flush = true;
+            Ticket(buffer.appended)
+        };
+        self.shared.wake.notify_one();
+        self.written(ticket).await
+    }
+
+    /// Whether the writer is still working.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] that stopped it.
+    pub fn status(&self) -> Result<(), StoreError> {
+        match &*self.shared.written.borrow() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Stopped(Box::new(e.clone()))),
+        }
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> JournalStats {
+        *lock(&self.shared.stats)
+    }
+
+    /// Writes what is left and stops the writer, blocking until it has.
+    /// Other clones can still append, but nothing more is written.
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] that stopped the writer, if one did.
+    pub fn close(&self) -> Result<(), StoreError> {
+        lock(&self.shared.buffer).closed = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = lock(&self.shared.thread).take() {
+            let _ = thread.join();
+        }
+        self.status()
+    }
+}
+
+impl Shared {
+    /// The writer thread: waits for events, writes each batch in one
+    /// transaction, publishes how far it got; renews leases while idle.
+    fn run(&self, mut store: Box<dyn Store>, window: Duration) {
+        let renew_every = (self.lease / 3).max(Duration::from_millis(10));
+        let mut last_renewal = Instant::now();
+        let mut last_commit = Instant::now();
+        let mut batch = Vec::new();
+        loop {
+            let mut buffer = lock(&self.buffer);
+            loop {
+                if buffer.closed && buffer.events.is_empty() {
+                    return;
+                }
+                let due = last_renewal.elapsed() >= renew_every;
+                if due || !buffer.events.is_empty() {
+                    break;
+                }
+                buffer = self
+                    .wake
+                    .wait_timeout(buffer, renew_every.saturating_sub(last_renewal.elapsed()))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            if self.durability == Durability::Batched && !buffer.flush && !buffer.closed {
+                // Let the window fill; a flush or close cuts it short.
+                let left = window.saturating_sub(last_commit.elapsed());
+                if !left.is_zero() {
+                    buffer = self
+                        .wake
+                        .wait_timeout_while(buffer, left, |b| !b.flush && !b.closed)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+            std::mem::swap(&mut batch, &mut buffer.events);
+            buffer.flush = false;
+            let ticket = buffer.appended;
+            drop(buffer);
+
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                let started = Instant::now();
+                let result = store.write(&batch);
+                let mut stats = lock(&self.stats);
+                stats.commits += 1;
+                stats.events += batch.len() as u64;
+                stats.largest_batch = stats.largest_batch.max(batch.len() as u64);
+                stats.commit_time += started.elapsed();
+                last_commit = Instant::now();
+                result
+            };
+            let result = result.and_then(|()| {
+                if last_renewal.elapsed() < renew_every {
+                    return Ok(());
+                }
+                last_renewal = Instant::now();
+                let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
+                store.renew_leases(&self.owner, now_millis().saturating_add(lease))
+            });
+            batch.clear();
+            match result {
+                Ok(()) => {
+                    let _previous = self.written.send_replace(Ok(ticket));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the journal stopped");
+                    let mut buffer = lock(&self.buffer);
+                    buffer.failed = true;
+                    buffer.events.clear();
+                    drop(buffer);
+                    let _previous = self.written.send_replace(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RunFilter, RunState, SqliteStore};
+
+    fn accepted(journal: &Journal, run: RunId) -> Event {
+        Event::RunAccepted {
+            run,
+            workflow: "w".into(),
+            name: "w".into(),
+            owner: journal.owner().clone(),
+            lease_until: journal.lease_until(),
+            input: b"{}".to_vec(),
+            at: now_millis(),
+        }
+    }
+
+    #[tokio::test]
+    async fn strict_tickets_are_written_before_durable_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let store = SqliteStore::open(&path, Durability::Strict).unwrap();
+        let (journal, recovered) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+        assert!(recovered.is_empty());
+        let id = journal.next_run_id();
+        let ticket = journal.append(accepted(&journal, id));
+        journal.durable(ticket).await.unwrap();
+        // A reader sees it at once: it is committed.
+        let mut reader = SqliteStore::open_read_only(&path).unwrap();
+        let runs = reader.runs(&RunFilter::default()).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, RunState::Accepted);
+        journal.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn batched_writes_within_the_window_and_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let store = SqliteStore::open(&path, Durability::Batched).unwrap();
+        let config = JournalConfig {
+            durability: Durability::Batched,
+            batch_window: Duration::from_secs(3600),
+            ..JournalConfig::default()
+        };
+        let (journal, _) = Journal::start(Box::new(store), config).unwrap();
+        for _ in 0..100 {
+            let id = journal.next_run_id();
+            journal
+                .durable(journal.append(accepted(&journal, id)))
+                .await
+                .unwrap();
+        }
+        journal.flush().await.unwrap();
+        let mut reader = SqliteStore::open_read_only(&path).unwrap();
+        assert_eq!(reader.runs(&RunFilter::default()).unwrap().len(), 100);
+        assert!(journal.stats().commits <= 2, "{:?}", journal.stats());
+        journal.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_stops_the_journal_and_every_waiter_hears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut store = SqliteStore::open(&path, Durability::Strict).unwrap();
+        store.set_max_pages(40).unwrap();
+        let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+        let mut outcome = Ok(());
+        for _ in 0..1000 {
+            let id = journal.next_run_id();
+            let mut event = accepted(&journal, id);
+            if let Event::RunAccepted { input, .. } = &mut event {
+                *input = vec![b' '; 4096];
+            }
+            outcome = journal.durable(journal.append(event)).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Stopped(e) if matches!(**e, StoreError::Full { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("disk is full"), "{err}");
+        assert!(
+            journal
+                .durable(journal.append(accepted(&journal, 0)))
+                .await
+                .is_err()
+        );
+        assert!(journal.close().is_err());
+    }
+}

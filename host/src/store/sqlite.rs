@@ -1,0 +1,841 @@
+//! The journal in a SQLite file: one writing process at a time (a lock file
+//! proves it), WAL mode so readers never wait, incremental vacuum so
+//! retention gives space back.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params, params_from_iter};
+
+use super::{
+    AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Durability, Event, GcStats, Millis,
+    RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, Store, StoreError, WorkflowRecord,
+};
+
+/// The newest journal format this build reads and writes.
+const FORMAT: i64 = 1;
+/// Marks the file as a stepbox journal ("STBX").
+const APPLICATION_ID: i64 = 0x5354_4258;
+
+const SCHEMA: &str = "
+CREATE TABLE workflows (
+    digest TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    source TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE components (
+    digest TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    bytes BLOB NOT NULL
+);
+CREATE TABLE workflow_components (
+    workflow TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    component TEXT NOT NULL,
+    PRIMARY KEY (workflow, position)
+) WITHOUT ROWID;
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input BLOB,
+    output BLOB,
+    error TEXT,
+    accepted_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    owner TEXT,
+    lease_until INTEGER,
+    collected INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_by_status ON runs (status, id);
+CREATE INDEX runs_by_finish ON runs (finished_at) WHERE collected = 0;
+CREATE TABLE attempts (
+    run INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    last INTEGER NOT NULL DEFAULT 0,
+    outcome TEXT,
+    message TEXT,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    duration_us INTEGER NOT NULL DEFAULT 0,
+    queue_wait_us INTEGER NOT NULL DEFAULT 0,
+    fuel INTEGER NOT NULL DEFAULT 0,
+    peak_memory INTEGER NOT NULL DEFAULT 0,
+    output BLOB,
+    log TEXT,
+    PRIMARY KEY (run, step, item, attempt)
+) WITHOUT ROWID;
+CREATE TABLE state (
+    run INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run, key)
+) WITHOUT ROWID;
+";
+
+const INCOMPLETE: &str = "('accepted', 'running', 'interrupted')";
+
+/// A journal in a SQLite database file.
+///
+/// [`SqliteStore::open`] takes the file for one process (a lock file beside
+/// it, released when the process exits however it exits): a second host on
+/// the same file gets [`StoreError::Locked`]. Because the lock proves no
+/// other host is alive, [`Store::claim_incomplete`] claims every incomplete
+/// run whatever its lease says. [`SqliteStore::open_read_only`] reads while a
+/// host writes.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// Held for the store's life: the proof that this process is the writer.
+    _lock: Option<File>,
+    /// Digests already in the file, so definitions are written once.
+    known_workflows: HashSet<String>,
+    known_components: HashSet<String>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if need be) the journal at
+    /// `path` for writing, fsyncing every commit under
+    /// [`Durability::Strict`] and only at checkpoints under
+    /// [`Durability::Batched`] (which stays safe if the process dies, not if
+    /// the machine does).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Locked`] if another process has it open for writing,
+    /// [`StoreError::ReadOnly`], [`StoreError::Corrupt`] (not a stepbox
+    /// journal, or damaged), [`StoreError::NewerFormat`], or
+    /// [`StoreError::Other`].
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_error(path, &e))?;
+        }
+        let lock = take_lock(path)?;
+        let conn = Connection::open(path).map_err(|e| sql_error(path, e))?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_owned(),
+            _lock: Some(lock),
+            known_workflows: HashSet::new(),
+            known_components: HashSet::new(),
+        };
+        store.prepare(durability)?;
+        Ok(store)
+    }
+
+    /// Opens the journal at `path` to read, while a host may be writing it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Other`] if there is no journal there, or those of
+    /// [`SqliteStore::open`] but `Locked`.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Other {
+                path: path.to_owned(),
+                detail: "no journal here yet (no run has been recorded); check --db".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| sql_error(path, e))?;
+        let store = SqliteStore {
+            conn,
+            path: path.to_owned(),
+            _lock: None,
+            known_workflows: HashSet::new(),
+            known_components: HashSet::new(),
+        };
+        store.check_format()?;
+        store
+            .conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| sql_error(path, e))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs SQLite's integrity check over the whole file.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Corrupt`] with what the check found.
+    pub fn check_integrity(&mut self) -> Result<(), StoreError> {
+        let found: Vec<String> = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.error(e))?;
+        if found == ["ok"] {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: found.join("; "),
+            })
+        }
+    }
+
+    /// Caps the file at `pages` database pages: writes beyond it fail as if
+    /// the disk were full. For testing what a full disk does.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the setting cannot be applied.
+    pub fn set_max_pages(&mut self, pages: u64) -> Result<(), StoreError> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: rusqlite::Error) -> StoreError {
+        sql_error(&self.path, e)
+    }
+
+    /// Checks what the file is, creates the schema in a new one, and sets the
+    /// connection up.
+    fn prepare(&mut self, durability: Durability) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |e| sql_error(&path, e);
+        let version = self.check_format()?;
+        if version == 0 {
+            // Only before the first table may auto_vacuum change.
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+                .map_err(err)?;
+        }
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Other {
+                path: self.path.clone(),
+                detail: format!("cannot use write-ahead logging (journal mode stays {mode})"),
+            });
+        }
+        let sync = match durability {
+            Durability::Strict => "FULL",
+            Durability::Batched | Durability::Memory => "NORMAL",
+        };
+        self.conn
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;"
+            ))
+            .map_err(err)?;
+        self.conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        if version == 0 {
+            let tx = self.conn.transaction().map_err(err)?;
+            tx.execute_batch(SCHEMA).map_err(err)?;
+            tx.execute_batch(&format!(
+                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {FORMAT};"
+            ))
+            .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The file's format version (0 for a new, empty file), or why it cannot be used.
+    fn check_format(&self) -> Result<i64, StoreError> {
+        let path = &self.path;
+        let err = |e| sql_error(path, e);
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        let app: i64 = self
+            .conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(err)?;
+        let tables: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(err)?;
+        if version == 0 && app == 0 && tables == 0 {
+            return Ok(0);
+        }
+        if app != APPLICATION_ID {
+            return Err(StoreError::Corrupt {
+                path: path.clone(),
+                detail: "a SQLite database, but not a stepbox journal".into(),
+            });
+        }
+        if version > FORMAT {
+            return Err(StoreError::NewerFormat {
+                path: path.clone(),
+                found: version,
+                known: FORMAT,
+            });
+        }
+        Ok(version)
+    }
+
+    fn write_events(&mut self, events: &[Event]) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+        let mut new_workflows = Vec::new();
+        let mut new_components = Vec::new();
+        let tx = self.conn.transaction()?;
+        for event in events {
+            match event {
+                Event::WorkflowDefined(w) => {
+                    if self.known_workflows.contains(&w.digest) || new_workflows.contains(&w.digest) {
+                        continue;
+                    }
+                    for (position, c) in w.components.iter().enumerate() {
+                        if !self.known_components.contains(&c.digest) && !new_components.contains(&c.digest) {
+                            let exists = tx
+                                .prepare_cached("SELECT 1 FROM components WHERE digest = ?1")?
+                                .exists([&c.digest])?;
+                            if !exists {
+                                tx.prepare_cached(
+                                    "INSERT INTO components (digest, name, bytes) VALUES (?1, ?2, ?3)",
+                                )?
+                                .execute(params![
+                                    c.digest,
+                                    c.name,
+                                    &c.bytes[..]
+                                ])?;
+                            }
+                            new_components.push(c.digest.clone());
+                        }
+                        tx.prepare_cached(
+                            "INSERT OR IGNORE INTO workflow_components (workflow, position, component)
+                             VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![w.digest, position as i64, c.digest])?;
+                    }
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO workflows (digest, name, path, source) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![w.digest, w.name, w.path, w.source])?;
+                    new_workflows.push(w.digest.clone());
+                }
+                Event::RunAccepted {
+                    run,
+                    workflow,
+                    name,
+                    owner,
+                    lease_until,
+                    input,
+                    at,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT INTO runs (id, workflow, name, status, input, accepted_at, owner, lease_until)
+                         VALUES (?1, ?2, ?3, 'accepted', ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        *run as i64,
+                        &**workflow,
+                        &**name,
+                        input,
+                        at,
+                        &**owner,
+                        lease_until
+                    ])?;
+                }
+                Event::RunStarted { run, at } => {
+                    tx.prepare_cached(
+                        "UPDATE runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
+                    )?
+                    .execute(params![*run as i64, at])?;
+                }
+                Event::AttemptStarted {
+                    run,
+                    step,
+                    item,
+                    attempt,
+                    at,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO attempts (run, step, item, attempt, status, started_at)
+                         VALUES (?1, ?2, ?3, ?4, 'started', ?5)",
+                    )?
+                    .execute(params![
+                        *run as i64,
+                        &**step,
+                        item_key(*item),
+                        attempt,
+                        at
+                    ])?;
+                }
+                Event::AttemptEnded(a) => {
+                    let started = a.at - a.usage.duration.as_millis() as i64;
+                    tx.prepare_cached(
+                        "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
+                             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                         ON CONFLICT (run, step, item, attempt) DO UPDATE SET
+                             status = excluded.status, last = excluded.last, outcome = excluded.outcome,
+                             message = excluded.message, finished_at = excluded.finished_at,
+                             duration_us = excluded.duration_us, queue_wait_us = excluded.queue_wait_us,
+                             fuel = excluded.fuel, peak_memory = excluded.peak_memory,
+                             output = excluded.output, log = excluded.log",
+                    )?
+                    .execute(params![
+                        a.run as i64,
+                        &*a.step,
+                        item_key(a.item),
+                        a.attempt,
+                        a.status.as_str(),
+                        a.last,
+                        a.outcome,
+                        a.message,
+                        started,
+                        a.at,
+                        micros(a.usage.duration),
+                        micros(a.usage.queue_wait),
+                        a.usage.fuel as i64,
+                        a.usage.peak_memory as i64,
+                        a.output,
+                        a.log,
+                    ])?;
+                }
+                Event::StateWritten { run, key, value } => {
+                    tx.prepare_cached(
+                        "INSERT INTO state (run, key, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![*run as i64, key, value])?;
+                }
+                Event::RunEnded {
+                    run,
+                    status,
+                    output,
+                    error,
+                    at,
+                } => {
+                    let finished = (!status.is_incomplete()).then_some(*at);
+                    tx.prepare_cached(
+                        "UPDATE runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        *run as i64,
+                        status.as_str(),
+                        output,
+                        error,
+                        finished
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok((new_workflows, new_components))
+    }
+
+    fn workflow_record(&self, digest: &str) -> Result<Result<Arc<WorkflowRecord>, String>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT name, path, source FROM workflows WHERE digest = ?1")
+            .and_then(|mut s| {
+                s.query_row([digest], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(|e| self.error(e))?;
+        let Some((name, path, source)) = row else {
+            return Ok(Err(format!(
+                "its workflow definition ({digest}) is no longer in the journal"
+            )));
+        };
+        let components: Vec<(String, Option<String>, Option<Vec<u8>>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT wc.component, c.name, c.bytes FROM workflow_components wc
+                 LEFT JOIN components c ON c.digest = wc.component
+                 WHERE wc.workflow = ?1 ORDER BY wc.position",
+            )
+            .and_then(|mut s| {
+                s.query_map([digest], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.error(e))?;
+        let mut by_digest: HashMap<String, Arc<[u8]>> = HashMap::new();
+        let mut records = Vec::with_capacity(components.len());
+        for (digest, name, bytes) in components {
+            let (Some(name), Some(bytes)) = (name, bytes) else {
+                return Ok(Err(format!("component {digest} is no longer in the journal")));
+            };
+            let bytes = by_digest
+                .entry(digest.clone())
+                .or_insert_with(|| bytes.into())
+                .clone();
+            records.push(ComponentRecord { digest, name, bytes });
+        }
+        Ok(Ok(Arc::new(WorkflowRecord {
+            digest: digest.to_owned(),
+            name,
+            path,
+            source,
+            components: records,
+        })))
+    }
+
+    fn attempts_of(&self, run: RunId, filter: &str) -> Result<Vec<AttemptRecord>, StoreError> {
+        let sql = format!(
+            "SELECT step, item, attempt, status, last, outcome, message, started_at, finished_at,
+                    duration_us, queue_wait_us, fuel, peak_memory, output, log
+             FROM attempts WHERE run = ?1 {filter} ORDER BY started_at, step, item, attempt"
+        );
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_map([run as i64], |r| {
+                    let status: String = r.get(3)?;
+                    let item: i64 = r.get(1)?;
+                    Ok(AttemptRecord {
+                        step: r.get(0)?,
+                        item: u32::try_from(item).ok(),
+                        attempt: r.get(2)?,
+                        status: status.parse().unwrap_or(AttemptStatus::Started),
+                        last: r.get(4)?,
+                        outcome: r.get(5)?,
+                        message: r.get(6)?,
+                        started_at: r.get(7)?,
+                        finished_at: r.get(8)?,
+                        usage: AttemptUsage {
+                            duration: Duration::from_micros(r.get::<_, i64>(9)? as u64),
+                            queue_wait: Duration::from_micros(r.get::<_, i64>(10)? as u64),
+                            fuel: r.get::<_, i64>(11)? as u64,
+                            peak_memory: r.get::<_, i64>(12)? as u64,
+                        },
+                        output: r.get(13)?,
+                        log: r.get(14)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(|e| self.error(e))
+    }
+
+    fn state_of(&self, run: RunId) -> Result<Vec<(String, String)>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT key, value FROM state WHERE run = ?1 ORDER BY key")
+            .and_then(|mut s| {
+                s.query_map([run as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.error(e))
+    }
+
+    fn file_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| self.error(e))?;
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| self.error(e))?;
+        Ok((pages * size) as u64)
+    }
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, name, workflow, status, accepted_at, started_at, finished_at, error, collected";
+
+fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
+    let status: String = r.get(3)?;
+    Ok(RunSummary {
+        id: r.get::<_, i64>(0)? as RunId,
+        workflow: r.get(1)?,
+        workflow_digest: r.get(2)?,
+        status: status.parse().unwrap_or(RunState::Running),
+        accepted_at: r.get(4)?,
+        started_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        error: r.get(7)?,
+        collected: r.get(8)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn next_run_id(&mut self) -> Result<RunId, StoreError> {
+        let max: Option<i64> = self
+            .conn
+            .query_row("SELECT max(id) FROM runs", [], |r| r.get(0))
+            .map_err(|e| self.error(e))?;
+        Ok(max.map_or(1, |m| m as RunId + 1))
+    }
+
+    fn write(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        match self.write_events(events) {
+            Ok((workflows, components)) => {
+                self.known_workflows.extend(workflows);
+                self.known_components.extend(components);
+                Ok(())
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(&format!(
+                "UPDATE runs SET lease_until = ?2 WHERE owner = ?1 AND status IN {INCOMPLETE}"
+            ))
+            .and_then(|mut s| s.execute(params![owner, until]))
+            .map(drop)
+            .map_err(|e| self.error(e))
+    }
+
+    fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
+        // The lock file proves no other host writes this file, so every
+        // lease in it is stale, whatever its time says.
+        let claimed: Vec<(i64, String, Option<Vec<u8>>)> = {
+            let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
+            tx.execute(
+                &format!("UPDATE runs SET owner = ?1, lease_until = ?2 WHERE status IN {INCOMPLETE}"),
+                params![owner, until],
+            )
+            .map_err(|e| sql_error(&self.path, e))?;
+            let rows = tx
+                .prepare(&format!(
+                    "SELECT id, workflow, input FROM runs WHERE status IN {INCOMPLETE} ORDER BY id"
+                ))
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(|e| sql_error(&self.path, e))?;
+            tx.commit().map_err(|e| sql_error(&self.path, e))?;
+            rows
+        };
+        let mut workflows: HashMap<String, Result<Arc<WorkflowRecord>, String>> = HashMap::new();
+        let mut runs = Vec::with_capacity(claimed.len());
+        for (id, digest, input) in claimed {
+            let id = id as RunId;
+            let workflow = match workflows.get(&digest) {
+                Some(w) => w.clone(),
+                None => {
+                    let w = self.workflow_record(&digest)?;
+                    workflows.insert(digest, w.clone());
+                    w
+                }
+            };
+            let attempts = self
+                .conn
+                .prepare_cached(
+                    "SELECT step, item, max(attempt) FROM attempts WHERE run = ?1 GROUP BY step, item",
+                )
+                .and_then(|mut s| {
+                    s.query_map([id as i64], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            u32::try_from(r.get::<_, i64>(1)?).ok(),
+                            r.get(2)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| self.error(e))?;
+            runs.push(RecoveredRun {
+                id,
+                workflow,
+                input: input.unwrap_or_else(|| b"null".to_vec()),
+                done: self.attempts_of(id, "AND last = 1 AND status IN ('completed', 'failed')")?,
+                attempts,
+                state: self.state_of(id)?,
+            });
+        }
+        Ok(runs)
+    }
+
+    fn runs(&mut self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM runs WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        if !filter.status.is_empty() {
+            let marks = vec!["?"; filter.status.len()].join(", ");
+            sql.push_str(&format!(" AND status IN ({marks})"));
+            args.extend(filter.status.iter().map(|s| s.as_str().to_owned()));
+        }
+        if let Some(name) = &filter.workflow {
+            sql.push_str(" AND name = ?");
+            args.push(name.clone());
+        }
+        sql.push_str(" ORDER BY id DESC");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        self.conn
+            .prepare(&sql)
+            .and_then(|mut s| s.query_map(params_from_iter(args.iter()), summary)?.collect())
+            .map_err(|e| self.error(e))
+    }
+
+    fn history(&mut self, id: RunId) -> Result<Option<RunHistory>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {SUMMARY_COLUMNS}, input, output FROM runs WHERE id = ?1"),
+                [id as i64],
+                |r| {
+                    Ok((
+                        summary(r)?,
+                        r.get::<_, Option<Vec<u8>>>(9)?,
+                        r.get::<_, Option<Vec<u8>>>(10)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))?;
+        let Some((summary, input, output)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(RunHistory {
+            summary,
+            input,
+            output,
+            attempts: self.attempts_of(id, "")?,
+            state: self.state_of(id)?,
+        }))
+    }
+
+    fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
+        let size_before = self.file_bytes()?;
+        let path = self.path.clone();
+        let err = |e| sql_error(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS collecting (id INTEGER PRIMARY KEY); DELETE FROM collecting;",
+        )
+        .map_err(err)?;
+        let runs = tx
+            .execute(
+                "INSERT INTO collecting (id) SELECT id FROM runs
+                 WHERE collected = 0 AND finished_at IS NOT NULL AND finished_at < ?1",
+                [before],
+            )
+            .map_err(err)?;
+        tx.execute_batch(
+            "UPDATE runs SET input = NULL, output = NULL, collected = 1 WHERE id IN (SELECT id FROM collecting);
+             UPDATE attempts SET output = NULL, log = NULL WHERE run IN (SELECT id FROM collecting);
+             DELETE FROM state WHERE run IN (SELECT id FROM collecting);
+             DELETE FROM components WHERE digest NOT IN (
+                 SELECT wc.component FROM workflow_components wc
+                 JOIN runs r ON r.workflow = wc.workflow WHERE r.collected = 0);
+             DELETE FROM collecting;",
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.known_components.clear();
+        // Each step of the pragma frees one page: step it to the end.
+        self.conn
+            .prepare("PRAGMA incremental_vacuum")
+            .and_then(|mut s| {
+                s.query([])?
+                    .mapped(|_| Ok(()))
+                    .collect::<rusqlite::Result<Vec<()>>>()
+            })
+            .and_then(|_| {
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            })
+            .map_err(|e| self.error(e))?;
+        let size_after = self.file_bytes()?;
+        Ok(GcStats {
+            runs: runs as u64,
+            bytes_freed: size_before.saturating_sub(size_after),
+        })
+    }
+}
+
+fn item_key(item: Option<u32>) -> i64 {
+    item.map_or(-1, i64::from)
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Takes the lock file beside `db` for this process, or says who holds it.
+fn take_lock(db: &Path) -> Result<File, StoreError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_error(db, &e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StoreError::Locked {
+                path: db.to_owned(),
+                holder: (!holder.is_empty()).then(|| holder.to_owned()),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error(db, &e)),
+    }
+    // Who holds it, for the message another process prints.
+    let _ = file.set_len(0);
+    let _ = write!(file, "pid {}", std::process::id());
+    Ok(file)
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => StoreError::ReadOnly {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        ErrorKind::StorageFull => StoreError::Full {
+            path: path.to_owned(),
+        },
+        _ => StoreError::Other {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    let path = path.to_owned();
+    let detail = e.to_string();
+    let rusqlite::Error::SqliteFailure(failure, _) = &e else {
+        return StoreError::Other { path, detail };
+    };
+    match failure.code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Locked { path, holder: None },
+        ErrorCode::ReadOnly | ErrorCode::PermissionDenied => StoreError::ReadOnly { path, detail },
+        ErrorCode::DiskFull => StoreError::Full { path },
+        ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => StoreError::Corrupt { path, detail },
+        _ => StoreError::Other { path, detail },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::store::{AttemptEnd, now_millis};
+
+fn workflow() -> Arc<WorkflowRecord> {
+    let bytes: Arc<[u8]> = vec![7u8; 100_000].into();
+    Arc::new(WorkflowRecord {
+        digest: "wf1".into(),
+        name: "docs".into(),
+        path: "docs.yaml".into(),
+        source: "name: docs".into(),
+        components: vec![
+            ComponentRecord {
+                digest: "c1".into(),
+                name: "split.wasm".into(),
+                bytes: bytes.clone(),
+            },
+            ComponentRecord {
+                digest: "c1".into(),
+                name: "split.wasm".into(),
+                bytes,
+            },
+        ],
+    })
+}
+
+fn accepted(run: RunId) -> Event {
+    Event::RunAccepted {
+        run,
+        workflow: "wf1".into(),
+        name: "docs".into(),
+        owner: "a:1".into(),
+        lease_until: now_millis() + 30_000,
+        input: br#"{"text":"a b"}"#.to_vec(),
+        at: now_millis(),
+    }
+}
+
+fn ended(
+    run: RunId,
+    step: &str,
+    item: Option<u32>,
+    attempt: u32,
+    status: AttemptStatus,
+    last: bool,
+) -> Event {
+    Event::AttemptEnded(Box::new(AttemptEnd {
+        run,
+        step: step.into(),
+        item,
+        attempt,
+        status,
+        last,
+        outcome: if status == AttemptStatus::Completed {
+            "completed"
+        } else {
+            "retryable"
+        },
+        message: None,
+        output: (status == AttemptStatus::Completed).then(|| b"42".to_vec()),
+        log: Some("hello".into()),
+        usage: AttemptUsage {
+            duration: Duration::from_millis(3),
+            queue_wait: Duration::from_millis(1),
+            fuel: 1000,
+            peak_memory: 65536,
+        },
+        at: now_millis(),
+    }))
+}
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("s.db"), Durability::Strict).unwrap()
+}
+
+#[test]
+fn an_incomplete_run_comes_back_with_its_code_completed_units_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .write(&[
+            Event::WorkflowDefined(workflow()),
+            accepted(1),
+            accepted(2),
+            Event::RunStarted {
+                run: 1,
+                at: now_millis(),
+            },
+            Event::AttemptStarted {
+                run: 1,
+                step: "a".into(),
+                item: None,
+                attempt: 1,
+                at: now_millis(),
+            },
+            ended(1, "a", None, 1, AttemptStatus::Failed, false),
+            ended(1, "a", None, 2, AttemptStatus::Completed, true),
+            ended(1, "b", Some(0), 1, AttemptStatus::Completed, true),
+            Event::AttemptStarted {
+                run: 1,
+                step: "b".into(),
+                item: Some(1),
+                attempt: 1,
+                at: now_millis(),
+            },
+            Event::StateWritten {
+                run: 1,
+                key: "n".into(),
+                value: "1".into(),
+            },
+            Event::StateWritten {
+                run: 1,
+                key: "n".into(),
+                value: "2".into(),
+            },
+            Event::RunEnded {
+                run: 2,
+                status: RunState::Succeeded,
+                output: Some(b"1".to_vec()),
+                error: None,
+                at: now_millis(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(store.next_run_id().unwrap(), 3);
+    drop(store);
+
+    let mut store = open(&dir);
+    let runs = store.claim_incomplete("b:2", now_millis() + 1000).unwrap();
+    assert_eq!(runs.len(), 1, "the finished run is not claimed");
+    let run = &runs[0];
+    assert_eq!(run.id, 1);
+    let wf = run.workflow.as_ref().unwrap();
+    assert_eq!(wf.components.len(), 2);
+    assert_eq!(wf.components[1].bytes.len(), 100_000);
+    assert_eq!(run.input, br#"{"text":"a b"}"#);
+    let mut done: Vec<_> = run
+        .done
+        .iter()
+        .map(|a| (a.step.as_str(), a.item, a.attempt))
+        .collect();
+    done.sort();
+    assert_eq!(done, [("a", None, 2), ("b", Some(0), 1)]);
+    assert_eq!(run.done[0].output.as_deref(), Some(&b"42"[..]));
+    let mut attempts = run.attempts.clone();
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        [
+            ("a".into(), None, 2),
+            ("b".into(), Some(0), 1),
+            ("b".into(), Some(1), 1)
+        ]
+    );
+    assert_eq!(run.state, [("n".to_owned(), "2".to_owned())]);
+}
+
+#[test]
+fn a_workflow_and_its_components_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    for run in 1..=3 {
+        store
+            .write(&[Event::WorkflowDefined(workflow()), accepted(run)])
+            .unwrap();
+    }
+    let count: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM components", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn collecting_removes_payloads_keeps_the_audit_record_and_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let mut events = vec![Event::WorkflowDefined(workflow())];
+    for run in 1..=50 {
+        events.push(accepted(run));
+        events.push(Event::RunStarted {
+            run,
+            at: now_millis(),
+        });
+        let mut end = ended(run, "a", None, 1, AttemptStatus::Completed, true);
+        if let Event::AttemptEnded(a) = &mut end {
+            a.output = Some(vec![b'x'; 20_000]);
+        }
+        events.push(end);
+        events.push(Event::StateWritten {
+            run,
+            key: "k".into(),
+            value: "1".into(),
+        });
+        events.push(Event::RunEnded {
+            run,
+            status: RunState::Succeeded,
+            output: Some(vec![b'y'; 10_000]),
+            error: None,
+            at: now_millis() - 10_000,
+        });
+    }
+    events.push(accepted(51));
+    store.write(&events).unwrap();
+
+    let stats = store.collect(now_millis() - 5_000).unwrap();
+    assert_eq!(stats.runs, 50);
+    assert!(stats.bytes_freed > 1_000_000, "{stats:?}");
+    let history = store.history(7).unwrap().unwrap();
+    assert!(history.summary.collected);
+    assert_eq!(history.summary.status, RunState::Succeeded);
+    assert!(history.summary.finished_at.is_some());
+    assert_eq!((history.input, history.output), (None, None));
+    assert!(history.state.is_empty());
+    let attempt = &history.attempts[0];
+    assert_eq!((attempt.output.as_ref(), attempt.log.as_ref()), (None, None));
+    assert_eq!(attempt.outcome.as_deref(), Some("completed"));
+    assert_eq!((attempt.usage.fuel, attempt.usage.peak_memory), (1000, 65536));
+    assert_eq!(attempt.usage.duration, Duration::from_millis(3));
+    // The incomplete run keeps everything, its component included.
+    let open_run = store.claim_incomplete("x", 0).unwrap();
+    assert_eq!(open_run.len(), 1);
+    assert!(open_run[0].workflow.is_ok());
+    assert_eq!(
+        store.collect(now_millis()).unwrap().runs,
+        0,
+        "collecting twice does nothing"
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_naming_the_file_and_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(&dir);
+    let err = SqliteStore::open(&dir.path().join("s.db"), Durability::Strict).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("s.db") && message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    // Readers are welcome.
+    SqliteStore::open_read_only(&dir.path().join("s.db")).unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_a_journal_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x5a; 8192]).unwrap();
+    let err = SqliteStore::open(&garbage, Durability::Strict).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("garbage.db"), "{err}");
+
+    let other = dir.path().join("other.db");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let err = SqliteStore::open(&other, Durability::Strict).unwrap_err();
+    assert!(err.to_string().contains("not a stepbox journal"), "{err}");
+}
+
+#[test]
+fn a_journal_from_a_newer_stepbox_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&dir));
+    Connection::open(dir.path().join("s.db"))
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    let err = SqliteStore::open(&dir.path().join("s.db"), Durability::Strict).unwrap_err();
+    assert!(matches!(err, StoreError::NewerFormat { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade stepbox"), "{err}");
+}
+
+#[test]
+fn an_unwritable_place_is_refused_as_read_only() {
+    // /sys refuses new files even to root.
+    let err = SqliteStore::open(Path::new("/sys/stepbox-test/s.db"), Durability::Strict).unwrap_err();
+    assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+}
+
+#[test]
+fn a_full_disk_fails_the_write_and_keeps_what_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .write(&[Event::WorkflowDefined(workflow()), accepted(1)])
+        .unwrap();
+    let pages: i64 = store
+        .conn
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    store.set_max_pages(pages as u64 + 2).unwrap();
+    let big = Event::StateWritten {
+        run: 1,
+        key: "k".into(),
+        value: "x".repeat(100_000),
+    };
+    let err = store.write(&[accepted(2), big]).unwrap_err();
+    assert!(matches!(err, StoreError::Full { .. }), "{err}");
+    let runs = store.runs(&RunFilter::default()).unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [1],
+        "the failed batch left nothing"
+    );
+    store.check_integrity().unwrap();
+}
+
+#[test]
+fn listing_filters_by_status_and_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .write(&[
+            Event::WorkflowDefined(workflow()),
+            accepted(1),
+            accepted(2),
+            Event::RunEnded {
+                run: 1,
+                status: RunState::Failed,
+                output: None,
+                error: Some("boom".into()),
+                at: now_millis(),
+            },
+        ])
+        .unwrap();
+    let failed = store
+        .runs(&RunFilter {
+            status: vec![RunState::Failed],
+            ..RunFilter::default()
+        })
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error.as_deref(), Some("boom"));
+    let all = store
+        .runs(&RunFilter {
+            workflow: Some("docs".into()),
+            limit: Some(1),
+            ..RunFilter::default()
+        })
+        .unwrap();
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [2], "newest first");
+    assert!(
+        store
+            .runs(&RunFilter {
+                workflow: Some("nope".into()),
+                ..RunFilter::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+}
