@@ -27,6 +27,13 @@
 //! fuel = 10000000000
 //! memory = "64MiB"
 //! timeout = "30s"
+//!
+//! [journal]
+//! db = ".stepbox/stepbox.db"
+//! durability = "strict"     # strict, batched or memory
+//! batch_window = "10ms"     # batched: the most a crash can lose
+//! retention = "30d"         # finished runs' payloads are removed after this
+//! shutdown_grace = "30s"    # on SIGINT/SIGTERM, time for running steps to finish
 //! ```
 //!
 //! ```
@@ -42,6 +49,7 @@ use serde::Deserialize;
 
 use crate::limits::{LimitOverrides, parse_duration, parse_size};
 use crate::scheduler::SchedulerConfig;
+use crate::store::Durability;
 
 /// What `stepbox.toml` configures.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +58,36 @@ pub struct HostConfig {
     pub scheduler: SchedulerConfig,
     /// Default limits of every step (a workflow's own settings override them).
     pub limits: LimitOverrides,
+    /// Where and how runs are journaled.
+    pub journal: JournalSettings,
+}
+
+/// The `[journal]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// The database file.
+    pub db: PathBuf,
+    /// What a completion's journaling promises.
+    pub durability: Durability,
+    /// Under `batched`, the most a crash can lose.
+    pub batch_window: Duration,
+    /// Finished runs' payloads are removed once they are this old; `None` keeps them.
+    pub retention: Option<Duration>,
+    /// On SIGINT/SIGTERM, how long running steps get to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for JournalSettings {
+    /// `.stepbox/stepbox.db`, strict, a 10 ms window, no retention, 30 s of grace.
+    fn default() -> Self {
+        JournalSettings {
+            db: PathBuf::from(".stepbox/stepbox.db"),
+            durability: Durability::Strict,
+            batch_window: Duration::from_millis(10),
+            retention: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Why a configuration file could not be used.
@@ -84,6 +122,18 @@ struct File {
     breaker: BreakerKeys,
     #[serde(default)]
     limits: LimitKeys,
+    #[serde(default)]
+    journal: JournalKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JournalKeys {
+    db: Option<PathBuf>,
+    durability: Option<String>,
+    batch_window: Option<String>,
+    retention: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -192,6 +242,23 @@ impl HostConfig {
             timeout: duration("limits.timeout", &file.limits.timeout)?,
             ..LimitOverrides::default()
         };
+        let j = &mut config.journal;
+        let k = &file.journal;
+        if let Some(db) = &k.db {
+            j.db = db.clone();
+        }
+        if let Some(durability) = &k.durability {
+            j.durability = durability
+                .parse()
+                .map_err(|e| invalid(format!("`journal.durability`: {e}")))?;
+        }
+        if let Some(window) = duration("journal.batch_window", &k.batch_window)? {
+            j.batch_window = window;
+        }
+        j.retention = duration("journal.retention", &k.retention)?;
+        if let Some(grace) = duration("journal.shutdown_grace", &k.shutdown_grace)? {
+            j.shutdown_grace = grace;
+        }
         Ok(config)
     }
 }
@@ -213,7 +280,7 @@ mod tests {
     #[test]
     fn every_key_reaches_its_setting() {
         let config = HostConfig::from_toml(
-            "[quotas]\nmax_workflows = 3\nmax_queued = 4\nmax_instances = 5\nmemory_budget = \"1GiB\"\nmax_steps = 6\nmax_fan_out = 7\nmax_state = \"2KiB\"\n[timeouts]\nglobal = \"1m\"\n[breaker]\nconsecutive_failures = 2\nfailure_ratio = 0.5\nwindow = 10\ncooldown = \"5s\"\n[limits]\nfuel = 9\nmemory = \"8MiB\"\ntimeout = \"2s\"\n",
+            "[quotas]\nmax_workflows = 3\nmax_queued = 4\nmax_instances = 5\nmemory_budget = \"1GiB\"\nmax_steps = 6\nmax_fan_out = 7\nmax_state = \"2KiB\"\n[timeouts]\nglobal = \"1m\"\n[breaker]\nconsecutive_failures = 2\nfailure_ratio = 0.5\nwindow = 10\ncooldown = \"5s\"\n[limits]\nfuel = 9\nmemory = \"8MiB\"\ntimeout = \"2s\"\n[journal]\ndb = \"j.db\"\ndurability = \"batched\"\nbatch_window = \"5ms\"\nretention = \"7d\"\nshutdown_grace = \"3s\"\n",
         )
         .unwrap();
         let q = &config.scheduler.quotas;
@@ -228,6 +295,14 @@ mod tests {
         assert_eq!(config.scheduler.breaker.failure_ratio, Some(0.5));
         assert_eq!(config.limits.memory, Some(ByteSize::mib(8)));
         assert_eq!(config.limits.timeout, Some(Duration::from_secs(2)));
+        let j = &config.journal;
+        assert_eq!(
+            (j.db.as_path(), j.durability),
+            (Path::new("j.db"), Durability::Batched)
+        );
+        assert_eq!(j.batch_window, Duration::from_millis(5));
+        assert_eq!(j.retention, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(j.shutdown_grace, Duration::from_secs(3));
     }
 
     #[test]

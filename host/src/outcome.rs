@@ -228,6 +228,19 @@ impl OutcomeKind {
     }
 }
 
+impl OutcomeKind {
+    /// The kind named `name` (as [`OutcomeKind::as_str`] writes it).
+    ///
+    /// ```
+    /// use stepbox::OutcomeKind;
+    /// assert_eq!(OutcomeKind::from_name("out-of-fuel"), Some(OutcomeKind::OutOfFuel));
+    /// assert_eq!(OutcomeKind::from_name("nope"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<OutcomeKind> {
+        OutcomeKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 impl fmt::Display for OutcomeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -2,12 +2,17 @@
 
 use std::process::{Command, Output};
 
+/// Runs the CLI with the shared component cache and a journal of its own,
+/// so that tests running at once never share a database.
 fn stepbox(args: &[&str]) -> Output {
     let cache = super::cache_dir();
+    let journal = tempfile::tempdir().unwrap();
     Command::new(env!("CARGO_BIN_EXE_stepbox"))
         .args(args)
         .arg("--cache-dir")
         .arg(&cache)
+        .arg("--db")
+        .arg(journal.path().join("stepbox.db"))
         .env_remove("RUST_LOG")
         .output()
         .unwrap()

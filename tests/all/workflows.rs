@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use stepbox::OutcomeKind;
 use stepbox::policy::{BreakerConfig, QuotaError, Quotas, TimeoutLevel};
 use stepbox::scheduler::{
-    PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig, StepReport, StepStatus, WorkflowReport,
+    PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig, StepReport, StepStatus, SubmitError,
+    WorkflowReport,
 };
 use stepbox::workflow::Workflow;
 
@@ -367,7 +368,13 @@ async fn each_quota_is_enforced_with_a_clear_error() {
     let running = host.scheduler.submit(&nap, json!({})).unwrap();
     let queued = host.scheduler.submit(&nap, json!({})).unwrap();
     let refused = host.scheduler.submit(&nap, json!({})).unwrap_err();
-    assert_eq!(refused, QuotaError::QueueFull { max_queued: 1 });
+    assert!(
+        matches!(
+            refused,
+            SubmitError::Quota(QuotaError::QueueFull { max_queued: 1 })
+        ),
+        "{refused}"
+    );
     assert!(refused.to_string().starts_with("quota exceeded"));
     assert_eq!(running.wait().await.status, RunStatus::Succeeded);
     assert_eq!(queued.wait().await.status, RunStatus::Succeeded);

@@ -12,6 +12,9 @@ pub const HOST_FAILURE: u8 = 1;
 pub const BAD_INPUT: u8 = 2;
 /// `inspect`: a valid component that does not fit the step world.
 pub const NOT_A_STEP: u8 = 3;
+/// The journal cannot be used: locked by another process, read-only, full,
+/// corrupt, or written by a newer stepbox.
+pub const JOURNAL: u8 = 4;
 
 /// The exit code of `stepbox step` for each outcome kind.
 pub fn for_outcome(kind: OutcomeKind) -> u8 {
@@ -41,7 +44,9 @@ Exit codes:
     2  bad input (flags, files, JSON,     22  timeout
        components)                        23  output too large
     3  inspect: not a step component      24  stack overflow
-   10  step error: invalid-input          25  trap (guest panic, bad access...)
+    4  journal unusable (locked, full,    25  trap (guest panic, bad access...)
+       read-only, corrupt, newer)
+   10  step error: invalid-input
    11  step error: retryable             130  cancelled (Ctrl-C)
    12  step error: failed                 26  circuit open
                                           27  quota exceeded

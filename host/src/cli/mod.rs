@@ -2,6 +2,7 @@
 
 mod exit;
 mod inspect;
+mod journal;
 mod step;
 mod workflow;
 
@@ -37,6 +38,13 @@ struct GlobalArgs {
     /// Where steps' private /tmp directories are created [default: /dev/shm if writable, else the system temp dir]
     #[arg(long, global = true, value_name = "DIR")]
     scratch_dir: Option<PathBuf>,
+    /// The journal database [default: .stepbox/stepbox.db]
+    #[arg(long, global = true, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// strict: a step's completion is durable before anything depends on it; batched: within a
+    /// window; memory: no journal [default: strict]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    durability: Option<stepbox::store::Durability>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +59,14 @@ enum Command {
     Validate(workflow::ValidateCommand),
     /// Print a workflow's levels and critical path
     Plan(workflow::PlanCommand),
+    /// Resume the journal's incomplete runs, without starting new ones
+    Resume(journal::ResumeCommand),
+    /// List the journal's runs, newest first
+    Runs(journal::RunsCommand),
+    /// Print one run's history: steps, attempts, outcomes, usage, timestamps
+    Show(journal::ShowCommand),
+    /// Remove old finished runs' payloads, keeping their audit records
+    Gc(journal::GcCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +97,10 @@ pub fn main() -> ExitCode {
             Command::Run(cmd) => cmd.run(&cli.global).await,
             Command::Validate(cmd) => cmd.run(&cli.global),
             Command::Plan(cmd) => cmd.run(),
+            Command::Resume(cmd) => cmd.run(&cli.global).await,
+            Command::Runs(cmd) => cmd.run(&cli.global),
+            Command::Show(cmd) => cmd.run(&cli.global),
+            Command::Gc(cmd) => cmd.run(&cli.global),
         }
     });
     match result {

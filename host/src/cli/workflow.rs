@@ -1,14 +1,16 @@
 //! `stepbox run`, `validate` and `plan`: workflows from files.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytesize::ByteSize;
 use stepbox::limits::{parse_duration, parse_size};
-use stepbox::scheduler::{RunStatus, Scheduler, SchedulerConfig, WorkflowReport};
+use stepbox::scheduler::{RunStatus, SchedulerConfig, SubmitError};
 use stepbox::workflow::Workflow;
 
+use super::journal::{finish, print_report, report_code, worst};
 use super::step::{describe_source, read_input};
 use super::{CliError, GlobalArgs, exit};
 
@@ -145,8 +147,8 @@ impl RunCommand {
         }
         let total = workflows.len() * self.repeat;
         // Every run of this command is submitted at once: let them all queue.
-        config.quotas.max_queued = config.quotas.max_queued.max(total);
-        let scheduler = Scheduler::new(global.sandbox()?, config).map_err(CliError::from)?;
+        let mut host = global.host(config, total).await?;
+        let scheduler = host.scheduler.clone();
         let prepared = {
             let scheduler = scheduler.clone();
             tokio::task::spawn_blocking(move || {
@@ -160,35 +162,52 @@ impl RunCommand {
         };
 
         let started = Instant::now();
-        let mut handles = Vec::with_capacity(total);
-        for _ in 0..self.repeat {
-            for workflow in &prepared {
-                handles.push(scheduler.submit(workflow, input.clone()).map_err(|e| CliError {
-                    code: exit::for_outcome(stepbox::OutcomeKind::QuotaExceeded),
-                    error: e.into(),
-                })?);
-            }
-        }
-        let cancels: Vec<_> = handles.iter().map(|h| h.cancel_token()).collect();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancels.iter().for_each(|c| c.cancel());
+        let resumed = host.resume_all()?;
+        // All of them are recorded as accepted, in one commit, before any runs.
+        let runs = (0..self.repeat).flat_map(|_| prepared.iter().map(|w| (Arc::clone(w), input.clone())));
+        let handles = scheduler.submit_all(runs).map_err(|e| CliError {
+            code: match e {
+                SubmitError::Quota(_) => exit::for_outcome(stepbox::OutcomeKind::QuotaExceeded),
+                SubmitError::Journal(_) => exit::JOURNAL,
+                SubmitError::ShuttingDown => exit::HOST_FAILURE,
+            },
+            error: e.into(),
+        })?;
+        let stopping = host.handle_signals();
+        let resumed = tokio::spawn(async move {
+            for handle in resumed {
+                let report = handle.wait().await;
+                let why = report
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "resumed run {} of `{}`: {}{why}",
+                    report.run_id,
+                    report.workflow,
+                    serde_json::to_value(report.status)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("?")
+                );
             }
         });
         let progress = progress_bar(total);
-        let mut reports = Vec::with_capacity(total);
+        let mut code = exit::SUCCESS;
+        let mut ok = 0;
         for handle in handles {
-            reports.push(handle.wait().await);
+            // Reports are printed and dropped as they come: a long run keeps no history in memory.
+            let report = handle.wait().await;
+            print_report(&report, self.json)?;
+            ok += usize::from(report.status == RunStatus::Succeeded);
+            code = worst(code, report_code(&report));
             progress.inc(1);
         }
         progress.finish_and_clear();
         let elapsed = started.elapsed();
-        self.print(&reports)?;
+        let _ = resumed.await;
         if total > 1 {
-            let ok = reports
-                .iter()
-                .filter(|r| r.status == RunStatus::Succeeded)
-                .count();
             eprintln!(
                 "{total} runs: {ok} succeeded, {} did not, in {:.3}s ({:.0} runs/s)",
                 total - ok,
@@ -196,30 +215,7 @@ impl RunCommand {
                 total as f64 / elapsed.as_secs_f64()
             );
         }
-        Ok(reports
-            .iter()
-            .map(exit_code)
-            .find(|&c| c != exit::SUCCESS)
-            .unwrap_or(exit::SUCCESS))
-    }
-
-    fn print(&self, reports: &[WorkflowReport]) -> Result<(), CliError> {
-        let mut out = std::io::stdout().lock();
-        use std::io::Write;
-        for report in reports {
-            if self.json {
-                serde_json::to_writer(&mut out, report).map_err(CliError::host)?;
-                writeln!(out).map_err(CliError::host)?;
-            } else if let Some(output) = &report.output {
-                serde_json::to_writer(&mut out, output).map_err(CliError::host)?;
-                writeln!(out).map_err(CliError::host)?;
-            }
-            if report.status != RunStatus::Succeeded {
-                let why = report.error.as_deref().unwrap_or("no reason given");
-                eprintln!("error: run {} of `{}`: {why}", report.run_id, report.workflow);
-            }
-        }
-        Ok(())
+        finish(host, stopping, code).await
     }
 }
 
@@ -236,12 +232,4 @@ fn progress_bar(total: usize) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-fn exit_code(report: &WorkflowReport) -> u8 {
-    match report.status {
-        RunStatus::Succeeded => exit::SUCCESS,
-        RunStatus::Cancelled => exit::for_outcome(stepbox::OutcomeKind::Cancelled),
-        RunStatus::Failed => report.failed_kind.map_or(exit::HOST_FAILURE, exit::for_outcome),
-    }
 }

@@ -36,21 +36,24 @@
 //! ```
 
 mod fair;
+mod record;
 mod report;
 mod run;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use self::report::{RunStatus, StepReport, StepStatus, WorkflowReport};
 use crate::policy::{Admission, AdmissionStats, BreakerConfig, BreakerState, Breakers, QuotaError, Quotas};
 use crate::sandbox::{Digest, Sandbox, StepComponent};
+use crate::store::{Event, Journal, RecoveredRun, RunId, StoreError, WorkflowRecord, now_millis};
 use crate::workflow::{Plan, Workflow, WorkflowError};
 
 /// Default bound on nested child calls (`call` from a step, from its child...).
@@ -98,6 +101,28 @@ pub enum PrepareError {
     /// The workflow is larger than the host allows.
     #[error(transparent)]
     Quota(#[from] QuotaError),
+    /// A component could not be read again to be recorded in the journal.
+    #[error("cannot record component `{}` in the journal: {message}", path.display())]
+    Record {
+        /// The component file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Why a run could not be submitted. Nothing was accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// A quota refused it (the admission queue is full).
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// The scheduler is shutting down.
+    #[error("the host is shutting down and accepts no new runs")]
+    ShuttingDown,
+    /// The journal could not record the run as accepted.
+    #[error("cannot record the run as accepted: {0}")]
+    Journal(#[from] StoreError),
 }
 
 /// Runs workflows on one [`Sandbox`]; clones share everything.
@@ -115,6 +140,30 @@ pub(crate) struct Inner {
     next_run: AtomicU64,
     /// Component names by digest, for naming breakers in reports.
     names: Mutex<HashMap<Digest, String>>,
+    /// Where runs are recorded; `None` under `memory` durability.
+    journal: Option<Journal>,
+    /// Set when shutting down: nothing new is admitted or started.
+    draining: CancellationToken,
+    /// Set when the grace period is over: running steps stop.
+    interrupt: CancellationToken,
+    /// Every run task, so that shutdown can wait for them.
+    runs: TaskTracker,
+    /// The journal failure that stopped the scheduler.
+    fatal: OnceLock<StoreError>,
+    /// Workflows rebuilt from the journal, by digest, for resumed runs.
+    recorded: Mutex<HashMap<String, Arc<PreparedWorkflow>>>,
+}
+
+impl Inner {
+    /// Stops the scheduler for good after a journal failure: runs cannot be
+    /// recorded, so none may go on. They stay incomplete in the journal.
+    fn stop_on(&self, error: StoreError) {
+        if self.fatal.set(error).is_ok() {
+            tracing::error!(error = %self.fatal.get().map(ToString::to_string).unwrap_or_default(), "stopping: the journal failed");
+        }
+        self.draining.cancel();
+        self.interrupt.cancel();
+    }
 }
 
 /// A workflow with its plan and its components loaded, ready to run many times.
@@ -122,6 +171,8 @@ pub struct PreparedWorkflow {
     workflow: Workflow,
     plan: Plan,
     components: Vec<StepComponent>,
+    /// How the journal knows it; `None` without a journal.
+    record: Option<Arc<WorkflowRecord>>,
 }
 
 impl PreparedWorkflow {
@@ -139,19 +190,20 @@ impl PreparedWorkflow {
 /// A submitted run: await its report, or cancel it.
 #[derive(Debug)]
 pub struct RunHandle {
-    id: u64,
+    id: RunId,
     cancel: CancellationToken,
     task: JoinHandle<WorkflowReport>,
 }
 
 impl RunHandle {
-    /// The run's id.
-    pub fn id(&self) -> u64 {
+    /// The run's id: with a journal, its id in the journal.
+    pub fn id(&self) -> RunId {
         self.id
     }
 
     /// Cancels the run: queued, it never starts; running, its steps stop
     /// promptly and clean up. [`RunHandle::wait`] still returns its report.
+    /// A cancelled run is final: it does not resume.
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -185,6 +237,30 @@ impl Scheduler {
     /// `max_instances` steps that each make nested child calls (children run
     /// on their caller's slot, but each needs a pool instance).
     pub fn new(sandbox: Sandbox, config: SchedulerConfig) -> Result<Scheduler, SchedulerError> {
+        Scheduler::build(sandbox, config, None)
+    }
+
+    /// A scheduler that records every run in `journal`: accepted before it
+    /// starts, every attempt, state write and ending, at the journal's
+    /// durability level. Runs the journal gives back on start go to
+    /// [`Scheduler::resume`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::new`].
+    pub fn with_journal(
+        sandbox: Sandbox,
+        config: SchedulerConfig,
+        journal: Journal,
+    ) -> Result<Scheduler, SchedulerError> {
+        Scheduler::build(sandbox, config, Some(journal))
+    }
+
+    fn build(
+        sandbox: Sandbox,
+        config: SchedulerConfig,
+        journal: Option<Journal>,
+    ) -> Result<Scheduler, SchedulerError> {
         config.quotas.validate().map_err(SchedulerError::Config)?;
         config.breaker.validate().map_err(SchedulerError::Config)?;
         let needed = config.quotas.max_instances as u64 * (1 + u64::from(config.max_call_depth));
@@ -205,8 +281,25 @@ impl Scheduler {
                 config,
                 next_run: AtomicU64::new(1),
                 names: Mutex::new(HashMap::new()),
+                journal,
+                draining: CancellationToken::new(),
+                interrupt: CancellationToken::new(),
+                runs: TaskTracker::new(),
+                fatal: OnceLock::new(),
+                recorded: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The journal runs are recorded in, if any.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.inner.journal.as_ref()
+    }
+
+    /// The journal failure that stopped this scheduler, if one did. Runs
+    /// cut short by it end [`RunStatus::Interrupted`] and resume on restart.
+    pub fn journal_error(&self) -> Option<&StoreError> {
+        self.inner.fatal.get()
     }
 
     /// The sandbox steps run in.
@@ -227,37 +320,224 @@ impl Scheduler {
         let sandbox = &self.inner.sandbox;
         let components = workflow
             .check_components(|step| sandbox.load_file(&step.component).map_err(|e| e.to_string()))?;
+        let record = match &self.inner.journal {
+            None => None,
+            Some(journal) => {
+                let record = record::record(&workflow, &components)?;
+                journal.append(Event::WorkflowDefined(Arc::clone(&record)));
+                Some(record)
+            }
+        };
+        Ok(self.assemble(workflow, components, record))
+    }
+
+    fn assemble(
+        &self,
+        workflow: Workflow,
+        components: Vec<StepComponent>,
+        record: Option<Arc<WorkflowRecord>>,
+    ) -> Arc<PreparedWorkflow> {
         let plan = workflow.plan();
         let mut names = self.inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         for component in &components {
             names.insert(component.digest(), component.name().to_owned());
         }
         drop(names);
-        Ok(Arc::new(PreparedWorkflow {
+        Arc::new(PreparedWorkflow {
             workflow,
             plan,
             components,
-        }))
+            record,
+        })
     }
 
-    /// Submits a run of `workflow` on `input`. It starts when admitted.
+    /// Submits a run of `workflow` on `input`. It starts when admitted; with
+    /// a journal, once it is recorded as accepted.
     ///
     /// # Errors
     ///
-    /// [`QuotaError::QueueFull`] at once when `max_queued` runs already wait.
-    pub fn submit(&self, workflow: &Arc<PreparedWorkflow>, input: Value) -> Result<RunHandle, QuotaError> {
+    /// [`SubmitError::Quota`] at once when `max_queued` runs already wait;
+    /// [`SubmitError::ShuttingDown`] once [`Scheduler::shutdown`] began.
+    pub fn submit(&self, workflow: &Arc<PreparedWorkflow>, input: Value) -> Result<RunHandle, SubmitError> {
+        let mut handles = self.submit_all([(Arc::clone(workflow), input)])?;
+        Ok(handles.remove(0))
+    }
+
+    /// Submits several runs, all or none: with a journal, every one of them
+    /// is recorded as accepted (in one commit) before any starts, so a crash
+    /// loses none of them.
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::submit`]; when one is refused, none is submitted.
+    pub fn submit_all(
+        &self,
+        runs: impl IntoIterator<Item = (Arc<PreparedWorkflow>, Value)>,
+    ) -> Result<Vec<RunHandle>, SubmitError> {
+        if self.inner.draining.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let runs: Vec<_> = runs.into_iter().collect();
+        let tickets = runs
+            .iter()
+            .map(|_| self.inner.admission.enqueue_workflow())
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<RunId> = match &self.inner.journal {
+            None => runs
+                .iter()
+                .map(|_| self.inner.next_run.fetch_add(1, Ordering::Relaxed))
+                .collect(),
+            Some(journal) => runs.iter().map(|_| journal.next_run_id()).collect(),
+        };
+        let accepted = self.inner.journal.as_ref().map(|journal| {
+            let at = now_millis();
+            let lease_until = journal.lease_until();
+            journal.append_all(runs.iter().zip(&ids).map(|((wf, input), &id)| {
+                let record = wf
+                    .record
+                    .as_ref()
+                    .expect("workflows prepared with a journal have a record");
+                Event::RunAccepted {
+                    run: id,
+                    workflow: record.digest.as_str().into(),
+                    name: record.name.as_str().into(),
+                    owner: Arc::clone(journal.owner()),
+                    lease_until,
+                    input: serde_json::to_vec(input).unwrap_or_else(|_| b"null".to_vec()),
+                    at,
+                }
+            }))
+        });
+        let handles = runs
+            .into_iter()
+            .zip(ids)
+            .zip(tickets)
+            .map(|(((wf, input), id), ticket)| {
+                let start = run::Start {
+                    ticket,
+                    submitted: Instant::now(),
+                    accepted,
+                };
+                self.spawn(wf, id, input, start, None)
+            })
+            .collect();
+        Ok(handles)
+    }
+
+    /// Resumes a run the journal gave back on start: steps it completed are
+    /// not run again (their outputs come from the journal), steps that were
+    /// in flight run again with the next attempt number, and its state is
+    /// as it was last written. It runs the definition and components it was
+    /// accepted with.
+    ///
+    /// A run whose code is gone from the journal, or no longer loads, ends
+    /// [`RunStatus::Failed`] saying so.
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::submit`].
+    pub fn resume(&self, run: RecoveredRun) -> Result<RunHandle, SubmitError> {
+        if self.inner.draining.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
         let ticket = self.inner.admission.enqueue_workflow()?;
-        let id = self.inner.next_run.fetch_add(1, Ordering::Relaxed);
-        let cancel = CancellationToken::new();
-        let run = run::Run::new(
-            Arc::clone(&self.inner),
-            Arc::clone(workflow),
-            id,
-            input,
-            cancel.clone(),
-        );
-        let task = tokio::spawn(run.drive(ticket, Instant::now()));
-        Ok(RunHandle { id, cancel, task })
+        let input: Value = serde_json::from_slice(&run.input).unwrap_or(Value::Null);
+        let prepared = run
+            .workflow
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|record| self.prepare_recorded(record));
+        let id = run.id;
+        let start = run::Start {
+            ticket,
+            submitted: Instant::now(),
+            accepted: None,
+        };
+        match prepared {
+            Ok(wf) => {
+                let resume = record::Resume::new(&wf, &run);
+                Ok(self.spawn(wf, id, input, start, Some(resume)))
+            }
+            Err(why) => {
+                let message = format!("cannot resume run {id}: {why}");
+                let cancel = CancellationToken::new();
+                let task = self
+                    .inner
+                    .runs
+                    .spawn(run::fail_unresumable(Arc::clone(&self.inner), id, message));
+                Ok(RunHandle { id, cancel, task })
+            }
+        }
+    }
+
+    /// The prepared workflow for a journal record, built once per digest.
+    fn prepare_recorded(&self, record: &Arc<WorkflowRecord>) -> Result<Arc<PreparedWorkflow>, String> {
+        let cached = self
+            .inner
+            .recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&record.digest)
+            .cloned();
+        if let Some(wf) = cached {
+            return Ok(wf);
+        }
+        let (workflow, components) = record::rebuild(&self.inner.sandbox, record)?;
+        self.inner
+            .admission
+            .check_steps(workflow.steps.len())
+            .map_err(|e| e.to_string())?;
+        let wf = self.assemble(workflow, components, Some(Arc::clone(record)));
+        self.inner
+            .recorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(record.digest.clone(), Arc::clone(&wf));
+        Ok(wf)
+    }
+
+    fn spawn(
+        &self,
+        wf: Arc<PreparedWorkflow>,
+        id: RunId,
+        input: Value,
+        start: run::Start,
+        resume: Option<record::Resume>,
+    ) -> RunHandle {
+        let cancel = self.inner.interrupt.child_token();
+        let run = run::Run::new(Arc::clone(&self.inner), wf, id, input, cancel.clone(), resume);
+        let task = self.inner.runs.spawn(run.drive(start));
+        RunHandle { id, cancel, task }
+    }
+
+    /// Shuts down gracefully: admits and starts nothing new, lets the steps
+    /// running finish within `grace`, then stops the rest. Runs that did not
+    /// finish end [`RunStatus::Interrupted`]: with a journal they stay
+    /// incomplete (their interrupted steps are recorded so) and resume on
+    /// the next start. Returns once every run has ended and the journal is
+    /// flushed.
+    ///
+    /// # Errors
+    ///
+    /// The journal's failure, if it failed.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.draining.cancel();
+        inner.runs.close();
+        if tokio::time::timeout(grace, inner.runs.wait()).await.is_err() {
+            tracing::info!(?grace, "grace period over: interrupting the steps still running");
+            inner.interrupt.cancel();
+            inner.runs.wait().await;
+        }
+        match &inner.journal {
+            Some(journal) => journal.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether [`Scheduler::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.draining.is_cancelled()
     }
 
     /// Runs in flight and waiting, instances and memory in use.

@@ -19,6 +19,9 @@ pub enum RunStatus {
     Failed,
     /// The run was cancelled from outside.
     Cancelled,
+    /// The host stopped (shutdown, or its journal failed) before the run
+    /// finished; with a journal, it resumes on the next start.
+    Interrupted,
 }
 
 /// How one step of a run ended.
@@ -33,6 +36,8 @@ pub enum StepStatus {
     Cancelled,
     /// It never started: a step it needs failed, or the run ended first.
     Skipped,
+    /// The host stopped it; it runs again when the run resumes.
+    Interrupted,
 }
 
 /// The report of one workflow run.

@@ -1,6 +1,8 @@
-//! One workflow run: readiness, fan-out, attempts, child calls and state.
+//! One workflow run: readiness, fan-out, attempts, child calls and state,
+//! and what the journal hears of each.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -8,13 +10,15 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::record::{Done, Resume, Unit};
 use super::report::{RunStatus, StepReport, StepStatus, WorkflowReport};
 use super::{Inner, PreparedWorkflow};
-use crate::outcome::{GuestErrorKind, Outcome, OutcomeKind};
+use crate::outcome::{GuestErrorKind, Outcome, OutcomeKind, RunReport};
 use crate::policy::{
     Admission, BreakerState, Deadline, QueueTicket, Rejected, TimeoutLevel, effective, step_deadline,
 };
 use crate::sandbox::{ChildCall, ChildResult, RunOptions, StepHost, add_to_json_integer};
+use crate::store::{AttemptEnd, AttemptStatus, AttemptUsage, Event, RunId, RunState, Ticket, now_millis};
 use crate::workflow::Scope;
 
 /// A run, before and while it executes.
@@ -22,12 +26,23 @@ pub(super) struct Run {
     shared: Arc<Shared>,
 }
 
+/// How a run gets going.
+pub(super) struct Start {
+    /// Its place in the admission queue.
+    pub(super) ticket: QueueTicket,
+    pub(super) submitted: Instant,
+    /// The journal ticket of its acceptance: it starts once that is written.
+    pub(super) accepted: Option<Ticket>,
+}
+
 /// What every step task of a run shares.
 struct Shared {
     inner: Arc<Inner>,
     wf: Arc<PreparedWorkflow>,
-    id: u64,
+    id: RunId,
     input: Value,
+    /// What the run did before it was resumed.
+    resume: Option<Resume>,
     /// Cancelled from outside (the run's handle).
     cancel: CancellationToken,
     /// Cancelled from outside, or when a step fails the run.
@@ -74,6 +89,10 @@ struct Attempts {
     peak_memory: u64,
     queue_wait: Duration,
     timeout_level: Option<TimeoutLevel>,
+    /// The host stopped it (shutdown, or a journal failure): it runs again on resume.
+    interrupted: bool,
+    /// The journal position of its last event, for durability waits.
+    journaled: Option<Ticket>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,41 +104,67 @@ impl Run {
     pub(super) fn new(
         inner: Arc<Inner>,
         wf: Arc<PreparedWorkflow>,
-        id: u64,
+        id: RunId,
         input: Value,
         cancel: CancellationToken,
+        resume: Option<Resume>,
     ) -> Run {
+        let mut state = State::default();
+        for (key, value) in resume.iter().flat_map(|r| &r.state) {
+            state.bytes += key.len() + value.len();
+            state.values.insert(key.clone(), value.clone());
+        }
         Run {
             shared: Arc::new(Shared {
                 inner,
                 wf,
                 id,
                 input,
+                resume,
                 steps_cancel: cancel.child_token(),
                 cancel,
                 deadline: Mutex::new(None),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
                 children: Mutex::new(Vec::new()),
             }),
         }
     }
 
-    /// Waits for admission, runs every step as its needs complete, and reports.
-    pub(super) async fn drive(self, ticket: QueueTicket, submitted: Instant) -> WorkflowReport {
+    /// Waits for its acceptance to be recorded and for admission, runs every
+    /// step as its needs complete, and reports.
+    pub(super) async fn drive(self, start: Start) -> WorkflowReport {
         let shared = self.shared;
         let wf = &shared.wf;
         let steps = &wf.workflow.steps;
+        let submitted = start.submitted;
         let mut reports: Vec<StepReport> = steps.iter().map(|s| StepReport::pending(&s.id, 0)).collect();
 
+        if let (Some(journal), Some(accepted)) = (&shared.inner.journal, start.accepted)
+            && let Err(e) = journal.commit(accepted).await
+        {
+            // Never accepted, so never run: the caller hears why.
+            shared.inner.stop_on(e.clone());
+            let mut report = shared.report(reports, None, submitted, Instant::now());
+            report.status = RunStatus::Failed;
+            report.error = Some(format!("the run was not accepted: {e}"));
+            return report;
+        }
         let slot = tokio::select! {
             biased;
             () = shared.cancel.cancelled() => None,
-            slot = ticket.admitted() => slot.ok(),
+            () = shared.inner.draining.cancelled() => None,
+            slot = start.ticket.admitted() => slot.ok(),
         };
         let started = Instant::now();
         let Some(_slot) = slot else {
-            return shared.report(reports, None, submitted, started);
+            return shared.finish(reports, None, submitted, started).await;
         };
+        if let Some(journal) = &shared.inner.journal {
+            journal.append(Event::RunStarted {
+                run: shared.id,
+                at: now_millis(),
+            });
+        }
         let global = shared.inner.config.global_timeout.map(|d| Deadline {
             at: submitted + d,
             level: TimeoutLevel::Global,
@@ -145,11 +190,12 @@ impl Run {
                 Err(e) => unreachable!("step tasks are never aborted: {e}"),
             };
             let succeeded = report.status == StepStatus::Succeeded;
+            let stopped = matches!(report.status, StepStatus::Cancelled | StepStatus::Interrupted);
             reports[i] = report;
-            if succeeded || (steps[i].continue_on_error && !shared.steps_cancel.is_cancelled()) {
+            if succeeded || (steps[i].continue_on_error && !stopped && !shared.steps_cancel.is_cancelled()) {
                 // A failed step that may fail passes `null` on to its dependents.
                 outputs[i] = Some(output.unwrap_or(Value::Null));
-                if failed.is_none() {
+                if failed.is_none() && !shared.inner.draining.is_cancelled() {
                     for &next in &plan.dependents[i] {
                         waiting[next] -= 1;
                         if waiting[next] == 0 {
@@ -157,23 +203,55 @@ impl Run {
                         }
                     }
                 }
-            } else if failed.is_none() && reports[i].status != StepStatus::Cancelled {
+            } else if failed.is_none() && !stopped {
                 failed = Some(i);
                 shared.steps_cancel.cancel();
             }
         }
-        let output = (failed.is_none() && !shared.cancel.is_cancelled()).then(|| {
+        let complete = outputs.iter().all(Option::is_some);
+        let output = (failed.is_none() && complete && !shared.cancel.is_cancelled()).then(|| {
             let lookup = |id: &str| wf.workflow.step_index(id).and_then(|i| outputs[i].as_ref());
             wf.workflow.eval_output(&Scope::new(&shared.input, &lookup))
         });
-        let report = shared.report(
-            reports,
-            output.map(|r| r.map_err(|e| e.to_string())),
-            submitted,
-            started,
-        );
-        tracing::debug!(run = shared.id, workflow = %wf.workflow.name, status = ?report.status, "run ended");
-        report
+        shared
+            .finish(
+                reports,
+                output.map(|r| r.map_err(|e| e.to_string())),
+                submitted,
+                started,
+            )
+            .await
+    }
+}
+
+/// The report of a run that cannot be resumed (its code is gone), recorded
+/// as failed so that it is not tried again.
+pub(super) async fn fail_unresumable(inner: Arc<Inner>, id: RunId, message: String) -> WorkflowReport {
+    tracing::error!(run = id, "{message}");
+    if let Some(journal) = &inner.journal {
+        let ticket = journal.append(Event::RunEnded {
+            run: id,
+            status: RunState::Failed,
+            output: None,
+            error: Some(message.clone()),
+            at: now_millis(),
+        });
+        if let Err(e) = journal.durable(ticket).await {
+            inner.stop_on(e);
+        }
+    }
+    WorkflowReport {
+        run_id: id,
+        workflow: String::new(),
+        status: RunStatus::Failed,
+        output: None,
+        error: Some(message),
+        failed_kind: Some(OutcomeKind::HostFailure),
+        steps: Vec::new(),
+        children: Vec::new(),
+        queue_wait: Duration::ZERO,
+        wall_time: Duration::ZERO,
+        open_breakers: Vec::new(),
     }
 }
 
@@ -186,6 +264,13 @@ impl Shared {
         tasks: &mut JoinSet<(usize, StepReport, Option<Value>)>,
     ) {
         let def = &self.wf.workflow.steps[i];
+        if def.for_each.is_none()
+            && let Some(done) = self.resume.as_ref().and_then(|r| r.done((i, None)))
+        {
+            let (report, output) = restored(&def.id, done);
+            tasks.spawn(async move { (i, report, output) });
+            return;
+        }
         let lookup = |id: &str| self.wf.workflow.step_index(id).and_then(|j| outputs[j].as_ref());
         let scope = Scope::new(&self.input, &lookup);
         let work = match &def.for_each {
@@ -237,17 +322,46 @@ impl Shared {
                 None
             }
             Work::One(input) => {
+                let key: Arc<str> = format!("{}/{}", self.id, def.id).into();
                 let attempts = self
-                    .attempts(i, &input, 0, None, None, &self.steps_cancel, true)
+                    .attempts(i, &input, Some((i, None)), key, 0, None, None, &self.steps_cancel)
                     .await;
+                let journaled = attempts.journaled;
                 let output = attempts.output();
                 attempts.fill(&mut report);
+                if !self.durable(journaled).await {
+                    report.status = StepStatus::Interrupted;
+                    return (report, None);
+                }
                 output
             }
             Work::Items(items) => self.run_items(i, items, &mut report).await,
         };
         report.duration = ready.elapsed();
         (report, output)
+    }
+
+    /// Waits until the journal holds what `ticket` marks, as the durability
+    /// level promises. False when the journal failed (the scheduler then
+    /// stops: what it does can no longer be recorded).
+    async fn durable(&self, ticket: Option<Ticket>) -> bool {
+        let (Some(journal), Some(ticket)) = (&self.inner.journal, ticket) else {
+            return true;
+        };
+        match journal.durable(ticket).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.inner.stop_on(e);
+                false
+            }
+        }
+    }
+
+    /// Whether the host, not the run's owner, is stopping it: a shutdown or
+    /// a journal failure. Such runs resume on restart.
+    fn host_stopping(&self) -> bool {
+        let cancelled_by_owner = self.cancel.is_cancelled() && !self.inner.interrupt.is_cancelled();
+        self.inner.draining.is_cancelled() && !cancelled_by_owner
     }
 
     /// Runs a `for_each` step's items, `max_parallel` at a time, gathering
@@ -276,16 +390,32 @@ impl Shared {
         let mut outputs: Vec<Value> = vec![Value::Null; total];
         let mut first_failure: Option<(usize, Attempts)> = None;
         let mut finished = 0;
+        let mut journaled: Option<Ticket> = None;
+        let mut interrupted = false;
         report.status = StepStatus::Succeeded;
         report.outcome = Some(OutcomeKind::Completed);
         loop {
-            while tasks.len() < parallel && !cancel.is_cancelled() {
+            while tasks.len() < parallel && !cancel.is_cancelled() && !self.inner.draining.is_cancelled() {
                 let Some((index, input)) = pending.next() else {
                     break;
                 };
+                let item = u32::try_from(index).ok();
+                if let Some(done) = self.resume.as_ref().and_then(|r| r.done((i, item)))
+                    && let Some(output) = &done.output
+                {
+                    outputs[index] = output.clone();
+                    finished += 1;
+                    report.attempts = report.attempts.max(done.attempt);
+                    report.fuel += done.usage.fuel;
+                    report.peak_memory = report.peak_memory.max(done.usage.peak_memory);
+                    continue;
+                }
                 let (shared, cancel) = (Arc::clone(self), cancel.clone());
+                let key: Arc<str> = format!("{}/{}/{index}", self.id, def.id).into();
                 tasks.spawn(async move {
-                    let attempts = shared.attempts(i, &input, 0, None, None, &cancel, true).await;
+                    let attempts = shared
+                        .attempts(i, &input, Some((i, item)), key, 0, None, None, &cancel)
+                        .await;
                     (index, attempts)
                 });
             }
@@ -298,12 +428,16 @@ impl Shared {
                 Err(e) => unreachable!("item tasks are never aborted: {e}"),
             };
             finished += 1;
+            journaled = journaled.max(attempts.journaled);
+            interrupted |= attempts.interrupted;
             report.attempts = report.attempts.max(attempts.attempts);
             report.fuel += attempts.fuel;
             report.peak_memory = report.peak_memory.max(attempts.peak_memory);
             report.queue_wait += attempts.queue_wait;
             match attempts.output() {
                 Some(output) => outputs[index] = output,
+                // Not a failure: the item runs again when the run resumes.
+                None if attempts.interrupted => {}
                 None => {
                     let is_cancel = attempts.outcome.kind() == OutcomeKind::Cancelled;
                     if first_failure
@@ -316,7 +450,22 @@ impl Shared {
                 }
             }
         }
+        let failed_for_real = first_failure
+            .as_ref()
+            .is_some_and(|(_, f)| f.outcome.kind() != OutcomeKind::Cancelled);
+        if !self.durable(journaled).await || (interrupted && !failed_for_real) {
+            report.status = StepStatus::Interrupted;
+            report.outcome = Some(OutcomeKind::Cancelled);
+            report.message = Some(format!("interrupted after {finished} of {total} items"));
+            return None;
+        }
         if first_failure.is_none() && finished < total {
+            if self.host_stopping() {
+                report.status = StepStatus::Interrupted;
+                report.outcome = Some(OutcomeKind::Cancelled);
+                report.message = Some(format!("interrupted after {finished} of {total} items"));
+                return None;
+            }
             // Cancelled from outside before every item started.
             report.status = StepStatus::Cancelled;
             report.outcome = Some(OutcomeKind::Cancelled);
@@ -336,24 +485,34 @@ impl Shared {
     }
 
     /// Runs one instance's work, with retries, under the breaker, deadlines
-    /// and quotas. `parent` and `fuel_cap` come from a calling step; `gated`
-    /// is false for child calls, which run on their caller's slot.
-    #[allow(clippy::too_many_arguments)] // one private call site each; a struct would only rename them
+    /// and quotas. `unit` names a workflow step or item, which takes an
+    /// instance slot and is journaled; child calls have none (they run on
+    /// their caller's slot and are part of its attempt). `parent` and
+    /// `fuel_cap` come from a calling step.
+    #[allow(clippy::too_many_arguments)] // private; a struct would only rename them
     async fn attempts(
         self: &Arc<Self>,
         i: usize,
         input: &Value,
+        unit: Option<Unit>,
+        key: Arc<str>,
         depth: u32,
         parent: Option<Deadline>,
         fuel_cap: Option<u64>,
         cancel: &CancellationToken,
-        gated: bool,
     ) -> Attempts {
         let inner = &self.inner;
         let def = &self.wf.workflow.steps[i];
         let component = &self.wf.components[i];
         let digest = component.digest();
         let defaults = inner.sandbox.default_limits();
+        let journal = inner.journal.as_ref().filter(|_| unit.is_some());
+        let step_name: Arc<str> = def.id.as_str().into();
+        let item = unit.and_then(|(_, item)| item);
+        let before = match (&self.resume, unit) {
+            (Some(resume), Some(unit)) => resume.attempts(unit),
+            _ => 0,
+        };
         let input = match serde_json::to_vec(input) {
             Ok(bytes) => bytes,
             Err(e) => unreachable!("a serde_json::Value always serializes: {e}"),
@@ -368,16 +527,29 @@ impl Shared {
             peak_memory: 0,
             queue_wait: Duration::ZERO,
             timeout_level: None,
+            interrupted: false,
+            journaled: None,
         };
         let mut fuel_left = fuel_cap;
         loop {
             result.attempts += 1;
-            let attempt = result.attempts;
+            let attempt = before + result.attempts;
             let now = Instant::now();
             let timeout = def.limits.timeout.unwrap_or(defaults.timeout);
             let deadline = step_deadline(now, None, run_deadline, parent, Some(timeout))
                 .expect("a step timeout is always given");
+            if let Some(journal) = journal {
+                journal.append(Event::AttemptStarted {
+                    run: self.id,
+                    step: Arc::clone(&step_name),
+                    item,
+                    attempt,
+                    at: now_millis(),
+                });
+            }
             result.timeout_level = None;
+            let mut usage = AttemptUsage::default();
+            let mut log = None;
             result.outcome = match inner.breakers.acquire(&digest, now) {
                 Err(rejected) => Outcome::CircuitOpen {
                     component: component.name().to_owned(),
@@ -390,7 +562,7 @@ impl Shared {
                     let waited = Instant::now();
                     let memory = def.limits.memory.unwrap_or(defaults.memory);
                     let slots = async {
-                        if !gated {
+                        if unit.is_none() {
                             // A child runs on its caller's slot, but its
                             // memory counts against the budget; it cannot
                             // wait for it (its caller holds some).
@@ -409,7 +581,8 @@ impl Shared {
                         }),
                         slots = slots => slots.map_err(|e: crate::policy::QuotaError| Outcome::QuotaExceeded { message: e.to_string() }),
                     };
-                    result.queue_wait += waited.elapsed();
+                    usage.queue_wait = waited.elapsed();
+                    result.queue_wait += usage.queue_wait;
                     match slots {
                         Err(outcome) => {
                             inner.breakers.release(&digest, permit);
@@ -424,12 +597,15 @@ impl Shared {
                                 shared: Arc::clone(self),
                                 depth,
                                 cancel: cancel.clone(),
+                                key: Arc::clone(&key),
+                                calls: AtomicU32::new(0),
                             });
                             let options = RunOptions::default()
                                 .limits(limits)
                                 .deadline(deadline.at)
                                 .cancel_token(cancel.clone())
-                                .host(host);
+                                .host(host)
+                                .work(Arc::clone(&key), attempt);
                             let report = inner.sandbox.run(component, &input, options).await;
                             drop(slots);
                             inner
@@ -441,30 +617,101 @@ impl Shared {
                             }
                             result.peak_memory = result.peak_memory.max(report.usage.peak_memory);
                             result.queue_wait += report.usage.queue_wait;
+                            usage.queue_wait += report.usage.queue_wait;
+                            usage.fuel = report.usage.fuel_consumed;
+                            usage.peak_memory = report.usage.peak_memory;
+                            if journal.is_some() {
+                                log = log_text(&report);
+                            }
                             report.outcome
                         }
                     }
                 }
             };
+            usage.duration = now.elapsed();
             let kind = result.outcome.kind();
             if kind == OutcomeKind::Timeout {
                 result.timeout_level = Some(deadline.level);
             }
-            if cancel.is_cancelled() || !def.retry.should_retry(attempt, kind) {
-                return result;
-            }
-            let delay = def.retry.delay(attempt, fastrand::f64());
+            result.interrupted = kind == OutcomeKind::Cancelled && self.host_stopping();
+            let delay = def.retry.delay(result.attempts, fastrand::f64());
             // A retry that could not start before the run's deadline is not made.
-            if run_deadline.is_some_and(|d| Instant::now() + delay >= d.at) {
+            let wants_retry = !cancel.is_cancelled()
+                && def.retry.should_retry(result.attempts, kind)
+                && run_deadline.is_none_or(|d| Instant::now() + delay < d.at);
+            // While the host stops, a retry is left to the resumed run.
+            let draining = wants_retry && inner.draining.is_cancelled();
+            result.interrupted |= draining;
+            if let Some(journal) = journal {
+                let status = match kind {
+                    OutcomeKind::Completed => AttemptStatus::Completed,
+                    OutcomeKind::Cancelled if result.interrupted => AttemptStatus::Interrupted,
+                    OutcomeKind::Cancelled => AttemptStatus::Cancelled,
+                    _ => AttemptStatus::Failed,
+                };
+                let last = matches!(status, AttemptStatus::Completed | AttemptStatus::Failed) && !wants_retry;
+                result.journaled = Some(journal.append(Event::AttemptEnded(Box::new(AttemptEnd {
+                    run: self.id,
+                    step: Arc::clone(&step_name),
+                    item,
+                    attempt,
+                    status,
+                    last,
+                    outcome: kind.as_str(),
+                    message: (kind != OutcomeKind::Completed).then(|| result.outcome.to_string()),
+                    output: result.outcome.output().map(<[u8]>::to_vec),
+                    log,
+                    usage,
+                    at: now_millis(),
+                }))));
+            }
+            if !wants_retry || draining {
                 return result;
             }
             tracing::debug!(run = self.id, step = %def.id, attempt, outcome = %kind, ?delay, "retrying");
             tokio::select! {
                 biased;
-                () = cancel.cancelled() => return result,
+                () = cancel.cancelled() => {
+                    result.interrupted = self.host_stopping();
+                    return result;
+                }
+                () = inner.draining.cancelled() => {
+                    result.interrupted = true;
+                    return result;
+                }
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Reports the run and records its ending; under strict durability,
+    /// returns once the ending is durable.
+    async fn finish(
+        &self,
+        steps: Vec<StepReport>,
+        output: Option<Result<Value, String>>,
+        submitted: Instant,
+        started: Instant,
+    ) -> WorkflowReport {
+        let report = self.report(steps, output, submitted, started);
+        tracing::debug!(run = self.id, workflow = %report.workflow, status = ?report.status, "run ended");
+        if let Some(journal) = &self.inner.journal {
+            let status = match report.status {
+                RunStatus::Succeeded => RunState::Succeeded,
+                RunStatus::Failed => RunState::Failed,
+                RunStatus::Cancelled => RunState::Cancelled,
+                RunStatus::Interrupted => RunState::Interrupted,
+            };
+            let ticket = journal.append(Event::RunEnded {
+                run: self.id,
+                status,
+                output: report.output.as_ref().and_then(|o| serde_json::to_vec(o).ok()),
+                error: report.error.clone(),
+                at: now_millis(),
+            });
+            self.durable(Some(ticket)).await;
+        }
+        report
     }
 
     fn report(
@@ -478,12 +725,18 @@ impl Shared {
             s.status == StepStatus::Failed
                 && !self.wf.workflow.step(&s.id).is_some_and(|d| d.continue_on_error)
         });
-        let (status, output, error) = if self.cancel.is_cancelled() {
+        let (status, output, error) = if self.cancel.is_cancelled() && !self.host_stopping() {
             (
                 RunStatus::Cancelled,
                 None,
                 Some("the run was cancelled".to_owned()),
             )
+        } else if failed.is_none() && output.is_none() && self.host_stopping() {
+            let why = match self.inner.fatal.get() {
+                Some(e) => format!("interrupted: {e}"),
+                None => "interrupted by the host's shutdown; it resumes on the next start".to_owned(),
+            };
+            (RunStatus::Interrupted, None, Some(why))
         } else if let Some(step) = failed {
             let why = step.message.clone().unwrap_or_default();
             (
@@ -530,6 +783,44 @@ impl Shared {
     }
 }
 
+impl Shared {
+    fn journal_state(&self, key: &str, value: String) {
+        if let Some(journal) = &self.inner.journal {
+            journal.append(Event::StateWritten {
+                run: self.id,
+                key: key.to_owned(),
+                value,
+            });
+        }
+    }
+}
+
+/// The report and output of a step that ended for good before the resume.
+fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
+    let mut report = StepReport::pending(id, 0);
+    report.status = if done.output.is_some() {
+        StepStatus::Succeeded
+    } else {
+        StepStatus::Failed
+    };
+    report.outcome = Some(done.outcome);
+    report.message = done.message.clone();
+    report.attempts = done.attempt;
+    report.fuel = done.usage.fuel;
+    report.peak_memory = done.usage.peak_memory;
+    report.duration = done.usage.duration;
+    report.queue_wait = done.usage.queue_wait;
+    (report, done.output.clone())
+}
+
+/// What an instance logged, as the journal keeps it (JSON records).
+fn log_text(report: &RunReport) -> Option<String> {
+    if report.log.records.is_empty() {
+        return None;
+    }
+    serde_json::to_string(&report.log.records).ok()
+}
+
 impl Attempts {
     fn output(&self) -> Option<Value> {
         let output = self.outcome.output()?;
@@ -543,6 +834,7 @@ impl Attempts {
     fn fill(self, report: &mut StepReport) {
         let kind = self.outcome.kind();
         report.status = match kind {
+            _ if self.interrupted => StepStatus::Interrupted,
             OutcomeKind::Completed => StepStatus::Succeeded,
             OutcomeKind::Cancelled => StepStatus::Cancelled,
             _ => StepStatus::Failed,
@@ -562,6 +854,11 @@ struct RunHost {
     shared: Arc<Shared>,
     depth: u32,
     cancel: CancellationToken,
+    /// The calling unit's idempotency key: children's keys extend it.
+    key: Arc<str>,
+    /// Child calls made so far by this attempt: numbers the children's keys,
+    /// which come out the same when a deterministic step runs again.
+    calls: AtomicU32,
 }
 
 #[async_trait::async_trait]
@@ -599,15 +896,18 @@ impl StepHost for RunHost {
         // Children run on the caller's slot (taking another could deadlock
         // when every slot is held by a caller), reserve their memory from the
         // budget without waiting, and die with the caller.
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let key: Arc<str> = format!("{}/{}#{n}", self.key, call.step).into();
         let attempts = shared
             .attempts(
                 i,
                 &input,
+                None,
+                key,
                 depth,
                 Some(parent),
                 Some(call.fuel),
                 &self.cancel,
-                false,
             )
             .await;
         let fuel_consumed = attempts.fuel;
@@ -631,13 +931,18 @@ impl StepHost for RunHost {
     }
 
     fn state_set(&self, key: &str, value: String) -> Result<(), String> {
-        lock(&self.shared.state).put(key, value, &self.shared.inner.admission)
+        let mut state = lock(&self.shared.state);
+        state.put(key, value.clone(), &self.shared.inner.admission)?;
+        // Under the state lock, so the journal sees writes in their order.
+        self.shared.journal_state(key, value);
+        Ok(())
     }
 
     fn state_add(&self, key: &str, delta: i64) -> Result<i64, String> {
         let mut state = lock(&self.shared.state);
         let sum = add_to_json_integer(state.values.get(key).map(String::as_str), key, delta)?;
         state.put(key, sum.to_string(), &self.shared.inner.admission)?;
+        self.shared.journal_state(key, sum.to_string());
         Ok(sum)
     }
 }

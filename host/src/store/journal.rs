@@ -249,11 +249,19 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let ticket = {
-            let mut buffer = lock(&self.shared.buffer);
-            buffer.flush = true;
-            Ticket(buffer.appended)
-        };
+        let ticket = Ticket(lock(&self.shared.buffer).appended);
+        self.commit(ticket).await
+    }
+
+    /// Writes the events up to `ticket` now, cutting a batch window short,
+    /// and waits for them: for what must be durable at every level (a run's
+    /// acceptance).
+    ///
+    /// # Errors
+    ///
+    /// The [`StoreError`] that stopped the writer.
+    pub async fn commit(&self, ticket: Ticket) -> Result<(), StoreError> {
+        lock(&self.shared.buffer).flush = true;
         self.shared.wake.notify_one();
         self.written(ticket).await
     }

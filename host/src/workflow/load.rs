@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -51,12 +52,15 @@ pub(crate) fn load(text: &str, source: &Path) -> Result<Workflow, WorkflowError>
     // positions, so the error can say where.
     if text.trim_start().starts_with('{')
         && let Some(root) = node::parse_json_unpositioned(text)
-        && let Ok(workflow) = build(&root, source)
+        && let Ok(mut workflow) = build(&root, source)
     {
+        workflow.text = text.into();
         return Ok(workflow);
     }
     let root = node::parse(text).map_err(|(loc, message)| at((loc, WorkflowErrorKind::Syntax(message))))?;
-    build(&root, source).map_err(at)
+    let mut workflow = build(&root, source).map_err(at)?;
+    workflow.text = text.into();
+    Ok(workflow)
 }
 
 /// A step as read, before the graph is checked.
@@ -241,6 +245,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         output,
         steps: raw.into_iter().map(|s| s.def).collect(),
         source: source.to_owned(),
+        text: Arc::from(""),
         index,
         plan,
         sinks,

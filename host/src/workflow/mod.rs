@@ -151,6 +151,9 @@ pub struct Workflow {
     pub steps: Vec<StepDef>,
     /// The file it was read from (as given), used for messages and relative paths.
     pub source: PathBuf,
+    /// The text it was parsed from: what a journal records, so a run
+    /// resumes with the definition it started with.
+    text: std::sync::Arc<str>,
     index: HashMap<String, usize>,
     plan: Plan,
     sinks: Vec<usize>,
@@ -290,6 +293,17 @@ impl Workflow {
             kind: WorkflowErrorKind::Read(e),
         })?;
         Workflow::from_str(&text, path)
+    }
+
+    /// The text this workflow was parsed from.
+    ///
+    /// ```
+    /// let text = "name: w\nsteps:\n  - id: a\n    component: a.wasm\n";
+    /// let wf = stepbox::workflow::Workflow::from_str(text, "w.yaml".as_ref()).unwrap();
+    /// assert_eq!(wf.text(), text);
+    /// ```
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// Parses and validates workflow text. `source` is the file it came from:
