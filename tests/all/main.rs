@@ -4,6 +4,7 @@
 
 mod cli;
 mod concurrency;
+mod durability;
 mod hostile;
 mod loading;
 mod sandbox_escape;

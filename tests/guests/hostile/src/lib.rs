@@ -56,6 +56,12 @@ enum Mode {
     Flaky { key: String, fail_times: i64 },
     /// Calls the workflow's step `step` on `input` and returns what it returned.
     Call { step: String, input: Value },
+    /// Reports its idempotency key and attempt number, failing as retryable
+    /// while the attempt is below `fail_below`.
+    Whoami {
+        #[serde(default)]
+        fail_below: u32,
+    },
 }
 
 fn hundred_mib() -> usize {
@@ -131,6 +137,15 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             Ok(json!({"attempt": attempt}))
         }
         Mode::Call { step, input } => stepbox_guest::call::<Value, Value>(&step, &input),
+        Mode::Whoami { fail_below } => {
+            let attempt = stepbox_guest::attempt();
+            if attempt < fail_below {
+                return Err(StepError::retryable(format!(
+                    "attempt {attempt} fails on purpose"
+                )));
+            }
+            Ok(json!({"key": stepbox_guest::idempotency_key(), "attempt": attempt}))
+        }
         Mode::SpinFor { iterations } => {
             let mut x = 0u64;
             for i in 0..iterations {
