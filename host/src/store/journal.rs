@@ -16,6 +16,16 @@ use tokio::sync::watch;
 
 use super::{DEFAULT_LEASE, Durability, Event, RecoveredRun, RunId, Store, StoreError, now_millis};
 
+/// Under strict durability, how long the writer looks for more events
+/// before it commits, while they keep coming...
+const LINGER_LOOK: Duration = Duration::from_micros(100);
+/// ...at most this long in all...
+const MAX_LINGER: Duration = Duration::from_millis(2);
+/// ...unless it already has this many...
+const LINGER_ENOUGH: usize = 512;
+/// ...and only when the last batch had this many: a sign of load.
+const LINGER_LOAD: usize = 16;
+
 /// How a [`Journal`] writes.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -97,6 +107,9 @@ struct Buffer {
     flush: bool,
     closed: bool,
     failed: bool,
+    /// The writer sleeps on the condition variable: appenders must wake it.
+    /// Waking only then spares every append a futex syscall.
+    idle: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,8 +201,7 @@ impl Journal {
         }
         buffer.appended += 1;
         let ticket = Ticket(buffer.appended);
-        drop(buffer);
-        self.shared.wake.notify_one();
+        self.shared.wake_writer(buffer);
         ticket
     }
 
@@ -204,8 +216,7 @@ impl Journal {
             buffer.appended += (buffer.events.len() - before) as u64;
         }
         let ticket = Ticket(buffer.appended);
-        drop(buffer);
-        self.shared.wake.notify_one();
+        self.shared.wake_writer(buffer);
         ticket
     }
 
@@ -261,8 +272,11 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer.
     pub async fn commit(&self, ticket: Ticket) -> Result<(), StoreError> {
-        lock(&self.shared.buffer).flush = true;
-        self.shared.wake.notify_one();
+        {
+            let mut buffer = lock(&self.shared.buffer);
+            buffer.flush = true;
+            self.shared.wake_writer(buffer);
+        }
         self.written(ticket).await
     }
 
@@ -290,8 +304,9 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer, if one did.
     pub fn close(&self) -> Result<(), StoreError> {
-        lock(&self.shared.buffer).closed = true;
-        self.shared.wake.notify_one();
+        let mut buffer = lock(&self.shared.buffer);
+        buffer.closed = true;
+        self.shared.wake_writer(buffer);
         if let Some(thread) = lock(&self.shared.thread).take() {
             let _ = thread.join();
         }
@@ -300,12 +315,33 @@ impl Journal {
 }
 
 impl Shared {
+    fn wake_writer(&self, mut buffer: MutexGuard<'_, Buffer>) {
+        if buffer.idle {
+            buffer.idle = false;
+            drop(buffer);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Waits on the condition variable as the idle writer, for at most `timeout`.
+    fn sleep<'a>(&self, mut buffer: MutexGuard<'a, Buffer>, timeout: Duration) -> MutexGuard<'a, Buffer> {
+        buffer.idle = true;
+        let mut buffer = self
+            .wake
+            .wait_timeout(buffer, timeout)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        buffer.idle = false;
+        buffer
+    }
+
     /// The writer thread: waits for events, writes each batch in one
     /// transaction, publishes how far it got; renews leases while idle.
     fn run(&self, mut store: Box<dyn Store>, window: Duration) {
         let renew_every = (self.lease / 3).max(Duration::from_millis(10));
         let mut last_renewal = Instant::now();
         let mut last_commit = Instant::now();
+        let mut last_batch = 0;
         let mut batch = Vec::new();
         loop {
             let mut buffer = lock(&self.buffer);
@@ -317,24 +353,40 @@ impl Shared {
                 if due || !buffer.events.is_empty() {
                     break;
                 }
-                buffer = self
-                    .wake
-                    .wait_timeout(buffer, renew_every.saturating_sub(last_renewal.elapsed()))
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+                buffer = self.sleep(buffer, renew_every.saturating_sub(last_renewal.elapsed()));
             }
-            if self.durability == Durability::Batched && !buffer.flush && !buffer.closed {
-                // Let the window fill; a flush or close cuts it short.
-                let left = window.saturating_sub(last_commit.elapsed());
-                if !left.is_zero() {
-                    buffer = self
-                        .wake
-                        .wait_timeout_while(buffer, left, |b| !b.flush && !b.closed)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+            match self.durability {
+                Durability::Batched => {
+                    // Let the window fill; a flush or close cuts it short.
+                    let until = last_commit + window;
+                    while !buffer.flush && !buffer.closed {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        buffer = self.sleep(buffer, left);
+                    }
                 }
+                Durability::Strict | Durability::Memory if last_batch >= LINGER_LOAD => {
+                    // Under load, linger while events keep arriving, so that
+                    // one fsync covers many runs. (A lone run, whose batches
+                    // are small, is committed at once.)
+                    let until = Instant::now() + MAX_LINGER;
+                    let mut seen = buffer.events.len();
+                    while seen < LINGER_ENOUGH && !buffer.flush && !buffer.closed && Instant::now() < until {
+                        drop(buffer);
+                        std::thread::sleep(LINGER_LOOK);
+                        buffer = lock(&self.buffer);
+                        if buffer.events.len() == seen {
+                            break;
+                        }
+                        seen = buffer.events.len();
+                    }
+                }
+                Durability::Strict | Durability::Memory => {}
             }
             std::mem::swap(&mut batch, &mut buffer.events);
+            last_batch = batch.len();
             buffer.flush = false;
             let ticket = buffer.appended;
             drop(buffer);

@@ -54,8 +54,7 @@ CREATE TABLE runs (
     lease_until INTEGER,
     collected INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX runs_by_status ON runs (status, id);
-CREATE INDEX runs_by_finish ON runs (finished_at) WHERE collected = 0;
+CREATE INDEX runs_incomplete ON runs (id) WHERE status IN ('accepted', 'running', 'interrupted');
 CREATE TABLE attempts (
     run INTEGER NOT NULL,
     step TEXT NOT NULL,
@@ -241,7 +240,8 @@ impl SqliteStore {
         };
         self.conn
             .execute_batch(&format!(
-                "PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;"
+                "PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;
+                 PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;"
             ))
             .map_err(err)?;
         self.conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
@@ -295,6 +295,28 @@ impl SqliteStore {
     fn write_events(&mut self, events: &[Event]) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
         let mut new_workflows = Vec::new();
         let mut new_components = Vec::new();
+        // What ends within the batch need not be written as started first:
+        // under load most attempts start and end within one commit.
+        let mut ended_attempts: HashSet<(RunId, &str, Option<u32>, u32)> = HashSet::new();
+        let mut ended_runs: HashMap<RunId, Option<Millis>> = HashMap::new();
+        for event in events {
+            match event {
+                Event::AttemptEnded(a) => {
+                    ended_attempts.insert((a.run, &*a.step, a.item, a.attempt));
+                }
+                Event::RunEnded { run, .. } => {
+                    ended_runs.insert(*run, None);
+                }
+                _ => {}
+            }
+        }
+        for event in events {
+            if let Event::RunStarted { run, at } = event
+                && let Some(started) = ended_runs.get_mut(run)
+            {
+                started.get_or_insert(*at);
+            }
+        }
         let tx = self.conn.transaction()?;
         for event in events {
             match event {
@@ -354,6 +376,14 @@ impl SqliteStore {
                         lease_until
                     ])?;
                 }
+                Event::RunStarted { run, .. } if ended_runs.contains_key(run) => {}
+                Event::AttemptStarted {
+                    run,
+                    step,
+                    item,
+                    attempt,
+                    ..
+                } if ended_attempts.contains(&(*run, &**step, *item, *attempt)) => {}
                 Event::RunStarted { run, at } => {
                     tx.prepare_cached(
                         "UPDATE runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
