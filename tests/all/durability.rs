@@ -599,3 +599,75 @@ fn set_user_version(db: &Path, version: u32) {
     file.seek(SeekFrom::Start(60)).unwrap();
     file.write_all(&version.to_be_bytes()).unwrap();
 }
+
+#[tokio::test]
+async fn a_full_disk_stops_the_host_without_dropping_an_accepted_run() {
+    let sb = TestSandbox::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("j.db");
+    let hostile = stepbox_tests::guest("hostile").display().to_string();
+    let file = dir.path().join("big.yaml");
+    std::fs::write(
+        &file,
+        format!("name: big\nsteps:\n  - id: a\n    component: {hostile}\n    input: {{mode: big-output, bytes: 3000000}}\n"),
+    )
+    .unwrap();
+
+    // The workflow and its component go in first, with room to spare...
+    {
+        let store = SqliteStore::open(&db, Durability::Strict).unwrap();
+        let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+        let scheduler =
+            Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal.clone()).unwrap();
+        scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap();
+        journal.flush().await.unwrap();
+        tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // ...then room for the acceptances, not for the outputs.
+    let pages = std::fs::metadata(&db).unwrap().len() / 4096;
+    let mut store = SqliteStore::open(&db, Durability::Strict).unwrap();
+    store.set_max_pages(pages + 300).unwrap();
+    let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+    let scheduler = Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap();
+    let wf = scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap();
+    let handles = scheduler
+        .submit_all((0..3).map(|_| (std::sync::Arc::clone(&wf), json!({}))))
+        .unwrap();
+    for handle in handles {
+        let report = handle.wait().await;
+        assert_eq!(report.status, RunStatus::Interrupted, "{:?}", report.error);
+        assert!(
+            report.error.as_deref().unwrap_or("").contains("disk is full"),
+            "{:?}",
+            report.error
+        );
+    }
+    let error = scheduler.journal_error().expect("the journal failed").to_string();
+    assert!(
+        error.contains("disk is full") && error.contains("j.db"),
+        "{error}"
+    );
+    let journal = scheduler.journal().unwrap().clone();
+    drop(scheduler);
+    let _ = tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .unwrap();
+
+    // With space again, every accepted run is still there and finishes.
+    let store = SqliteStore::open(&db, Durability::Strict).unwrap();
+    let (journal, recovered) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+    assert_eq!(recovered.len(), 3);
+    let scheduler = Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap();
+    for run in recovered {
+        let report = scheduler.resume(run).unwrap().wait().await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+    }
+    let journal = scheduler.journal().unwrap().clone();
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -88,14 +88,22 @@ pub struct Journal {
 struct Shared {
     buffer: Mutex<Buffer>,
     wake: Condvar,
-    /// The last ticket written, or the failure that stopped the writer.
-    written: watch::Sender<Result<u64, StoreError>>,
+    /// How far the writer got, and the failure that stopped it, if one did.
+    written: watch::Sender<Progress>,
     durability: Durability,
     owner: Arc<str>,
     lease: Duration,
     next_run: AtomicU64,
     stats: Mutex<JournalStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// How far the writer got. A ticket written before a failure stays
+/// written: the failure only concerns what came after.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    written: u64,
+    failed: Option<StoreError>,
 }
 
 #[derive(Default)]
@@ -147,7 +155,7 @@ impl Journal {
         let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
         let recovered = store.claim_incomplete(&config.owner, now_millis().saturating_add(lease_ms))?;
         let next_run = store.next_run_id()?;
-        let (written, _) = watch::channel(Ok(0));
+        let (written, _) = watch::channel(Progress::default());
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer::default()),
             wake: Condvar::new(),
@@ -242,15 +250,15 @@ impl Journal {
     pub async fn written(&self, ticket: Ticket) -> Result<(), StoreError> {
         let mut rx = self.shared.written.subscribe();
         let seen = rx
-            .wait_for(|w| w.as_ref().map_or(true, |&n| n >= ticket.0))
+            .wait_for(|p| p.written >= ticket.0 || p.failed.is_some())
             .await
             .map_err(|_| StoreError::Other {
                 path: "(journal)".into(),
                 detail: "the journal's writer is gone".into(),
             })?;
-        match &*seen {
-            Ok(_) => Ok(()),
-            Err(e) => Err(StoreError::Stopped(Box::new(e.clone()))),
+        match &seen.failed {
+            Some(e) if seen.written < ticket.0 => Err(StoreError::Stopped(Box::new(e.clone()))),
+            _ => Ok(()),
         }
     }
 
@@ -286,9 +294,9 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped it.
     pub fn status(&self) -> Result<(), StoreError> {
-        match &*self.shared.written.borrow() {
-            Ok(_) => Ok(()),
-            Err(e) => Err(StoreError::Stopped(Box::new(e.clone()))),
+        match &self.shared.written.borrow().failed {
+            None => Ok(()),
+            Some(e) => Err(StoreError::Stopped(Box::new(e.clone()))),
         }
     }
 
@@ -415,7 +423,7 @@ impl Shared {
             batch.clear();
             match result {
                 Ok(()) => {
-                    let _previous = self.written.send_replace(Ok(ticket));
+                    self.written.send_modify(|p| p.written = ticket);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the journal stopped");
@@ -423,7 +431,7 @@ impl Shared {
                     buffer.failed = true;
                     buffer.events.clear();
                     drop(buffer);
-                    let _previous = self.written.send_replace(Err(e));
+                    self.written.send_modify(|p| p.failed = Some(e));
                     return;
                 }
             }

@@ -240,7 +240,7 @@ impl SqliteStore {
         };
         self.conn
             .execute_batch(&format!(
-                "PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;
+                "PRAGMA synchronous = {sync}; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8192;
                  PRAGMA wal_autocheckpoint = 8192; PRAGMA journal_size_limit = 67108864;"
             ))
             .map_err(err)?;
