@@ -14,8 +14,8 @@ use stepbox::Sandbox;
 use stepbox::policy::Quotas;
 use stepbox::scheduler::{PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig};
 use stepbox::store::{
-    AttemptEnd, AttemptStatus, AttemptUsage, Durability, Event, Journal, JournalConfig, SqliteStore,
-    now_millis,
+    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Durability, Event, Journal, JournalConfig,
+    SqliteStore, now_millis,
 };
 use stepbox::workflow::Workflow;
 
@@ -170,6 +170,8 @@ fn main() {
                     step: Arc::clone(&step),
                     item: Some((i % 8) as u32),
                     attempt: 1,
+                    component: Arc::clone(&step),
+                    limits: AttemptLimits::default(),
                     status: AttemptStatus::Completed,
                     last: true,
                     outcome: "completed",
@@ -177,6 +179,7 @@ fn main() {
                     output: Some(b"{}".to_vec()),
                     log: None,
                     usage: AttemptUsage::default(),
+                    started_us: 0,
                     at: now_millis(),
                 }))));
             }

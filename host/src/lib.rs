@@ -30,8 +30,10 @@
 
 pub mod config;
 pub mod limits;
+pub mod metrics;
 mod outcome;
 pub mod policy;
+pub mod report;
 mod sandbox;
 pub mod scheduler;
 pub mod store;

@@ -363,6 +363,31 @@ pub struct StepLog {
     pub dropped_bytes: u64,
 }
 
+impl StepLog {
+    /// Sends the records through `tracing` under the `guest` target, so
+    /// `RUST_LOG` filters them like any other log and they carry the spans
+    /// (run, step) of the caller. `step` names the step in each record.
+    pub fn emit(&self, step: &str) {
+        for record in &self.records {
+            let message = record.message.as_str();
+            match record.source {
+                LogSource::Log(LogLevel::Trace) => tracing::trace!(target: "guest", step, "{message}"),
+                LogSource::Log(LogLevel::Debug) => tracing::debug!(target: "guest", step, "{message}"),
+                LogSource::Log(LogLevel::Info) | LogSource::Stdout => {
+                    tracing::info!(target: "guest", step, "{message}")
+                }
+                LogSource::Log(LogLevel::Warn) | LogSource::Stderr => {
+                    tracing::warn!(target: "guest", step, "{message}")
+                }
+                LogSource::Log(LogLevel::Error) => tracing::error!(target: "guest", step, "{message}"),
+            }
+        }
+        if self.dropped_bytes > 0 {
+            tracing::warn!(target: "guest", step, dropped_bytes = self.dropped_bytes, "log limit reached; the rest of the log was dropped");
+        }
+    }
+}
+
 /// One line of a step's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {

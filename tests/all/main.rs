@@ -7,6 +7,7 @@ mod concurrency;
 mod durability;
 mod hostile;
 mod loading;
+mod observability;
 mod sandbox_escape;
 mod well_behaved;
 mod workflows;

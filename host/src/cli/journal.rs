@@ -2,6 +2,7 @@
 //! retention, graceful shutdown) and `resume`, `runs`, `show` and `gc`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,15 @@ pub struct Host {
     pub scheduler: Scheduler,
     pub recovered: Vec<RecoveredRun>,
     pub settings: JournalSettings,
+    metrics_file: Option<PathBuf>,
+}
+
+/// Writes `bytes` to `path` through a temporary file, so a reader never sees half of it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 impl GlobalArgs {
@@ -54,11 +64,14 @@ impl GlobalArgs {
         if settings.durability == Durability::Memory {
             config.quotas.max_queued = config.quotas.max_queued.max(extra_queued);
             let scheduler = Scheduler::new(sandbox, config).map_err(CliError::from)?;
-            return Ok(Host {
+            let mut host = Host {
                 scheduler,
                 recovered: Vec::new(),
                 settings,
-            });
+                metrics_file: None,
+            };
+            host.write_metrics(self.metrics_file.clone());
+            return Ok(host);
         }
         let (db, durability, retention) = (settings.db.clone(), settings.durability, settings.retention);
         let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, StoreError> {
@@ -90,11 +103,14 @@ impl GlobalArgs {
                 settings.db.display()
             );
         }
-        Ok(Host {
+        let mut host = Host {
             scheduler,
             recovered,
             settings,
-        })
+            metrics_file: None,
+        };
+        host.write_metrics(self.metrics_file.clone());
+        Ok(host)
     }
 }
 
@@ -140,9 +156,32 @@ impl Host {
         stopping
     }
 
+    /// With `--metrics-file`, rewrites the file every second while the host
+    /// works (and once more on [`Host::close`]).
+    pub fn write_metrics(&mut self, file: Option<PathBuf>) {
+        let Some(file) = file else { return };
+        let scheduler = self.scheduler.clone();
+        let path = file.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = write_atomically(&path, scheduler.metrics_text().as_bytes()) {
+                    tracing::warn!(file = %path.display(), "cannot write metrics: {e}");
+                }
+            }
+        });
+        self.metrics_file = Some(file);
+    }
+
     /// Flushes and closes the journal. Fails with the journal's error if it
     /// stopped.
     pub async fn close(self) -> Result<(), CliError> {
+        if let Some(file) = &self.metrics_file {
+            write_atomically(file, self.scheduler.metrics_text().as_bytes())
+                .with_context(|| format!("cannot write metrics to {}", file.display()))
+                .map_err(CliError::host)?;
+        }
         let Some(journal) = self.scheduler.journal().cloned() else {
             return Ok(());
         };
@@ -410,6 +449,97 @@ impl GcCommand {
             if stats.runs == 1 { "" } else { "s" },
             ByteSize(stats.bytes_freed).display().iec()
         );
+        Ok(exit::SUCCESS)
+    }
+}
+
+/// `stepbox report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportCommand {
+    /// The run to report on
+    #[arg(required_unless_present = "workflow", conflicts_with = "workflow")]
+    run: Option<u64>,
+    /// Report over the last runs of this workflow instead (per component)
+    #[arg(long, value_name = "NAME")]
+    workflow: Option<String>,
+    /// How many of its runs
+    #[arg(long, default_value_t = 100, value_name = "N", requires = "workflow")]
+    last: usize,
+    /// Also draw the run's timeline as an SVG picture in FILE
+    #[arg(long, value_name = "FILE", conflicts_with = "workflow")]
+    svg: Option<PathBuf>,
+    /// The analysis as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+impl ReportCommand {
+    pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        let settings = global.journal_settings()?;
+        let mut store = SqliteStore::open_read_only(&settings.db).map_err(journal_error)?;
+        if let Some(name) = &self.workflow {
+            let runs = store
+                .runs(&RunFilter {
+                    workflow: Some(name.clone()),
+                    limit: Some(self.last),
+                    ..RunFilter::default()
+                })
+                .map_err(journal_error)?;
+            if runs.is_empty() {
+                return Err(anyhow::anyhow!("no runs of `{name}` in {}", settings.db.display()).into());
+            }
+            let mut attempts = Vec::new();
+            for run in &runs {
+                if let Some(history) = store.history(run.id).map_err(journal_error)? {
+                    attempts.extend(history.attempts);
+                }
+            }
+            let stats = stepbox::report::component_stats(&attempts);
+            if self.json {
+                println!("{}", serde_json::to_string(&stats).map_err(CliError::host)?);
+            } else {
+                print!("{}", stepbox::report::component_table(&stats, runs.len()));
+            }
+            return Ok(exit::SUCCESS);
+        }
+        let id = self.run.context("say which run, or --workflow NAME")?;
+        let history = store
+            .history(id)
+            .map_err(journal_error)?
+            .with_context(|| format!("no run {id} in {}", settings.db.display()))?;
+        let definition = store
+            .definition(&history.summary.workflow_digest)
+            .map_err(journal_error)?;
+        let analysis = stepbox::report::RunAnalysis::new(&history, definition.as_ref());
+        if let Some(file) = &self.svg {
+            std::fs::write(file, stepbox::report::svg::render(&analysis))
+                .with_context(|| format!("cannot write {}", file.display()))
+                .map_err(CliError::host)?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string(&analysis).map_err(CliError::host)?);
+        } else {
+            print!("{}", analysis.text());
+        }
+        Ok(exit::SUCCESS)
+    }
+}
+
+/// `stepbox metrics`.
+#[derive(Debug, clap::Args)]
+pub struct MetricsCommand {
+    /// Only attempts that ended within this long, such as 1h [default: all]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    since: Option<Duration>,
+}
+
+impl MetricsCommand {
+    pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        let settings = global.journal_settings()?;
+        let mut store = SqliteStore::open_read_only(&settings.db).map_err(journal_error)?;
+        let since = self.since.map_or(0, cutoff);
+        let metrics = stepbox::metrics::Metrics::from_store(&mut store, since).map_err(journal_error)?;
+        print!("{}", metrics.encode());
         Ok(exit::SUCCESS)
     }
 }

@@ -45,6 +45,19 @@ struct GlobalArgs {
     /// window; memory: no journal [default: strict]
     #[arg(long, global = true, value_name = "LEVEL")]
     durability: Option<stepbox::store::Durability>,
+    /// While `run` or `resume` works, keep its metrics (Prometheus text format) in this file, rewritten every second
+    #[arg(long, global = true, value_name = "FILE")]
+    metrics_file: Option<PathBuf>,
+    /// Log lines as text, or as JSON objects (one per line) for machines
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +80,10 @@ enum Command {
     Show(journal::ShowCommand),
     /// Remove old finished runs' payloads, keeping their audit records
     Gc(journal::GcCommand),
+    /// Print the journal's metrics in the Prometheus text format
+    Metrics(journal::MetricsCommand),
+    /// Where a run's time went: critical path, waits, retries, steps near their limits; --svg draws it
+    Report(journal::ReportCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -82,7 +99,7 @@ pub fn main() -> ExitCode {
             return exit::code(exit::BAD_INPUT);
         }
     };
-    init_tracing();
+    init_tracing(cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -101,6 +118,8 @@ pub fn main() -> ExitCode {
             Command::Runs(cmd) => cmd.run(&cli.global),
             Command::Show(cmd) => cmd.run(&cli.global),
             Command::Gc(cmd) => cmd.run(&cli.global),
+            Command::Metrics(cmd) => cmd.run(&cli.global),
+            Command::Report(cmd) => cmd.run(&cli.global),
         }
     });
     match result {
@@ -191,15 +210,28 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("stepbox"))
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG`; guest logs are shown at info and above by default.
-fn init_tracing() {
+/// Logs go to stderr, filtered by `RUST_LOG`; guest logs are shown at info
+/// and above by default. Each line carries the run and step it came from
+/// (their spans).
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,guest=info"));
-    let _ = tracing_subscriber::fmt()
+    // The run and step spans, whatever the filter: every line names its run and step.
+    let filter = match "stepbox::span=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.without_time().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use stepbox::limits::{parse_duration, parse_size};
-use stepbox::{LimitOverrides, LogLevel, LogSource, Outcome, RunOptions, RunReport};
+use stepbox::{LimitOverrides, Outcome, RunOptions, RunReport};
 
 use super::{CliError, GlobalArgs, exit};
 
@@ -82,7 +82,7 @@ impl StepCommand {
             })
             .cancel_token(cancel);
         let report = sandbox.run(&component, &input, options).await;
-        emit_guest_log(&report, component.name());
+        report.log.emit(component.name());
         if self.usage {
             print_usage(&report);
         }
@@ -126,28 +126,6 @@ pub(super) fn describe_source(spec: &str) -> String {
         "-" => "from stdin".into(),
         s if s.starts_with('@') => format!("from `{}`", &s[1..]),
         _ => "given with --input".into(),
-    }
-}
-
-/// Guest log records go through `tracing` under the `guest` target, so
-/// `RUST_LOG` filters them like any other log.
-fn emit_guest_log(report: &RunReport, step: &str) {
-    for record in &report.log.records {
-        let message = record.message.as_str();
-        match record.source {
-            LogSource::Log(LogLevel::Trace) => tracing::trace!(target: "guest", step, "{message}"),
-            LogSource::Log(LogLevel::Debug) => tracing::debug!(target: "guest", step, "{message}"),
-            LogSource::Log(LogLevel::Info) | LogSource::Stdout => {
-                tracing::info!(target: "guest", step, "{message}")
-            }
-            LogSource::Log(LogLevel::Warn) | LogSource::Stderr => {
-                tracing::warn!(target: "guest", step, "{message}")
-            }
-            LogSource::Log(LogLevel::Error) => tracing::error!(target: "guest", step, "{message}"),
-        }
-    }
-    if report.log.dropped_bytes > 0 {
-        tracing::warn!(target: "guest", step, dropped_bytes = report.log.dropped_bytes, "log limit reached; the rest of the log was dropped");
     }
 }
 

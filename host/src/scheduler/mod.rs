@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::report::{RunStatus, StepReport, StepStatus, WorkflowReport};
+use crate::metrics::{HostGauges, Metrics};
 use crate::policy::{Admission, AdmissionStats, BreakerConfig, BreakerState, Breakers, QuotaError, Quotas};
 use crate::sandbox::{Digest, Sandbox, StepComponent};
 use crate::store::{Event, Journal, RecoveredRun, RunId, StoreError, WorkflowRecord, now_millis};
@@ -152,6 +153,7 @@ pub(crate) struct Inner {
     fatal: OnceLock<StoreError>,
     /// Workflows rebuilt from the journal, by digest, for resumed runs.
     recorded: Mutex<HashMap<String, Arc<PreparedWorkflow>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Inner {
@@ -272,6 +274,10 @@ impl Scheduler {
                 config.max_call_depth
             )));
         }
+        let metrics = Arc::new(Metrics::new());
+        if let Some(journal) = &journal {
+            journal.observe(Arc::clone(&metrics) as Arc<dyn crate::store::CommitObserver>);
+        }
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 admission: Admission::new(config.quotas.clone()),
@@ -287,8 +293,32 @@ impl Scheduler {
                 runs: TaskTracker::new(),
                 fatal: OnceLock::new(),
                 recorded: Mutex::new(HashMap::new()),
+                metrics,
             }),
         })
+    }
+
+    /// The metrics this scheduler keeps.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The metrics in the Prometheus text format, with the gauges (queue
+    /// depth, instances, memory, breakers) as they are now.
+    pub fn metrics_text(&self) -> String {
+        let stats = self.stats();
+        self.inner.metrics.set_gauges(&HostGauges {
+            queued: stats.queued_workflows as u64,
+            running: stats.running_workflows as u64,
+            instances: stats.instances_in_use as u64,
+            memory: stats.memory_in_use.as_u64(),
+            breakers: self
+                .breakers()
+                .into_iter()
+                .map(|(name, state)| (name, state.as_str().to_owned()))
+                .collect(),
+        });
+        self.inner.metrics.encode()
     }
 
     /// The journal runs are recorded in, if any.
@@ -381,7 +411,8 @@ impl Scheduler {
         let tickets = runs
             .iter()
             .map(|_| self.inner.admission.enqueue_workflow())
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|_| self.inner.metrics.observe_rejection())?;
         let ids: Vec<RunId> = match &self.inner.journal {
             None => runs
                 .iter()
@@ -440,7 +471,11 @@ impl Scheduler {
         if self.inner.draining.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
-        let ticket = self.inner.admission.enqueue_workflow()?;
+        let ticket = self
+            .inner
+            .admission
+            .enqueue_workflow()
+            .inspect_err(|_| self.inner.metrics.observe_rejection())?;
         let input: Value = serde_json::from_slice(&run.input).unwrap_or(Value::Null);
         let prepared = run
             .workflow
@@ -505,8 +540,14 @@ impl Scheduler {
         resume: Option<record::Resume>,
     ) -> RunHandle {
         let cancel = self.inner.interrupt.child_token();
+        // Its own target, so a log filter that shows any event keeps the spans.
+        let span =
+            tracing::info_span!(target: "stepbox::span", "run", run = id, workflow = %wf.workflow.name);
         let run = run::Run::new(Arc::clone(&self.inner), wf, id, input, cancel.clone(), resume);
-        let task = self.inner.runs.spawn(run.drive(start));
+        let task = self
+            .inner
+            .runs
+            .spawn(tracing::Instrument::instrument(run.drive(start), span));
         RunHandle { id, cancel, task }
     }
 

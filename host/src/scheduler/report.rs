@@ -24,6 +24,22 @@ pub enum RunStatus {
     Interrupted,
 }
 
+impl RunStatus {
+    /// The status's name, as reports and metrics print it.
+    ///
+    /// ```
+    /// assert_eq!(stepbox::scheduler::RunStatus::Interrupted.as_str(), "interrupted");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// How one step of a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

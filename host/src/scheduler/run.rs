@@ -9,16 +9,21 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::record::{Done, Resume, Unit};
 use super::report::{RunStatus, StepReport, StepStatus, WorkflowReport};
 use super::{Inner, PreparedWorkflow};
+use crate::metrics::AttemptSample;
 use crate::outcome::{GuestErrorKind, Outcome, OutcomeKind, RunReport};
 use crate::policy::{
     Admission, BreakerState, Deadline, QueueTicket, Rejected, TimeoutLevel, effective, step_deadline,
 };
 use crate::sandbox::{ChildCall, ChildResult, RunOptions, StepHost, add_to_json_integer};
-use crate::store::{AttemptEnd, AttemptStatus, AttemptUsage, Event, RunId, RunState, Ticket, now_millis};
+use crate::store::{
+    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Event, RunId, RunState, Ticket, now_micros,
+    now_millis,
+};
 use crate::workflow::Scope;
 
 /// A run, before and while it executes.
@@ -303,10 +308,14 @@ impl Shared {
             },
         };
         let shared = Arc::clone(self);
-        tasks.spawn(async move {
-            let (report, output) = shared.run_step(i, work).await;
-            (i, report, output)
-        });
+        // Step tasks stay inside the run's span, so their logs name the run.
+        tasks.spawn(
+            async move {
+                let (report, output) = shared.run_step(i, work).await;
+                (i, report, output)
+            }
+            .in_current_span(),
+        );
     }
 
     /// Runs one step of the workflow: its single instance, or one per item.
@@ -412,12 +421,15 @@ impl Shared {
                 }
                 let (shared, cancel) = (Arc::clone(self), cancel.clone());
                 let key: Arc<str> = format!("{}/{}/{index}", self.id, def.id).into();
-                tasks.spawn(async move {
-                    let attempts = shared
-                        .attempts(i, &input, Some((i, item)), key, 0, None, None, &cancel)
-                        .await;
-                    (index, attempts)
-                });
+                tasks.spawn(
+                    async move {
+                        let attempts = shared
+                            .attempts(i, &input, Some((i, item)), key, 0, None, None, &cancel)
+                            .await;
+                        (index, attempts)
+                    }
+                    .in_current_span(),
+                );
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
@@ -550,6 +562,11 @@ impl Shared {
             result.timeout_level = None;
             let mut usage = AttemptUsage::default();
             let mut log = None;
+            let started_us = now_micros();
+            let mut attempt_limits = AttemptLimits {
+                time: deadline.at.saturating_duration_since(now),
+                ..AttemptLimits::default()
+            };
             result.outcome = match inner.breakers.acquire(&digest, now) {
                 Err(rejected) => Outcome::CircuitOpen {
                     component: component.name().to_owned(),
@@ -593,6 +610,8 @@ impl Shared {
                             if let Some(cap) = fuel_left {
                                 limits.fuel = Some(limits.fuel.unwrap_or(defaults.fuel).min(cap));
                             }
+                            attempt_limits.fuel = limits.fuel.unwrap_or(defaults.fuel);
+                            attempt_limits.memory = memory.as_u64();
                             let host: Arc<dyn StepHost> = Arc::new(RunHost {
                                 shared: Arc::clone(self),
                                 depth,
@@ -606,7 +625,13 @@ impl Shared {
                                 .cancel_token(cancel.clone())
                                 .host(host)
                                 .work(Arc::clone(&key), attempt);
-                            let report = inner.sandbox.run(component, &input, options).await;
+                            let span = tracing::info_span!(target: "stepbox::span", "step", step = %def.id, item, attempt, depth);
+                            let report = inner
+                                .sandbox
+                                .run(component, &input, options)
+                                .instrument(span.clone())
+                                .await;
+                            span.in_scope(|| report.log.emit(&def.id));
                             drop(slots);
                             inner
                                 .breakers
@@ -630,6 +655,14 @@ impl Shared {
             };
             usage.duration = now.elapsed();
             let kind = result.outcome.kind();
+            inner.metrics.observe_attempt(&AttemptSample {
+                component: short_name(component.name()),
+                outcome: kind.as_str(),
+                duration: usage.duration,
+                queue_wait: usage.queue_wait,
+                fuel: usage.fuel,
+                peak_memory: usage.peak_memory,
+            });
             if kind == OutcomeKind::Timeout {
                 result.timeout_level = Some(deadline.level);
             }
@@ -655,6 +688,8 @@ impl Shared {
                     step: Arc::clone(&step_name),
                     item,
                     attempt,
+                    component: short_name(component.name()).into(),
+                    limits: attempt_limits,
                     status,
                     last,
                     outcome: kind.as_str(),
@@ -662,12 +697,14 @@ impl Shared {
                     output: result.outcome.output().map(<[u8]>::to_vec),
                     log,
                     usage,
+                    started_us,
                     at: now_millis(),
                 }))));
             }
             if !wants_retry || draining {
                 return result;
             }
+            inner.metrics.observe_retry(short_name(component.name()));
             tracing::debug!(run = self.id, step = %def.id, attempt, outcome = %kind, ?delay, "retrying");
             tokio::select! {
                 biased;
@@ -695,6 +732,7 @@ impl Shared {
     ) -> WorkflowReport {
         let report = self.report(steps, output, submitted, started);
         tracing::debug!(run = self.id, workflow = %report.workflow, status = ?report.status, "run ended");
+        self.inner.metrics.observe_workflow(report.status.as_str());
         if let Some(journal) = &self.inner.journal {
             let status = match report.status {
                 RunStatus::Succeeded => RunState::Succeeded,
@@ -811,6 +849,11 @@ fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
     report.duration = done.usage.duration;
     report.queue_wait = done.usage.queue_wait;
     (report, done.output.clone())
+}
+
+/// A component's file name: how metrics and reports name it.
+fn short_name(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
 }
 
 /// What an instance logged, as the journal keeps it (JSON records).

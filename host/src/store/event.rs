@@ -86,6 +86,10 @@ pub struct AttemptEnd {
     pub item: Option<u32>,
     /// The attempt's number.
     pub attempt: u32,
+    /// The component it ran (its name).
+    pub component: Arc<str>,
+    /// The limits it ran under.
+    pub limits: AttemptLimits,
     /// How it ended.
     pub status: AttemptStatus,
     /// Whether no retry follows: the unit's result is this attempt's.
@@ -100,6 +104,9 @@ pub struct AttemptEnd {
     pub log: Option<String>,
     /// What it used.
     pub usage: AttemptUsage,
+    /// When it started, in microseconds since the Unix epoch (timelines
+    /// of sub-millisecond steps need them).
+    pub started_us: i64,
     /// When.
     pub at: Millis,
 }
@@ -121,6 +128,18 @@ pub struct AttemptUsage {
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
+/// The limits an attempt ran under: what its usage is measured against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptLimits {
+    /// Fuel.
+    pub fuel: u64,
+    /// Linear memory, in bytes.
+    pub memory: u64,
+    /// Time, from the attempt's start to its effective deadline.
+    #[serde(serialize_with = "as_millis")]
+    pub time: Duration,
 }
 
 /// How an attempt stands.

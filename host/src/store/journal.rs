@@ -61,6 +61,12 @@ fn default_owner() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// Told of every commit: for metrics.
+pub trait CommitObserver: Send + Sync {
+    /// A batch of `events` was committed in `took`.
+    fn committed(&self, events: usize, took: Duration);
+}
+
 /// A position in the journal: events appended up to it are durable once
 /// [`Journal::durable`] returns for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -96,6 +102,7 @@ struct Shared {
     next_run: AtomicU64,
     stats: Mutex<JournalStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
 }
 
 /// How far the writer got. A ticket written before a failure stays
@@ -166,6 +173,7 @@ impl Journal {
             next_run: AtomicU64::new(next_run),
             stats: Mutex::new(JournalStats::default()),
             thread: Mutex::new(None),
+            observer: std::sync::OnceLock::new(),
         });
         let writer = Arc::clone(&shared);
         let window = config.batch_window;
@@ -300,6 +308,12 @@ impl Journal {
         }
     }
 
+    /// Tells `observer` of every commit from now on. A journal has one
+    /// observer; later ones are ignored.
+    pub fn observe(&self, observer: Arc<dyn CommitObserver>) {
+        let _ = self.shared.observer.set(observer);
+    }
+
     /// What the writer has done so far.
     pub fn stats(&self) -> JournalStats {
         *lock(&self.shared.stats)
@@ -408,7 +422,12 @@ impl Shared {
                 stats.commits += 1;
                 stats.events += batch.len() as u64;
                 stats.largest_batch = stats.largest_batch.max(batch.len() as u64);
-                stats.commit_time += started.elapsed();
+                let took = started.elapsed();
+                stats.commit_time += took;
+                drop(stats);
+                if let Some(observer) = self.observer.get() {
+                    observer.committed(batch.len(), took);
+                }
                 last_commit = Instant::now();
                 result
             };

@@ -35,9 +35,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::error::StoreError;
 pub use self::event::{
-    AttemptEnd, AttemptStatus, AttemptUsage, ComponentRecord, Event, RunState, WorkflowRecord,
+    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, ComponentRecord, Event, RunState, WorkflowRecord,
 };
-pub use self::journal::{Journal, JournalConfig, JournalStats, Ticket};
+pub use self::journal::{CommitObserver, Journal, JournalConfig, JournalStats, Ticket};
 pub use self::sqlite::SqliteStore;
 
 /// A run's id: unique in its store and stable across restarts.
@@ -53,6 +53,13 @@ pub type Millis = i64;
 /// ```
 pub fn now_millis() -> Millis {
     millis(SystemTime::now())
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// `t` as the journal records it.
@@ -142,6 +149,10 @@ pub struct AttemptRecord {
     pub item: Option<u32>,
     /// The attempt's number, from 1, across restarts.
     pub attempt: u32,
+    /// The component it ran, once ended.
+    pub component: Option<String>,
+    /// The limits it ran under, once ended.
+    pub limits: AttemptLimits,
     /// How it ended, or [`AttemptStatus::Started`] if it never did.
     pub status: AttemptStatus,
     /// Whether this attempt's ending was the unit's last word (no retry followed).
@@ -152,6 +163,8 @@ pub struct AttemptRecord {
     pub message: Option<String>,
     /// When it started.
     pub started_at: Millis,
+    /// When it started, in microseconds since the Unix epoch.
+    pub started_us: i64,
     /// When it ended.
     pub finished_at: Option<Millis>,
     /// What it used.
@@ -194,6 +207,17 @@ pub struct RecoveredRun {
     pub attempts: Vec<(String, Option<u32>, u32)>,
     /// Its state as last written.
     pub state: Vec<(String, String)>,
+}
+
+/// A workflow's definition as a run recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// The workflow's name.
+    pub name: String,
+    /// The file it was read from.
+    pub path: String,
+    /// The file's text.
+    pub source: String,
 }
 
 /// Which runs [`Store::runs`] lists.
@@ -265,6 +289,33 @@ pub trait Store: Send {
     ///
     /// A [`StoreError`] if the store cannot be read.
     fn history(&mut self, id: RunId) -> Result<Option<RunHistory>, StoreError>;
+
+    /// The definition (name, file, text) a workflow digest stands for,
+    /// without its components.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn definition(&mut self, digest: &str) -> Result<Option<Definition>, StoreError>;
+
+    /// Calls `visit` with every attempt that ended at or after `since`,
+    /// without its output and log.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn scan_attempts(
+        &mut self,
+        since: Millis,
+        visit: &mut dyn FnMut(&AttemptRecord),
+    ) -> Result<(), StoreError>;
+
+    /// How many runs are in each state.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn count_runs(&mut self) -> Result<Vec<(RunState, u64)>, StoreError>;
 
     /// Removes the payloads (input, output, state, logs) of runs that
     /// finished before `before`, keeping their audit record, and reclaims

@@ -12,8 +12,9 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::{
-    AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Durability, Event, GcStats, Millis,
-    RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, Store, StoreError, WorkflowRecord,
+    AttemptLimits, AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Durability, Event, GcStats,
+    Millis, RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, Store, StoreError,
+    WorkflowRecord,
 };
 
 /// The newest journal format this build reads and writes.
@@ -72,6 +73,11 @@ CREATE TABLE attempts (
     peak_memory INTEGER NOT NULL DEFAULT 0,
     output BLOB,
     log TEXT,
+    component TEXT,
+    fuel_limit INTEGER NOT NULL DEFAULT 0,
+    memory_limit INTEGER NOT NULL DEFAULT 0,
+    time_limit_us INTEGER NOT NULL DEFAULT 0,
+    started_us INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run, step, item, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE state (
@@ -410,17 +416,20 @@ impl SqliteStore {
                     ])?;
                 }
                 Event::AttemptEnded(a) => {
-                    let started = a.at - a.usage.duration.as_millis() as i64;
+                    let started = a.started_us / 1000;
                     tx.prepare_cached(
                         "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
-                             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
+                             component, fuel_limit, memory_limit, time_limit_us, started_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
                          ON CONFLICT (run, step, item, attempt) DO UPDATE SET
                              status = excluded.status, last = excluded.last, outcome = excluded.outcome,
                              message = excluded.message, finished_at = excluded.finished_at,
                              duration_us = excluded.duration_us, queue_wait_us = excluded.queue_wait_us,
                              fuel = excluded.fuel, peak_memory = excluded.peak_memory,
-                             output = excluded.output, log = excluded.log",
+                             output = excluded.output, log = excluded.log, component = excluded.component,
+                             fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
+                             time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
                     )?
                     .execute(params![
                         a.run as i64,
@@ -439,6 +448,11 @@ impl SqliteStore {
                         a.usage.peak_memory as i64,
                         a.output,
                         a.log,
+                        &*a.component,
+                        a.limits.fuel as i64,
+                        a.limits.memory as i64,
+                        micros(a.limits.time),
+                        a.started_us,
                     ])?;
                 }
                 Event::StateWritten { run, key, value } => {
@@ -529,38 +543,11 @@ impl SqliteStore {
 
     fn attempts_of(&self, run: RunId, filter: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         let sql = format!(
-            "SELECT step, item, attempt, status, last, outcome, message, started_at, finished_at,
-                    duration_us, queue_wait_us, fuel, peak_memory, output, log
-             FROM attempts WHERE run = ?1 {filter} ORDER BY started_at, step, item, attempt"
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run = ?1 {filter} ORDER BY started_at, step, item, attempt"
         );
         self.conn
             .prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_map([run as i64], |r| {
-                    let status: String = r.get(3)?;
-                    let item: i64 = r.get(1)?;
-                    Ok(AttemptRecord {
-                        step: r.get(0)?,
-                        item: u32::try_from(item).ok(),
-                        attempt: r.get(2)?,
-                        status: status.parse().unwrap_or(AttemptStatus::Started),
-                        last: r.get(4)?,
-                        outcome: r.get(5)?,
-                        message: r.get(6)?,
-                        started_at: r.get(7)?,
-                        finished_at: r.get(8)?,
-                        usage: AttemptUsage {
-                            duration: Duration::from_micros(r.get::<_, i64>(9)? as u64),
-                            queue_wait: Duration::from_micros(r.get::<_, i64>(10)? as u64),
-                            fuel: r.get::<_, i64>(11)? as u64,
-                            peak_memory: r.get::<_, i64>(12)? as u64,
-                        },
-                        output: r.get(13)?,
-                        log: r.get(14)?,
-                    })
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map([run as i64], attempt_record)?.collect())
             .map_err(|e| self.error(e))
     }
 
@@ -585,6 +572,44 @@ impl SqliteStore {
             .map_err(|e| self.error(e))?;
         Ok((pages * size) as u64)
     }
+}
+
+const ATTEMPT_COLUMNS: &str = "step, item, attempt, status, last, outcome, message, started_at, finished_at,
+     duration_us, queue_wait_us, fuel, peak_memory, output, log,
+     component, fuel_limit, memory_limit, time_limit_us, started_us";
+
+fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
+    let status: String = r.get(3)?;
+    let item: i64 = r.get(1)?;
+    Ok(AttemptRecord {
+        step: r.get(0)?,
+        item: u32::try_from(item).ok(),
+        attempt: r.get(2)?,
+        status: status.parse().unwrap_or(AttemptStatus::Started),
+        last: r.get(4)?,
+        outcome: r.get(5)?,
+        message: r.get(6)?,
+        started_at: r.get(7)?,
+        started_us: match r.get::<_, i64>(19)? {
+            0 => r.get::<_, i64>(7)? * 1000,
+            us => us,
+        },
+        finished_at: r.get(8)?,
+        usage: AttemptUsage {
+            duration: Duration::from_micros(r.get::<_, i64>(9)? as u64),
+            queue_wait: Duration::from_micros(r.get::<_, i64>(10)? as u64),
+            fuel: r.get::<_, i64>(11)? as u64,
+            peak_memory: r.get::<_, i64>(12)? as u64,
+        },
+        output: r.get(13)?,
+        log: r.get(14)?,
+        component: r.get(15)?,
+        limits: AttemptLimits {
+            fuel: r.get::<_, i64>(16)? as u64,
+            memory: r.get::<_, i64>(17)? as u64,
+            time: Duration::from_micros(r.get::<_, i64>(18)? as u64),
+        },
+    })
 }
 
 const SUMMARY_COLUMNS: &str =
@@ -747,6 +772,56 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn definition(&mut self, digest: &str) -> Result<Option<super::Definition>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT name, path, source FROM workflows WHERE digest = ?1",
+                [digest],
+                |r| {
+                    Ok(super::Definition {
+                        name: r.get(0)?,
+                        path: r.get(1)?,
+                        source: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(e))
+    }
+
+    fn scan_attempts(
+        &mut self,
+        since: Millis,
+        visit: &mut dyn FnMut(&AttemptRecord),
+    ) -> Result<(), StoreError> {
+        let columns = ATTEMPT_COLUMNS.replace("output, log", "NULL, NULL");
+        let sql = format!("SELECT {columns} FROM attempts WHERE finished_at >= ?1");
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| sql_error(&self.path, e))?;
+        let rows = stmt
+            .query_map([since], attempt_record)
+            .map_err(|e| sql_error(&self.path, e))?;
+        for row in rows {
+            visit(&row.map_err(|e| sql_error(&self.path, e))?);
+        }
+        Ok(())
+    }
+
+    fn count_runs(&mut self) -> Result<Vec<(RunState, u64)>, StoreError> {
+        self.conn
+            .prepare("SELECT status, count(*) FROM runs GROUP BY status")
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    let status: String = r.get(0)?;
+                    Ok((
+                        status.parse().unwrap_or(RunState::Running),
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.error(e))
+    }
+
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
         let size_before = self.file_bytes()?;
         let path = self.path.clone();
@@ -854,7 +929,8 @@ fn io_error(path: &Path, e: &std::io::Error) -> StoreError {
 
 fn sql_error(path: &Path, e: rusqlite::Error) -> StoreError {
     let path = path.to_owned();
-    let detail = e.to_string();
+    // Messages may quote multi-line SQL: keep them on one line.
+    let detail = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
     let rusqlite::Error::SqliteFailure(failure, _) = &e else {
         return StoreError::Other { path, detail };
     };

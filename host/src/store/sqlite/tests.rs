@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::store::{AttemptEnd, now_millis};
+use crate::store::{AttemptEnd, AttemptLimits, now_millis};
 
 fn workflow() -> Arc<WorkflowRecord> {
     let bytes: Arc<[u8]> = vec![7u8; 100_000].into();
@@ -51,6 +51,12 @@ fn ended(
         step: step.into(),
         item,
         attempt,
+        component: "split.wasm".into(),
+        limits: AttemptLimits {
+            fuel: 2000,
+            memory: 1 << 20,
+            time: Duration::from_secs(1),
+        },
         status,
         last,
         outcome: if status == AttemptStatus::Completed {
@@ -67,6 +73,7 @@ fn ended(
             fuel: 1000,
             peak_memory: 65536,
         },
+        started_us: now_millis() * 1000 - 3000,
         at: now_millis(),
     }))
 }

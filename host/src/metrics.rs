@@ -1,0 +1,372 @@
+//! Metrics in the Prometheus text format: what the host did (step runs,
+//! durations, queue waits, fuel, memory, retries, workflows, rejections, the
+//! journal's commits) and what it holds now (queue depth, instances in use,
+//! breaker states).
+//!
+//! A [`Scheduler`](crate::scheduler::Scheduler) feeds its [`Metrics`] as work
+//! ends; [`Scheduler::metrics_text`](crate::scheduler::Scheduler::metrics_text)
+//! refreshes the gauges and encodes. `stepbox metrics` builds the same
+//! metrics from a journal instead.
+//!
+//! ```
+//! use std::time::Duration;
+//! use stepbox::metrics::{AttemptSample, Metrics};
+//!
+//! let metrics = Metrics::new();
+//! metrics.observe_attempt(&AttemptSample {
+//!     component: "hello.wasm",
+//!     outcome: "completed",
+//!     duration: Duration::from_millis(2),
+//!     queue_wait: Duration::ZERO,
+//!     fuel: 1_000,
+//!     peak_memory: 1 << 20,
+//! });
+//! let text = metrics.encode();
+//! assert!(text.contains(r#"stepbox_step_runs_total{component="hello.wasm",outcome="completed"} 1"#));
+//! ```
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::{AttemptStatus, Millis, Store, StoreError};
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the host keeps. Cheap to update from many threads.
+pub struct Metrics {
+    registry: Registry,
+    step_runs: Family<Labels, Counter>,
+    step_duration: Family<Labels, Histogram>,
+    queue_wait: Family<Labels, Histogram>,
+    fuel: Family<Labels, Counter>,
+    peak_memory: Family<Labels, Histogram>,
+    retries: Family<Labels, Counter>,
+    breaker_state: Family<Labels, Gauge>,
+    workflows: Family<Labels, Counter>,
+    rejections: Counter,
+    queue_depth: Gauge,
+    workflows_running: Gauge,
+    instances_in_use: Gauge,
+    memory_reserved: Gauge,
+    commit_seconds: Histogram,
+    commit_events: Histogram,
+}
+
+/// One ended attempt, as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSample<'a> {
+    /// The component's name.
+    pub component: &'a str,
+    /// The outcome kind, such as `completed` or `timeout`.
+    pub outcome: &'a str,
+    /// From start to end, including the wait for a slot.
+    pub duration: Duration,
+    /// Waiting for an instance slot.
+    pub queue_wait: Duration,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// Peak linear memory, in bytes.
+    pub peak_memory: u64,
+}
+
+/// What the gauges show: a snapshot of the host.
+#[derive(Debug, Clone, Default)]
+pub struct HostGauges {
+    /// Workflows waiting for admission.
+    pub queued: u64,
+    /// Workflows running.
+    pub running: u64,
+    /// Step instances running.
+    pub instances: u64,
+    /// Memory reserved by running instances (their limits), in bytes.
+    pub memory: u64,
+    /// Per component, its breaker's state: `closed`, `half-open` or `open`.
+    pub breakers: Vec<(String, String)>,
+}
+
+fn seconds() -> Histogram {
+    // 50 µs to about 100 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 22))
+}
+
+fn bytes() -> Histogram {
+    // 64 KiB to 4 GiB.
+    Histogram::new(exponential_buckets(65_536.0, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Metrics at zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("stepbox");
+        let m = Metrics {
+            step_runs: Family::default(),
+            step_duration: Family::new_with_constructor(seconds),
+            queue_wait: Family::new_with_constructor(seconds),
+            fuel: Family::default(),
+            peak_memory: Family::new_with_constructor(bytes),
+            retries: Family::default(),
+            breaker_state: Family::default(),
+            workflows: Family::default(),
+            rejections: Counter::default(),
+            queue_depth: Gauge::default(),
+            workflows_running: Gauge::default(),
+            instances_in_use: Gauge::default(),
+            memory_reserved: Gauge::default(),
+            commit_seconds: seconds(),
+            commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "step_runs",
+            "Step attempts ended, by component and outcome kind",
+            m.step_runs.clone(),
+        );
+        r.register(
+            "step_duration_seconds",
+            "Step attempt duration, including the wait for a slot",
+            m.step_duration.clone(),
+        );
+        r.register(
+            "step_queue_wait_seconds",
+            "Time step attempts waited for an instance slot",
+            m.queue_wait.clone(),
+        );
+        r.register("step_fuel", "Fuel consumed by step attempts", m.fuel.clone());
+        r.register(
+            "step_peak_memory_bytes",
+            "Peak linear memory of step attempts",
+            m.peak_memory.clone(),
+        );
+        r.register(
+            "step_retries",
+            "Step attempts retried after failing",
+            m.retries.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Circuit breaker state by component: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        r.register("workflows", "Workflow runs ended, by status", m.workflows.clone());
+        r.register(
+            "admission_rejections",
+            "Runs refused at submission (queue full)",
+            m.rejections.clone(),
+        );
+        r.register(
+            "admission_queue_depth",
+            "Workflow runs waiting for admission",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "workflows_running",
+            "Workflow runs admitted and not ended",
+            m.workflows_running.clone(),
+        );
+        r.register(
+            "instances_in_use",
+            "Step instances running",
+            m.instances_in_use.clone(),
+        );
+        r.register(
+            "memory_reserved_bytes",
+            "Memory limits of the running instances, reserved from the budget",
+            m.memory_reserved.clone(),
+        );
+        r.register(
+            "journal_commit_seconds",
+            "Time to write and commit one journal batch",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "journal_batch_events",
+            "Events per journal commit",
+            m.commit_events.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts an ended step attempt.
+    pub fn observe_attempt(&self, a: &AttemptSample<'_>) {
+        let component = vec![("component", a.component.to_owned())];
+        let mut by_outcome = component.clone();
+        by_outcome.push(("outcome", a.outcome.to_owned()));
+        self.step_runs.get_or_create(&by_outcome).inc();
+        self.step_duration
+            .get_or_create(&component)
+            .observe(a.duration.as_secs_f64());
+        self.queue_wait
+            .get_or_create(&component)
+            .observe(a.queue_wait.as_secs_f64());
+        self.fuel.get_or_create(&component).inc_by(a.fuel);
+        self.peak_memory
+            .get_or_create(&component)
+            .observe(a.peak_memory as f64);
+    }
+
+    /// Counts a retry of `component`'s step.
+    pub fn observe_retry(&self, component: &str) {
+        self.retries
+            .get_or_create(&vec![("component", component.to_owned())])
+            .inc();
+    }
+
+    /// Counts a workflow run that ended with `status`.
+    pub fn observe_workflow(&self, status: &str) {
+        self.workflows
+            .get_or_create(&vec![("status", status.to_owned())])
+            .inc();
+    }
+
+    /// Counts `n` workflow runs with `status`.
+    pub fn add_workflows(&self, status: &str, n: u64) {
+        self.workflows
+            .get_or_create(&vec![("status", status.to_owned())])
+            .inc_by(n);
+    }
+
+    /// The metrics a journal tells of: every attempt that ended at or after
+    /// `since` (by component and outcome, with durations, queue waits, fuel,
+    /// memory and retries), and its runs by status.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the journal cannot be read.
+    pub fn from_store(store: &mut dyn Store, since: Millis) -> Result<Metrics, StoreError> {
+        let metrics = Metrics::new();
+        store.scan_attempts(since, &mut |a| {
+            let (Some(component), Some(outcome)) = (&a.component, &a.outcome) else {
+                return;
+            };
+            metrics.observe_attempt(&AttemptSample {
+                component,
+                outcome,
+                duration: a.usage.duration,
+                queue_wait: a.usage.queue_wait,
+                fuel: a.usage.fuel,
+                peak_memory: a.usage.peak_memory,
+            });
+            if a.status == AttemptStatus::Failed && !a.last {
+                metrics.observe_retry(component);
+            }
+        })?;
+        for (status, n) in store.count_runs()? {
+            metrics.add_workflows(status.as_str(), n);
+        }
+        Ok(metrics)
+    }
+
+    /// Counts a run refused at submission.
+    pub fn observe_rejection(&self) {
+        self.rejections.inc();
+    }
+
+    /// Records a journal commit of `events` events that took `took`.
+    pub fn observe_commit(&self, events: usize, took: Duration) {
+        self.commit_seconds.observe(took.as_secs_f64());
+        self.commit_events.observe(events as f64);
+    }
+
+    /// Sets the gauges to `now`.
+    pub fn set_gauges(&self, now: &HostGauges) {
+        let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.queue_depth.set(int(now.queued));
+        self.workflows_running.set(int(now.running));
+        self.instances_in_use.set(int(now.instances));
+        self.memory_reserved.set(int(now.memory));
+        for (component, state) in &now.breakers {
+            let value = match state.as_str() {
+                "open" => 2,
+                "half-open" => 1,
+                _ => 0,
+            };
+            self.breaker_state
+                .get_or_create(&vec![("component", component.clone())])
+                .set(value);
+        }
+    }
+
+    /// Everything, in the Prometheus text format (OpenMetrics flavour,
+    /// ending in `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl crate::store::CommitObserver for Metrics {
+    fn committed(&self, events: usize, took: Duration) {
+        self.observe_commit(events, took);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(outcome: &str) -> AttemptSample<'_> {
+        AttemptSample {
+            component: "c.wasm",
+            outcome,
+            duration: Duration::from_millis(3),
+            queue_wait: Duration::from_micros(100),
+            fuel: 500,
+            peak_memory: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn counters_and_histograms_follow_what_is_observed() {
+        let m = Metrics::new();
+        m.observe_attempt(&sample("completed"));
+        m.observe_attempt(&sample("completed"));
+        m.observe_attempt(&sample("timeout"));
+        m.observe_retry("c.wasm");
+        m.observe_workflow("succeeded");
+        m.observe_commit(12, Duration::from_micros(300));
+        m.set_gauges(&HostGauges {
+            queued: 4,
+            running: 2,
+            instances: 3,
+            memory: 1024,
+            breakers: vec![("c.wasm".into(), "open".into())],
+        });
+        let text = m.encode();
+        for line in [
+            r#"stepbox_step_runs_total{component="c.wasm",outcome="completed"} 2"#,
+            r#"stepbox_step_runs_total{component="c.wasm",outcome="timeout"} 1"#,
+            r#"stepbox_step_duration_seconds_count{component="c.wasm"} 3"#,
+            r#"stepbox_step_fuel_total{component="c.wasm"} 1500"#,
+            r#"stepbox_step_retries_total{component="c.wasm"} 1"#,
+            r#"stepbox_workflows_total{status="succeeded"} 1"#,
+            r#"stepbox_breaker_state{component="c.wasm"} 2"#,
+            "stepbox_admission_queue_depth 4",
+            "stepbox_instances_in_use 3",
+            "stepbox_journal_batch_events_count 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "`{line}` missing from:\n{text}");
+        }
+    }
+}

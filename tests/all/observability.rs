@@ -1,0 +1,263 @@
+//! Observability: metrics that follow the work done, reports that find the
+//! slow step and the step near its limit, the timeline picture, and logs
+//! that carry run and step ids.
+
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use stepbox::scheduler::{RunStatus, Scheduler, SchedulerConfig};
+use stepbox::workflow::Workflow;
+
+use super::TestSandbox;
+
+fn hostile() -> String {
+    stepbox_tests::guest("hostile").display().to_string()
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `{line_start}` in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_change_as_the_work_they_count_is_done() {
+    let sb = TestSandbox::new();
+    let scheduler = Scheduler::new(sb.sandbox.clone(), SchedulerConfig::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: m
+steps:
+  - id: flaky
+    component: {h}
+    input: {{mode: whoami, fail_below: 3}}
+    retry: {{max_attempts: 3, backoff: 1ms, retry_on: [retryable]}}
+  - id: fan
+    component: {h}
+    needs: [flaky]
+    for_each: [1, 2, 3, 4]
+    input: {{mode: spin-for, iterations: 1000}}
+",
+            h = hostile()
+        ),
+    )
+    .unwrap();
+    let wf = scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap();
+    let before = scheduler.metrics_text();
+    assert!(!before.contains("stepbox_step_runs_total{"), "{before}");
+
+    for round in 1..=2 {
+        let report = scheduler.submit(&wf, json!({})).unwrap().wait().await;
+        assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+        let text = scheduler.metrics_text();
+        let r = f64::from(round);
+        let runs = |outcome: &str| {
+            metric(
+                &text,
+                &format!(r#"stepbox_step_runs_total{{component="hostile.wasm",outcome="{outcome}"}}"#),
+            )
+        };
+        assert_eq!(runs("completed"), 5.0 * r, "1 flaky success and 4 items per run");
+        assert_eq!(runs("retryable"), 2.0 * r);
+        assert_eq!(
+            metric(&text, r#"stepbox_step_retries_total{component="hostile.wasm"}"#),
+            2.0 * r
+        );
+        assert_eq!(metric(&text, r#"stepbox_workflows_total{status="succeeded"}"#), r);
+        assert_eq!(
+            metric(
+                &text,
+                r#"stepbox_step_duration_seconds_count{component="hostile.wasm"}"#
+            ),
+            7.0 * r
+        );
+        assert!(metric(&text, r#"stepbox_step_fuel_total{component="hostile.wasm"}"#) > 0.0);
+        assert_eq!(metric(&text, "stepbox_instances_in_use "), 0.0);
+        assert_eq!(metric(&text, "stepbox_admission_queue_depth "), 0.0);
+        assert_eq!(metric(&text, r#"stepbox_breaker_state{component="#), 0.0);
+    }
+}
+
+/// The CLI with a journal in `dir`.
+fn stepbox(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(super::cache_dir())
+        .arg("--db")
+        .arg(dir.join("j.db"))
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_report_finds_the_slow_step_and_the_step_near_its_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: shape
+steps:
+  - id: start
+    component: {h}
+    input: {{mode: spin-for, iterations: 10}}
+  - id: quick
+    component: {h}
+    needs: [start]
+    input: {{mode: spin-for, iterations: 10}}
+  - id: slow
+    component: {h}
+    needs: [start]
+    input: {{mode: sleep, ms: 400}}
+  - id: hungry
+    component: {h}
+    needs: [start]
+    memory: 16MiB
+    input: {{mode: alloc, bytes: 13631488}}
+  - id: end
+    component: {h}
+    needs: [quick, slow, hungry]
+    input: {{mode: spin-for, iterations: 10}}
+",
+            h = hostile()
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    ok(&stepbox(dir.path(), &["run", &file]));
+
+    let analysis: Value =
+        serde_json::from_str(&ok(&stepbox(dir.path(), &["report", "1", "--json"]))).unwrap();
+    assert_eq!(analysis["critical_path"], json!(["start", "slow", "end"]));
+    let insights = analysis["insights"].as_array().unwrap();
+    assert_eq!(insights[0]["kind"], "bottleneck");
+    assert_eq!(insights[0]["step"], "slow");
+    let memory: Vec<&Value> = insights.iter().filter(|i| i["kind"] == "memory").collect();
+    assert_eq!(memory.len(), 1, "{insights:?}");
+    assert_eq!(memory[0]["step"], "hungry");
+    let share = memory[0]["share"].as_f64().unwrap();
+    assert!((0.8..1.0).contains(&share), "{share}");
+    assert!(memory[0]["message"].as_str().unwrap().contains("raise `memory`"));
+
+    let text = ok(&stepbox(dir.path(), &["report", "1"]));
+    assert!(text.contains("critical path: start -> slow -> end"), "{text}");
+    assert!(text.contains("bottleneck"), "{text}");
+
+    let svg_file = dir.path().join("run.svg");
+    ok(&stepbox(
+        dir.path(),
+        &["report", "1", "--svg", svg_file.to_str().unwrap()],
+    ));
+    let svg = std::fs::read_to_string(&svg_file).unwrap();
+    assert_eq!(svg.matches(r#"<g class="lane""#).count(), 5);
+    assert!(svg.contains("★ slow"));
+
+    let per_component = ok(&stepbox(dir.path(), &["report", "--workflow", "shape"]));
+    assert!(per_component.contains("hostile.wasm"), "{per_component}");
+}
+
+#[test]
+fn the_cli_exposes_metrics_from_the_journal_and_while_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: one\nsteps:\n  - id: a\n    component: {}\n    input: {{mode: spin-for, iterations: 5}}\n",
+            hostile()
+        ),
+    )
+    .unwrap();
+    let metrics_file = dir.path().join("live.prom");
+    ok(&stepbox(
+        dir.path(),
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--repeat",
+            "3",
+            "--metrics-file",
+            metrics_file.to_str().unwrap(),
+        ],
+    ));
+    let live = std::fs::read_to_string(&metrics_file).unwrap();
+    assert_eq!(
+        metric(&live, r#"stepbox_workflows_total{status="succeeded"}"#),
+        3.0
+    );
+    assert!(metric(&live, "stepbox_journal_batch_events_count") >= 1.0);
+
+    let from_journal = ok(&stepbox(dir.path(), &["metrics"]));
+    assert_eq!(
+        metric(
+            &from_journal,
+            r#"stepbox_step_runs_total{component="hostile.wasm",outcome="completed"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&from_journal, r#"stepbox_workflows_total{status="succeeded"}"#),
+        3.0
+    );
+}
+
+#[test]
+fn json_logs_carry_the_run_and_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("log.yaml");
+    std::fs::write(
+        &file,
+        format!("name: log\nsteps:\n  - id: chatty\n    component: {}\n    input: {{mode: log-flood, count: 1}}\n", hostile()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--cache-dir",
+        ])
+        .arg(super::cache_dir())
+        .arg("--db")
+        .arg(dir.path().join("j.db"))
+        .env("RUST_LOG", "guest=info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(r#""target":"guest""#))
+        .unwrap_or_else(|| panic!("no guest log line in: {stderr}"));
+    let record: Value = serde_json::from_str(line).unwrap();
+    let spans = record["spans"].as_array().unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "run" && s["run"] == 1 && s["workflow"] == "log"),
+        "{line}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "step" && s["step"] == "chatty" && s["attempt"] == 1),
+        "{line}"
+    );
+}
