@@ -28,6 +28,7 @@
 //! quotas), and reports a [`scheduler::WorkflowReport`]. [`config`] reads the
 //! host's `stepbox.toml`.
 
+pub mod bench;
 pub mod config;
 pub mod limits;
 pub mod metrics;

@@ -261,3 +261,80 @@ fn json_logs_carry_the_run_and_the_step() {
         "{line}"
     );
 }
+
+#[test]
+fn the_regression_check_flags_a_slowed_scenario_and_passes_an_unchanged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let components = stepbox_tests::guest("hello")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let baselines = dir.path().join("baselines").display().to_string();
+    let bench = |scenarios: &str, extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--quick",
+            "--repeat",
+            "3",
+            "--scenarios",
+            scenarios,
+            "--components",
+            &components,
+            "--baseline-dir",
+            &baselines,
+        ];
+        args.extend_from_slice(extra);
+        stepbox(dir.path(), &args)
+    };
+    let saved = ok(&bench("plan-10k,step-overhead", &["--save-baseline", "base"]));
+    assert!(
+        saved.contains("plan-10k") && saved.contains("step-overhead"),
+        "{saved}"
+    );
+
+    // A scenario slowed on purpose (each repetition sleeps 300 ms more),
+    // compared alone: the other one's noise on a busy machine is not the point.
+    let out = bench(
+        "plan-10k",
+        &["--baseline", "base", "--inject-delay", "plan-10k=300ms"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table.lines().find(|l| l.starts_with("plan-10k")).unwrap();
+    assert!(line.ends_with("SLOWER"), "{table}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("slower than the baseline: plan-10k"));
+
+    // The same results again: nothing moved.
+    let base_file = format!("{baselines}/base.json");
+    let out = stepbox(
+        dir.path(),
+        &[
+            "bench",
+            "--from",
+            &base_file,
+            "--baseline",
+            "base",
+            "--baseline-dir",
+            &baselines,
+        ],
+    );
+    let table = ok(&out);
+    assert_eq!(
+        table.lines().filter(|l| l.ends_with("same")).count(),
+        2,
+        "{table}"
+    );
+
+    let out = stepbox(
+        dir.path(),
+        &["bench", "--scenarios", "nope", "--components", &components],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario `nope`"));
+}

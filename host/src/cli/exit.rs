@@ -15,6 +15,8 @@ pub const NOT_A_STEP: u8 = 3;
 /// The journal cannot be used: locked by another process, read-only, full,
 /// corrupt, or written by a newer stepbox.
 pub const JOURNAL: u8 = 4;
+/// `bench --baseline`: a scenario got slower than its baseline.
+pub const REGRESSION: u8 = 5;
 
 /// The exit code of `stepbox step` for each outcome kind.
 pub fn for_outcome(kind: OutcomeKind) -> u8 {
@@ -46,6 +48,7 @@ Exit codes:
     3  inspect: not a step component      24  stack overflow
     4  journal unusable (locked, full,    25  trap (guest panic, bad access...)
        read-only, corrupt, newer)
+    5  bench: slower than the baseline
    10  step error: invalid-input
    11  step error: retryable             130  cancelled (Ctrl-C)
    12  step error: failed                 26  circuit open

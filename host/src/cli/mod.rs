@@ -1,5 +1,6 @@
 //! Argument parsing, output and exit codes; everything else is in the library.
 
+mod bench;
 mod exit;
 mod inspect;
 mod journal;
@@ -84,6 +85,8 @@ enum Command {
     Metrics(journal::MetricsCommand),
     /// Where a run's time went: critical path, waits, retries, steps near their limits; --svg draws it
     Report(journal::ReportCommand),
+    /// Run the standard benchmark scenarios; save or compare baselines
+    Bench(bench::BenchCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
             Command::Gc(cmd) => cmd.run(&cli.global),
             Command::Metrics(cmd) => cmd.run(&cli.global),
             Command::Report(cmd) => cmd.run(&cli.global),
+            Command::Bench(cmd) => cmd.run(&cli.global).await,
         }
     });
     match result {
