@@ -324,6 +324,40 @@ impl SqliteStore {
             }
         }
         let tx = self.conn.transaction()?;
+        // The hot statements, looked up once per batch rather than per event.
+        let mut insert_run = tx.prepare_cached(
+            "INSERT INTO runs (id, workflow, name, status, input, accepted_at, owner, lease_until)
+                         VALUES (?1, ?2, ?3, 'accepted', ?4, ?5, ?6, ?7)",
+        )?;
+        let mut start_run = tx.prepare_cached(
+            "UPDATE runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
+        )?;
+        let mut start_attempt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO attempts (run, step, item, attempt, status, started_at)
+                         VALUES (?1, ?2, ?3, ?4, 'started', ?5)",
+        )?;
+        let mut end_attempt = tx.prepare_cached(
+            "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
+                             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
+                             component, fuel_limit, memory_limit, time_limit_us, started_us)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
+                         ON CONFLICT (run, step, item, attempt) DO UPDATE SET
+                             status = excluded.status, last = excluded.last, outcome = excluded.outcome,
+                             message = excluded.message, finished_at = excluded.finished_at,
+                             duration_us = excluded.duration_us, queue_wait_us = excluded.queue_wait_us,
+                             fuel = excluded.fuel, peak_memory = excluded.peak_memory,
+                             output = excluded.output, log = excluded.log, component = excluded.component,
+                             fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
+                             time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
+        )?;
+        let mut write_state = tx.prepare_cached(
+            "INSERT INTO state (run, key, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
+        )?;
+        let mut end_run = tx.prepare_cached(
+            "UPDATE runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL
+                         WHERE id = ?1",
+        )?;
         for event in events {
             match event {
                 Event::WorkflowDefined(w) => {
@@ -368,11 +402,7 @@ impl SqliteStore {
                     input,
                     at,
                 } => {
-                    tx.prepare_cached(
-                        "INSERT INTO runs (id, workflow, name, status, input, accepted_at, owner, lease_until)
-                         VALUES (?1, ?2, ?3, 'accepted', ?4, ?5, ?6, ?7)",
-                    )?
-                    .execute(params![
+                    insert_run.execute(params![
                         *run as i64,
                         &**workflow,
                         &**name,
@@ -391,10 +421,7 @@ impl SqliteStore {
                     ..
                 } if ended_attempts.contains(&(*run, &**step, *item, *attempt)) => {}
                 Event::RunStarted { run, at } => {
-                    tx.prepare_cached(
-                        "UPDATE runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
-                    )?
-                    .execute(params![*run as i64, at])?;
+                    start_run.execute(params![*run as i64, at])?;
                 }
                 Event::AttemptStarted {
                     run,
@@ -403,35 +430,11 @@ impl SqliteStore {
                     attempt,
                     at,
                 } => {
-                    tx.prepare_cached(
-                        "INSERT OR IGNORE INTO attempts (run, step, item, attempt, status, started_at)
-                         VALUES (?1, ?2, ?3, ?4, 'started', ?5)",
-                    )?
-                    .execute(params![
-                        *run as i64,
-                        &**step,
-                        item_key(*item),
-                        attempt,
-                        at
-                    ])?;
+                    start_attempt.execute(params![*run as i64, &**step, item_key(*item), attempt, at])?;
                 }
                 Event::AttemptEnded(a) => {
                     let started = a.started_us / 1000;
-                    tx.prepare_cached(
-                        "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
-                             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
-                             component, fuel_limit, memory_limit, time_limit_us, started_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
-                         ON CONFLICT (run, step, item, attempt) DO UPDATE SET
-                             status = excluded.status, last = excluded.last, outcome = excluded.outcome,
-                             message = excluded.message, finished_at = excluded.finished_at,
-                             duration_us = excluded.duration_us, queue_wait_us = excluded.queue_wait_us,
-                             fuel = excluded.fuel, peak_memory = excluded.peak_memory,
-                             output = excluded.output, log = excluded.log, component = excluded.component,
-                             fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
-                             time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
-                    )?
-                    .execute(params![
+                    end_attempt.execute(params![
                         a.run as i64,
                         &*a.step,
                         item_key(a.item),
@@ -456,11 +459,7 @@ impl SqliteStore {
                     ])?;
                 }
                 Event::StateWritten { run, key, value } => {
-                    tx.prepare_cached(
-                        "INSERT INTO state (run, key, value) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
-                    )?
-                    .execute(params![*run as i64, key, value])?;
+                    write_state.execute(params![*run as i64, key, value])?;
                 }
                 Event::RunEnded {
                     run,
@@ -470,20 +469,18 @@ impl SqliteStore {
                     at,
                 } => {
                     let finished = (!status.is_incomplete()).then_some(*at);
-                    tx.prepare_cached(
-                        "UPDATE runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![
-                        *run as i64,
-                        status.as_str(),
-                        output,
-                        error,
-                        finished
-                    ])?;
+                    end_run.execute(params![*run as i64, status.as_str(), output, error, finished])?;
                 }
             }
         }
+        drop((
+            insert_run,
+            start_run,
+            start_attempt,
+            end_attempt,
+            write_state,
+            end_run,
+        ));
         tx.commit()?;
         Ok((new_workflows, new_components))
     }
