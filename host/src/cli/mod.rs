@@ -102,7 +102,13 @@ pub fn main() -> ExitCode {
             return exit::code(exit::BAD_INPUT);
         }
     };
-    init_tracing(cli.global.log_format);
+    // A lone step shows its guest's log; workflows keep theirs in the
+    // journal (`stepbox show`), or show it with RUST_LOG=guest=info.
+    let default_filter = match cli.command {
+        Command::Step(_) => "warn,guest=info",
+        _ => "warn",
+    };
+    init_tracing(cli.global.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -214,12 +220,12 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("stepbox"))
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG`; guest logs are shown at info
-/// and above by default. Each line carries the run and step it came from
-/// (their spans).
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr, filtered by `RUST_LOG` (else `default_filter`). Each
+/// line carries the run and step it came from (their spans).
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,guest=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // The run and step spans, whatever the filter: every line names its run and step.
     let filter = match "stepbox::span=info".parse() {
         Ok(directive) => filter.add_directive(directive),
@@ -227,6 +233,7 @@ fn init_tracing(format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.without_time().try_init(),
