@@ -303,9 +303,13 @@ impl SqliteStore {
         let mut new_components = Vec::new();
         // What ends within the batch need not be written as started first:
         // under load most attempts start and end within one commit.
+        // (Only worth the hashing when the batch holds starts to skip.)
         let mut ended_attempts: HashSet<(RunId, &str, Option<u32>, u32)> = HashSet::new();
         let mut ended_runs: HashMap<RunId, Option<Millis>> = HashMap::new();
-        for event in events {
+        let has_starts = events
+            .iter()
+            .any(|e| matches!(e, Event::AttemptStarted { .. } | Event::RunStarted { .. }));
+        for event in events.iter().filter(|_| has_starts) {
             match event {
                 Event::AttemptEnded(a) => {
                     ended_attempts.insert((a.run, &*a.step, a.item, a.attempt));
