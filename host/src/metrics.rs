@@ -25,6 +25,8 @@
 //! assert!(text.contains(r#"stepbox_step_runs_total{component="hello.wasm",outcome="completed"} 1"#));
 //! ```
 
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -56,6 +58,41 @@ pub struct Metrics {
     memory_reserved: Gauge,
     commit_seconds: Histogram,
     commit_events: Histogram,
+    components: RwLock<HashMap<String, Arc<ComponentSeries>>>,
+}
+
+/// One component's series, resolved once.
+struct ComponentSeries {
+    duration: Histogram,
+    queue_wait: Histogram,
+    fuel: Counter,
+    peak_memory: Histogram,
+    retries: Counter,
+    outcomes: RwLock<HashMap<String, Counter>>,
+}
+
+impl ComponentSeries {
+    fn outcome(&self, outcome: &str, family: &Family<Labels, Counter>, component: &str) -> Counter {
+        if let Some(c) = self
+            .outcomes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(outcome)
+        {
+            return c.clone();
+        }
+        let labels = vec![
+            ("component", component.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ];
+        let counter = family.get_or_create(&labels).clone();
+        self.outcomes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(outcome.to_owned())
+            .or_insert(counter)
+            .clone()
+    }
 }
 
 /// One ended attempt, as the metrics see it.
@@ -132,6 +169,7 @@ impl Metrics {
             memory_reserved: Gauge::default(),
             commit_seconds: seconds(),
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            components: RwLock::new(HashMap::new()),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -207,27 +245,39 @@ impl Metrics {
 
     /// Counts an ended step attempt.
     pub fn observe_attempt(&self, a: &AttemptSample<'_>) {
-        let component = vec![("component", a.component.to_owned())];
-        let mut by_outcome = component.clone();
-        by_outcome.push(("outcome", a.outcome.to_owned()));
-        self.step_runs.get_or_create(&by_outcome).inc();
-        self.step_duration
-            .get_or_create(&component)
-            .observe(a.duration.as_secs_f64());
-        self.queue_wait
-            .get_or_create(&component)
-            .observe(a.queue_wait.as_secs_f64());
-        self.fuel.get_or_create(&component).inc_by(a.fuel);
-        self.peak_memory
-            .get_or_create(&component)
-            .observe(a.peak_memory as f64);
+        let c = self.component(a.component);
+        c.outcome(a.outcome, &self.step_runs, a.component).inc();
+        c.duration.observe(a.duration.as_secs_f64());
+        c.queue_wait.observe(a.queue_wait.as_secs_f64());
+        c.fuel.inc_by(a.fuel);
+        c.peak_memory.observe(a.peak_memory as f64);
     }
 
     /// Counts a retry of `component`'s step.
     pub fn observe_retry(&self, component: &str) {
-        self.retries
-            .get_or_create(&vec![("component", component.to_owned())])
-            .inc();
+        self.component(component).retries.inc();
+    }
+
+    /// The handles of `name`'s series, made on first use. Every step
+    /// attempt comes through here: the steady state is one read lock and
+    /// no allocation.
+    fn component(&self, name: &str) -> Arc<ComponentSeries> {
+        let read = self.components.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = read.get(name) {
+            return Arc::clone(c);
+        }
+        drop(read);
+        let labels = vec![("component", name.to_owned())];
+        let series = Arc::new(ComponentSeries {
+            duration: self.step_duration.get_or_create(&labels).clone(),
+            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            fuel: self.fuel.get_or_create(&labels).clone(),
+            peak_memory: self.peak_memory.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            outcomes: RwLock::new(HashMap::new()),
+        });
+        let mut write = self.components.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(write.entry(name.to_owned()).or_insert(series))
     }
 
     /// Counts a workflow run that ended with `status`.

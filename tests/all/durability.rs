@@ -299,7 +299,7 @@ fn wait_for_attempt(place: &Place, step: &str) {
 #[test]
 fn sigterm_lets_running_steps_finish_starts_nothing_new_and_exits_zero() {
     let place = Place::new();
-    let file = place.workflow("slow.yaml", &SLOW.replace("SLEEP", "300"));
+    let file = place.workflow("slow.yaml", &SLOW.replace("SLEEP", "600"));
     let config = place.config("[journal]\nshutdown_grace = \"10s\"\n");
     let mut child = place.spawn(&["run", &file, "--repeat", "2", "--config", &config]);
     wait_for_attempt(&place, "b");
