@@ -46,14 +46,14 @@ Exit codes:
     2  bad input (flags, files, JSON,     22  timeout
        components)                        23  output too large
     3  inspect: not a step component      24  stack overflow
-    4  journal unusable (locked, full,    25  trap (guest panic, bad access...)
-       read-only, corrupt, newer)
-    5  bench: slower than the baseline
-   10  step error: invalid-input
-   11  step error: retryable             130  cancelled (Ctrl-C)
-   12  step error: failed                 26  circuit open
-                                          27  quota exceeded
-For `run`, the code is that of the first step that failed the workflow.";
+    4  journal unusable (locked,          25  trap (guest panic, bad access...)
+       read-only, full, corrupt, newer)   26  circuit open
+    5  bench: slower than the baseline    27  quota exceeded
+   10  step error: invalid-input         130  cancelled (Ctrl-C)
+   11  step error: retryable
+   12  step error: failed
+For `run`, the code is that of the first step that failed the workflow;
+after a graceful shutdown (SIGINT/SIGTERM) it is 0.";
 
 pub fn code(n: u8) -> ExitCode {
     ExitCode::from(n)
