@@ -234,6 +234,12 @@ mod humantime_serde_compat {
     }
 }
 
+/// Serializes a duration as fractional milliseconds: how reports, the
+/// journal's history and the CLI's JSON show times.
+pub(crate) fn serialize_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1e3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,10 +21,6 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Serialize;
 
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1e3)
-}
-
 use crate::store::{AttemptRecord, AttemptStatus, Definition, RunHistory};
 use crate::workflow::Workflow;
 
@@ -37,13 +33,13 @@ pub struct Bar {
     /// The attempt's number.
     pub attempt: u32,
     /// When it started.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub start: Duration,
     /// Of which waiting for an instance slot, from `start`.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub queue_wait: Duration,
     /// When it ended.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub end: Duration,
     /// Its outcome kind (`started` if it never ended).
     pub outcome: String,
@@ -70,16 +66,16 @@ pub struct StepTiming {
     /// The component it ran.
     pub component: String,
     /// From the run's start to its first attempt's start.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub start: Duration,
     /// From the run's start to its last attempt's end.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub end: Duration,
     /// Time its attempts waited for instance slots.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub queue_wait: Duration,
     /// Time its attempts ran.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub execution: Duration,
     /// Units (1, or the items of a `for_each`).
     pub units: usize,
@@ -120,10 +116,10 @@ pub struct RunAnalysis {
     /// Its status.
     pub status: String,
     /// From its first attempt's start to its last one's end.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub wall: Duration,
     /// From acceptance to the first attempt.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub admission_wait: Duration,
     /// Per step that ran, in the order they started.
     pub steps: Vec<StepTiming>,
@@ -455,13 +451,13 @@ pub struct ComponentStats {
     /// Share of them that did not complete.
     pub error_rate: f64,
     /// Duration percentiles: 50th, 95th, 99th.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub p50: Duration,
     /// 95th percentile.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub p95: Duration,
     /// 99th percentile.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub p99: Duration,
     /// Mean fuel per attempt.
     pub mean_fuel: u64,

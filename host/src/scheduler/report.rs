@@ -76,10 +76,10 @@ pub struct WorkflowReport {
     /// Child steps run through `call`, in the order they ended.
     pub children: Vec<StepReport>,
     /// Time from submission to admission.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub queue_wait: Duration,
     /// Time from admission to the end of the run.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub wall_time: Duration,
     /// Circuit breakers that were not closed when the run ended, by component.
     pub open_breakers: Vec<(String, String)>,
@@ -104,10 +104,10 @@ pub struct StepReport {
     /// For a `for_each` step, how many items it ran.
     pub items: Option<usize>,
     /// Time from the step becoming ready to its end, including waits and backoff.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub duration: Duration,
     /// Time spent waiting for instance slots.
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub queue_wait: Duration,
     /// Fuel consumed by all its attempts and items.
     pub fuel: u64,
@@ -134,8 +134,4 @@ impl StepReport {
             depth,
         }
     }
-}
-
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1e3)
 }

@@ -115,19 +115,15 @@ pub struct AttemptEnd {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AttemptUsage {
     /// From start to end, including the wait for an instance slot.
-    #[serde(serialize_with = "as_millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub duration: Duration,
     /// Of which waiting for an instance slot.
-    #[serde(serialize_with = "as_millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub queue_wait: Duration,
     /// Fuel consumed.
     pub fuel: u64,
     /// Peak linear memory, in bytes.
     pub peak_memory: u64,
-}
-
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
 /// The limits an attempt ran under: what its usage is measured against.
@@ -138,7 +134,7 @@ pub struct AttemptLimits {
     /// Linear memory, in bytes.
     pub memory: u64,
     /// Time, from the attempt's start to its effective deadline.
-    #[serde(serialize_with = "as_millis")]
+    #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub time: Duration,
 }
 
