@@ -23,3 +23,26 @@ async fn escapes_through_paths_symlinks_env_and_sockets_are_denied() {
     // The host's own files are untouched.
     assert!(std::path::Path::new("/etc/passwd").exists());
 }
+
+#[tokio::test]
+async fn a_pooled_slot_holds_nothing_of_the_step_that_used_it_before() {
+    // One slot, so every run reuses the memory the previous one dirtied.
+    let sb = TestSandbox::with(|b| b.max_instances(1));
+    let hostile = sb.load("hostile");
+    let control = output(
+        &sb.run(&hostile, json!({"mode": "residue", "again": true}), limits())
+            .await,
+    );
+    assert_eq!(
+        control["dirty_static"], 1024,
+        "the check cannot see its own marker: {control}"
+    );
+    for run in 0..4 {
+        let report = output(&sb.run(&hostile, json!({"mode": "residue"}), limits()).await);
+        assert_eq!(
+            report,
+            json!({"dirty_static": 0, "dirty_grown": 0}),
+            "run {run} saw what an earlier run wrote"
+        );
+    }
+}

@@ -4,6 +4,8 @@
 
 use std::fs;
 use std::hint::black_box;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -61,6 +63,15 @@ enum Mode {
     Whoami {
         #[serde(default)]
         fail_below: u32,
+    },
+    /// Counts the words of a static buffer and of a freshly grown page that
+    /// are not zero, then fills both with a marker: a later instance in the
+    /// same pooled slot must count zero, or memory leaks between steps.
+    /// With `again`, checks twice in this instance and reports the second
+    /// count: the control that shows the check sees a marker.
+    Residue {
+        #[serde(default)]
+        again: bool,
     },
 }
 
@@ -146,6 +157,10 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             }
             Ok(json!({"key": stepbox_guest::idempotency_key(), "attempt": attempt}))
         }
+        Mode::Residue { again } => {
+            let first = residue();
+            Ok(if again { residue() } else { first })
+        }
         Mode::SpinFor { iterations } => {
             let mut x = 0u64;
             for i in 0..iterations {
@@ -155,6 +170,37 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             Ok(json!({"done": iterations}))
         }
     }
+}
+
+/// In `.bss`: zero in every fresh instance.
+static STATIC_WORDS: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
+
+fn residue() -> Value {
+    const MARK: u64 = 0x5354_4550_424f_5821;
+    let dirty_static = STATIC_WORDS.iter().filter(|w| w.load(Relaxed) != 0).count();
+    STATIC_WORDS.iter().for_each(|w| w.store(MARK, Relaxed));
+    // A page this instance grows itself: the allocator never hands it out,
+    // so reading and writing it directly touches nothing Rust owns.
+    let page = core::arch::wasm32::memory_grow(0, 1);
+    let dirty_grown = if page == usize::MAX {
+        return json!({"error": "memory.grow failed"});
+    } else {
+        let base = (page * 65_536) as *mut u64;
+        let mut dirty = 0;
+        for i in 0..65_536 / 8 {
+            // SAFETY: the page was just added to linear memory, 8-aligned and
+            // in bounds, and no Rust value lives in it.
+            unsafe {
+                let word = base.add(i);
+                if word.read_volatile() != 0 {
+                    dirty += 1;
+                }
+                word.write_volatile(MARK);
+            }
+        }
+        dirty
+    };
+    json!({"dirty_static": dirty_static, "dirty_grown": dirty_grown})
 }
 
 fn echo(id: u64) -> Result<Value, StepError> {
