@@ -8,6 +8,10 @@ use std::path::Path;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use stepbox::workflow::Workflow;
 
+/// The allocator the `stepbox` binary uses, so the figures are the CLI's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A layered DAG of `steps` steps, 100 per layer; each step after the first
 /// layer needs 1–3 steps of the previous layer and takes the first one's
 /// output as input through a `${steps.X}` template.

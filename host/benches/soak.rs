@@ -16,6 +16,10 @@ use stepbox::scheduler::{RunStatus, Scheduler, SchedulerConfig};
 use stepbox::store::{Durability, Journal, JournalConfig, SqliteStore};
 use stepbox::workflow::Workflow;
 
+/// The allocator the `stepbox` binary uses, so the figures are the CLI's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const THREE_STEPS: &str = "name: three\nsteps:\n  - id: a\n    component: T\n  - id: b\n    component: T\n    needs: [a]\n  - id: c\n    component: T\n    needs: [b]\n";
 const BURST: usize = 5_000;
 

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stepbox::{OutcomeKind, RunOptions, Sandbox, StepComponent};
 
+/// The allocator the `stepbox` binary uses, so the figures are the CLI's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INPUT: &[u8] = br#"{"hello":"world"}"#;
 
 fn runtime() -> tokio::runtime::Runtime {

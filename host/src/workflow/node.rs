@@ -5,6 +5,7 @@
 //! name its field and point at its line and column.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
@@ -85,13 +86,76 @@ struct Bare(Value);
 
 impl<'de> Deserialize<'de> for Bare {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(BareVisitor).map(Bare)
+        d.deserialize_any(BareVisitor::<Positioned>(PhantomData))
+            .map(Bare)
     }
 }
 
-struct BareVisitor;
+/// How the children of a value are read: with their positions (from
+/// serde-saphyr) or without (from any other deserializer).
+trait Children<'de> {
+    type Node: Deserialize<'de> + Into<Node>;
+    type Key: Deserialize<'de> + Into<Key>;
+    /// The value inside a `Some`.
+    fn some<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error>;
+}
 
-impl<'de> Visitor<'de> for BareVisitor {
+struct Positioned;
+
+impl<'de> Children<'de> for Positioned {
+    type Node = Node;
+    type Key = Key;
+    fn some<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        Bare::deserialize(d).map(|b| b.0)
+    }
+}
+
+/// A node read without positions: every location is 0:0.
+struct Flat(Node);
+
+struct FlatKey(String);
+
+const NOWHERE: Location = Location { line: 0, column: 0 };
+
+impl From<Flat> for Node {
+    fn from(flat: Flat) -> Node {
+        flat.0
+    }
+}
+
+impl From<FlatKey> for Key {
+    fn from(key: FlatKey) -> Key {
+        Key {
+            name: key.0,
+            loc: NOWHERE,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Flat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(BareVisitor::<Flat>(PhantomData))
+            .map(|value| Flat(Node { loc: NOWHERE, value }))
+    }
+}
+
+impl<'de> Deserialize<'de> for FlatKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(FlatKey)
+    }
+}
+
+impl<'de> Children<'de> for Flat {
+    type Node = Flat;
+    type Key = FlatKey;
+    fn some<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        Flat::deserialize(d).map(|f| f.0.value)
+    }
+}
+
+struct BareVisitor<C>(PhantomData<C>);
+
+impl<'de, C: Children<'de>> Visitor<'de> for BareVisitor<C> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -143,22 +207,22 @@ impl<'de> Visitor<'de> for BareVisitor {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Bare::deserialize(d).map(|b| b.0)
+        C::some(d)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        while let Some(item) = seq.next_element::<Node>()? {
-            items.push(item);
+        while let Some(item) = seq.next_element::<C::Node>()? {
+            items.push(item.into());
         }
         Ok(Value::Seq(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-        while let Some(key) = map.next_key::<Key>()? {
-            let value = map.next_value::<Node>()?;
-            entries.push((key, value));
+        while let Some(key) = map.next_key::<C::Key>()? {
+            let value = map.next_value::<C::Node>()?;
+            entries.push((key.into(), value.into()));
         }
         Ok(Value::Map(entries))
     }
@@ -180,38 +244,14 @@ pub(crate) fn parse(text: &str) -> Result<Node, (Location, String)> {
     })
 }
 
-/// Parses a JSON document into a tree without positions, several times
+/// Parses a JSON document into a tree without positions, many times
 /// faster than [`parse`]: the fast path for large, machine-written
 /// workflows. `None` when it is not JSON; callers use [`parse`] for the
 /// positions of any error.
+///
+/// serde_json nests at most 128 deep, so the recursion is bounded.
 pub(crate) fn parse_json_unpositioned(text: &str) -> Option<Node> {
-    serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .map(from_json)
-}
-
-/// JSON nests at most 128 deep (serde_json's limit), so recursion is safe.
-fn from_json(value: serde_json::Value) -> Node {
-    use serde_json::Value as J;
-    let nowhere = Location { line: 0, column: 0 };
-    let value = match value {
-        J::Null => Value::Null,
-        J::Bool(b) => Value::Bool(b),
-        J::Number(n) => match (n.as_u64(), n.as_i64()) {
-            (Some(u), _) => Value::UInt(u),
-            (None, Some(i)) => Value::Int(i),
-            (None, None) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => Value::Str(s),
-        J::Array(items) => Value::Seq(items.into_iter().map(from_json).collect()),
-        J::Object(entries) => Value::Map(
-            entries
-                .into_iter()
-                .map(|(name, v)| (Key { name, loc: nowhere }, from_json(v)))
-                .collect(),
-        ),
-    };
-    Node { loc: nowhere, value }
+    serde_json::from_str::<Flat>(text).ok().map(|flat| flat.0)
 }
 
 /// The parser's message without its snippet or location suffix, on one line.
