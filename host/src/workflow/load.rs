@@ -1,6 +1,7 @@
 //! From positioned YAML nodes to a validated [`Workflow`].
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,11 +64,30 @@ pub(crate) fn load(text: &str, source: &Path) -> Result<Workflow, WorkflowError>
     Ok(workflow)
 }
 
+/// "step #N" in messages about a step whose id is not known yet; written
+/// only when there is an error to report.
+struct StepNumber(usize);
+
+impl fmt::Display for StepNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step #{}", self.0)
+    }
+}
+
+/// "step `ID`" in messages about a step.
+struct StepName<'a>(&'a str);
+
+impl fmt::Display for StepName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step `{}`", self.0)
+    }
+}
+
 /// A step as read, before the graph is checked.
-struct RawStep {
+struct RawStep<'n> {
     def: StepDef,
     /// Each need with where it is written.
-    needs: Vec<(String, Location)>,
+    needs: Vec<(&'n str, Location)>,
     /// Every `steps.ID` used in the step's templates, with where.
     refs: Vec<(Box<str>, Location)>,
 }
@@ -75,8 +95,8 @@ struct RawStep {
 fn build(root: &Node, source: &Path) -> Res<Workflow> {
     let dir = source.parent().unwrap_or_else(|| Path::new(""));
     let [name, description, timeout, defaults, output, steps] =
-        fields(root, "workflow", "the workflow", WORKFLOW_FIELDS)?;
-    let name = string(required(name, root, "name", "the workflow")?, "name")?.to_owned();
+        fields(root, "workflow", &"the workflow", WORKFLOW_FIELDS)?;
+    let name = string(required(name, root, "name", &"the workflow")?, "name")?.to_owned();
     let description = description
         .map(|n| string(n, "description").map(str::to_owned))
         .transpose()?;
@@ -85,7 +105,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     let mut default_limits = LimitOverrides::default();
     let mut default_retry = RetryPolicy::default();
     if let Some(defaults) = defaults {
-        let [fuel, memory, timeout, retry] = fields(defaults, "defaults", "`defaults`", DEFAULTS_FIELDS)?;
+        let [fuel, memory, timeout, retry] = fields(defaults, "defaults", &"`defaults`", DEFAULTS_FIELDS)?;
         default_limits = limits(fuel, memory, timeout, "defaults.")?;
         if let Some(retry) = retry {
             default_retry = retry_policy(retry)?;
@@ -106,7 +126,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         })
         .transpose()?;
 
-    let steps_node = required(steps, root, "steps", "the workflow")?;
+    let steps_node = required(steps, root, "steps", &"the workflow")?;
     let Value::Seq(step_nodes) = &steps_node.value else {
         return Err(wrong_type(steps_node, "steps", "a list of steps"));
     };
@@ -135,30 +155,26 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
 
     // Needs name steps.
     let mut needs_idx: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
-    let mut need_locs: Vec<Vec<Location>> = Vec::with_capacity(raw.len());
     for step in &mut raw {
         let mut list = Vec::with_capacity(step.needs.len());
-        let mut locs = Vec::with_capacity(step.needs.len());
         let mut names = Vec::with_capacity(step.needs.len());
         for (need, loc) in &step.needs {
-            let Some(&j) = index.get(need) else {
+            let Some(&j) = index.get(*need) else {
                 return Err((
                     *loc,
                     WorkflowErrorKind::UnknownNeed {
                         step: step.def.id.clone(),
-                        need: need.clone(),
+                        need: (*need).to_owned(),
                     },
                 ));
             };
             if !list.contains(&j) {
                 list.push(j);
-                locs.push(*loc);
-                names.push(need.clone());
+                names.push((*need).to_owned());
             }
         }
         step.def.needs = names;
         needs_idx.push(list);
-        need_locs.push(locs);
     }
 
     // Templates name steps.
@@ -196,16 +212,11 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         Ordered::Cycle(cycle) => {
             let first = cycle[0];
             let second = cycle.get(1).copied().unwrap_or(first);
-            let k = raw[first]
-                .def
+            let loc = raw[first]
                 .needs
                 .iter()
-                .position(|n| index[n] == second)
-                .unwrap_or(0);
-            let loc = need_locs[first]
-                .get(k)
-                .copied()
-                .unwrap_or(raw[first].def.location);
+                .find(|(name, _)| *name == raw[second].def.id)
+                .map_or(raw[first].def.location, |&(_, loc)| loc);
             let mut path: Vec<String> = cycle.iter().map(|&i| raw[i].def.id.clone()).collect();
             path.push(raw[first].def.id.clone());
             return Err((loc, WorkflowErrorKind::Cycle { path }));
@@ -295,14 +306,14 @@ impl Reach {
     }
 }
 
-fn read_step(
-    node: &Node,
+fn read_step<'n>(
+    node: &'n Node<'_>,
     n: usize,
     dir: &Path,
     default_limits: &LimitOverrides,
     default_retry: &RetryPolicy,
-) -> Res<RawStep> {
-    let numbered = format!("step #{}", n + 1);
+) -> Res<RawStep<'n>> {
+    let numbered = StepNumber(n + 1);
     let [
         id,
         component,
@@ -325,7 +336,7 @@ fn read_step(
     {
         return Err((id_node.loc, WorkflowErrorKind::BadId(id.to_owned())));
     }
-    let context = format!("step `{id}`");
+    let context = StepName(id);
     let component_node = required(component, node, "component", &context)?;
     let component = string(component_node, "component")?;
     if component.is_empty() {
@@ -453,7 +464,7 @@ fn limits(
 
 fn retry_policy(node: &Node) -> Res<RetryPolicy> {
     let [max_attempts, backoff, max_backoff, multiplier, jitter, retry_on] =
-        fields(node, "retry", "`retry`", RETRY_FIELDS)?;
+        fields(node, "retry", &"`retry`", RETRY_FIELDS)?;
     let mut policy = RetryPolicy::default();
     let bad = |n: &Node, message: String| (n.loc, WorkflowErrorKind::BadRetry(message));
     if let Some(n) = max_attempts {
@@ -544,16 +555,16 @@ fn retry_policy(node: &Node) -> Res<RetryPolicy> {
 }
 
 /// Splits a mapping into the `N` allowed fields, rejecting unknown and repeated ones.
-fn fields<'n, const N: usize>(
-    node: &'n Node,
+fn fields<'n, 'd, const N: usize>(
+    node: &'n Node<'d>,
     field: &str,
-    context: &str,
+    context: &dyn fmt::Display,
     allowed: &[&str; N],
-) -> Res<[Option<&'n Node>; N]> {
+) -> Res<[Option<&'n Node<'d>>; N]> {
     let Value::Map(entries) = &node.value else {
         return Err(wrong_type(node, field, "a mapping"));
     };
-    let mut found: [Option<&'n Node>; N] = [None; N];
+    let mut found: [Option<&'n Node<'d>>; N] = [None; N];
     for (key, value) in entries {
         let Some(slot) = allowed.iter().position(|a| *a == key.name) else {
             return Err(unknown_field(key, context, allowed));
@@ -562,8 +573,8 @@ fn fields<'n, const N: usize>(
             return Err((
                 key.loc,
                 WorkflowErrorKind::DuplicateField {
-                    field: key.name.clone(),
-                    context: context.to_owned(),
+                    field: key.name.to_string(),
+                    context: context.to_string(),
                 },
             ));
         }
@@ -572,24 +583,29 @@ fn fields<'n, const N: usize>(
     Ok(found)
 }
 
-fn unknown_field(key: &Key, context: &str, allowed: &[&str]) -> (Location, WorkflowErrorKind) {
+fn unknown_field(key: &Key, context: &dyn fmt::Display, allowed: &[&str]) -> (Location, WorkflowErrorKind) {
     (
         key.loc,
         WorkflowErrorKind::UnknownField {
-            field: key.name.clone(),
-            context: context.to_owned(),
+            field: key.name.to_string(),
+            context: context.to_string(),
             expected: allowed.join(", "),
         },
     )
 }
 
-fn required<'n>(value: Option<&'n Node>, parent: &Node, field: &'static str, context: &str) -> Res<&'n Node> {
+fn required<'n, 'd>(
+    value: Option<&'n Node<'d>>,
+    parent: &Node,
+    field: &'static str,
+    context: &dyn fmt::Display,
+) -> Res<&'n Node<'d>> {
     value.ok_or_else(|| {
         (
             parent.loc,
             WorkflowErrorKind::MissingField {
                 field,
-                context: context.to_owned(),
+                context: context.to_string(),
             },
         )
     })
@@ -614,16 +630,19 @@ fn string<'n>(node: &'n Node, field: &str) -> Res<&'n str> {
 }
 
 /// One string or a list of strings, each with its position.
-fn strings(node: &Node, field: &str) -> Res<Vec<(String, Location)>> {
+fn strings<'n>(node: &'n Node<'_>, field: &str) -> Res<Vec<(&'n str, Location)>> {
     match &node.value {
-        Value::Str(s) => Ok(vec![(s.clone(), node.loc)]),
-        Value::Seq(items) => items
-            .iter()
-            .map(|item| match &item.value {
-                Value::Str(s) => Ok((s.clone(), item.loc)),
-                _ => Err(wrong_type(item, field, "a step id")),
-            })
-            .collect(),
+        Value::Str(s) => Ok(vec![(&**s, node.loc)]),
+        Value::Seq(items) => {
+            let mut list = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::Str(s) = &item.value else {
+                    return Err(wrong_type(item, field, "a step id"));
+                };
+                list.push((&**s, item.loc));
+            }
+            Ok(list)
+        }
         _ => Err(wrong_type(node, field, "a step id or a list of step ids")),
     }
 }

@@ -4,6 +4,7 @@
 //! file format) so that every validation error, not only syntax errors, can
 //! name its field and point at its line and column.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -14,32 +15,34 @@ use super::Location;
 
 /// One YAML node and the position of its first character.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node {
+pub(crate) struct Node<'a> {
     pub(crate) loc: Location,
-    pub(crate) value: Value,
+    pub(crate) value: Value<'a>,
 }
 
 /// A mapping key and its position.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Key {
-    pub(crate) name: String,
+pub(crate) struct Key<'a> {
+    pub(crate) name: Cow<'a, str>,
     pub(crate) loc: Location,
 }
 
-/// The value of a [`Node`].
+/// The value of a [`Node`]. Strings borrow from the document where the
+/// parser allows it (no escapes), which saves an allocation per string in
+/// large workflows.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
+pub(crate) enum Value<'a> {
     Null,
     Bool(bool),
     Int(i64),
     UInt(u64),
     Float(f64),
-    Str(String),
-    Seq(Vec<Node>),
-    Map(Vec<(Key, Node)>),
+    Str(Cow<'a, str>),
+    Seq(Vec<Node<'a>>),
+    Map(Vec<(Key<'a>, Node<'a>)>),
 }
 
-impl Value {
+impl Value<'_> {
     /// What this value is, for "expected X, found Y" messages.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
@@ -61,9 +64,9 @@ fn location(loc: &serde_saphyr::Location) -> Location {
     }
 }
 
-impl<'de> Deserialize<'de> for Node {
+impl<'de> Deserialize<'de> for Node<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let spanned = Spanned::<Bare>::deserialize(d)?;
+        let spanned = Spanned::<Bare<'de>>::deserialize(d)?;
         Ok(Node {
             loc: location(&spanned.referenced),
             value: spanned.value.0,
@@ -71,20 +74,45 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-impl<'de> Deserialize<'de> for Key {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let spanned = Spanned::<String>::deserialize(d)?;
+        let spanned = Spanned::<Text<'de>>::deserialize(d)?;
         Ok(Key {
             loc: location(&spanned.referenced),
-            name: spanned.value,
+            name: spanned.value.0,
         })
     }
 }
 
-/// A value without its own position (its children have theirs).
-struct Bare(Value);
+/// A string that borrows from the document when it can.
+struct Text<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Bare {
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
+}
+
+/// A value without its own position (its children have theirs).
+struct Bare<'a>(Value<'a>);
+
+impl<'de> Deserialize<'de> for Bare<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(BareVisitor::<Positioned>(PhantomData))
             .map(Bare)
@@ -94,61 +122,61 @@ impl<'de> Deserialize<'de> for Bare {
 /// How the children of a value are read: with their positions (from
 /// serde-saphyr) or without (from any other deserializer).
 trait Children<'de> {
-    type Node: Deserialize<'de> + Into<Node>;
-    type Key: Deserialize<'de> + Into<Key>;
+    type Node: Deserialize<'de> + Into<Node<'de>>;
+    type Key: Deserialize<'de> + Into<Key<'de>>;
     /// The value inside a `Some`.
-    fn some<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error>;
+    fn some<D: Deserializer<'de>>(d: D) -> Result<Value<'de>, D::Error>;
 }
 
 struct Positioned;
 
 impl<'de> Children<'de> for Positioned {
-    type Node = Node;
-    type Key = Key;
-    fn some<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    type Node = Node<'de>;
+    type Key = Key<'de>;
+    fn some<D: Deserializer<'de>>(d: D) -> Result<Value<'de>, D::Error> {
         Bare::deserialize(d).map(|b| b.0)
     }
 }
 
 /// A node read without positions: every location is 0:0.
-struct Flat(Node);
+struct Flat<'a>(Node<'a>);
 
-struct FlatKey(String);
+struct FlatKey<'a>(Text<'a>);
 
 const NOWHERE: Location = Location { line: 0, column: 0 };
 
-impl From<Flat> for Node {
-    fn from(flat: Flat) -> Node {
+impl<'a> From<Flat<'a>> for Node<'a> {
+    fn from(flat: Flat<'a>) -> Node<'a> {
         flat.0
     }
 }
 
-impl From<FlatKey> for Key {
-    fn from(key: FlatKey) -> Key {
+impl<'a> From<FlatKey<'a>> for Key<'a> {
+    fn from(key: FlatKey<'a>) -> Key<'a> {
         Key {
-            name: key.0,
+            name: key.0.0,
             loc: NOWHERE,
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Flat {
+impl<'de> Deserialize<'de> for Flat<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(BareVisitor::<Flat>(PhantomData))
+        d.deserialize_any(BareVisitor::<Flat<'de>>(PhantomData))
             .map(|value| Flat(Node { loc: NOWHERE, value }))
     }
 }
 
-impl<'de> Deserialize<'de> for FlatKey {
+impl<'de> Deserialize<'de> for FlatKey<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(FlatKey)
+        Text::deserialize(d).map(FlatKey)
     }
 }
 
-impl<'de> Children<'de> for Flat {
-    type Node = Flat;
-    type Key = FlatKey;
-    fn some<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+impl<'de> Children<'de> for Flat<'de> {
+    type Node = Flat<'de>;
+    type Key = FlatKey<'de>;
+    fn some<D: Deserializer<'de>>(d: D) -> Result<Value<'de>, D::Error> {
         Flat::deserialize(d).map(|f| f.0.value)
     }
 }
@@ -156,61 +184,65 @@ impl<'de> Children<'de> for Flat {
 struct BareVisitor<C>(PhantomData<C>);
 
 impl<'de, C: Children<'de>> Visitor<'de> for BareVisitor<C> {
-    type Value = Value;
+    type Value = Value<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any YAML value")
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value<'de>, E> {
         Ok(Value::Bool(v))
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value<'de>, E> {
         Ok(Value::Int(v))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value<'de>, E> {
         Ok(Value::UInt(v))
     }
 
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value<'de>, E> {
         i64::try_from(v)
             .map(Value::Int)
             .map_err(|_| E::custom(format!("integer {v} is out of range")))
     }
 
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value<'de>, E> {
         u64::try_from(v)
             .map(Value::UInt)
             .map_err(|_| E::custom(format!("integer {v} is out of range")))
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value<'de>, E> {
         Ok(Value::Float(v))
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::Str(v.to_owned()))
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Value<'de>, E> {
+        Ok(Value::Str(Cow::Borrowed(v)))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        Ok(Value::Str(v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value<'de>, E> {
+        Ok(Value::Str(Cow::Owned(v.to_owned())))
     }
 
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value<'de>, E> {
+        Ok(Value::Str(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value<'de>, E> {
         Ok(Value::Null)
     }
 
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+    fn visit_none<E: de::Error>(self) -> Result<Value<'de>, E> {
         Ok(Value::Null)
     }
 
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value<'de>, D::Error> {
         C::some(d)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value<'de>, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
         while let Some(item) = seq.next_element::<C::Node>()? {
             items.push(item.into());
@@ -218,7 +250,7 @@ impl<'de, C: Children<'de>> Visitor<'de> for BareVisitor<C> {
         Ok(Value::Seq(items))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value<'de>, A::Error> {
         let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
         while let Some(key) = map.next_key::<C::Key>()? {
             let value = map.next_value::<C::Node>()?;
@@ -229,8 +261,8 @@ impl<'de, C: Children<'de>> Visitor<'de> for BareVisitor<C> {
 }
 
 /// Parses one YAML (or JSON) document into a positioned tree.
-pub(crate) fn parse(text: &str) -> Result<Node, (Location, String)> {
-    serde_saphyr::from_str::<Node>(text).map_err(|e| {
+pub(crate) fn parse(text: &str) -> Result<Node<'_>, (Location, String)> {
+    serde_saphyr::from_str::<Node<'_>>(text).map_err(|e| {
         let loc = e
             .location()
             .map(|l| location(&l))
@@ -250,8 +282,8 @@ pub(crate) fn parse(text: &str) -> Result<Node, (Location, String)> {
 /// positions of any error.
 ///
 /// serde_json nests at most 128 deep, so the recursion is bounded.
-pub(crate) fn parse_json_unpositioned(text: &str) -> Option<Node> {
-    serde_json::from_str::<Flat>(text).ok().map(|flat| flat.0)
+pub(crate) fn parse_json_unpositioned(text: &str) -> Option<Node<'_>> {
+    serde_json::from_str::<Flat<'_>>(text).ok().map(|flat| flat.0)
 }
 
 /// The parser's message without its snippet or location suffix, on one line.

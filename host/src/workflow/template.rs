@@ -249,7 +249,7 @@ fn compile_node(node: &Node, cx: &mut Context<'_>, uses_item: &mut bool) -> Resu
         node::Value::Map(entries) => {
             let mut parts = Vec::with_capacity(entries.len());
             for (key, value) in entries {
-                parts.push((key.name.clone(), compile_node(value, cx, uses_item)?));
+                parts.push((key.name.to_string(), compile_node(value, cx, uses_item)?));
             }
             if parts.iter().all(|(_, p)| matches!(p, Part::Literal(_))) {
                 Part::Literal(Value::Object(
@@ -531,7 +531,7 @@ fn describe(value: &Value) -> &'static str {
 }
 
 /// Converts JSON into the positioned tree the compiler reads (positions unknown).
-fn json_to_node(value: &Value) -> Node {
+fn json_to_node(value: &Value) -> Node<'_> {
     let loc = Location::default();
     let value = match value {
         Value::Null => node::Value::Null,
@@ -541,11 +541,19 @@ fn json_to_node(value: &Value) -> Node {
             (None, Some(i)) => node::Value::Int(i),
             _ => node::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Value::String(s) => node::Value::Str(s.clone()),
+        Value::String(s) => node::Value::Str(s.as_str().into()),
         Value::Array(items) => node::Value::Seq(items.iter().map(json_to_node).collect()),
         Value::Object(map) => node::Value::Map(
             map.iter()
-                .map(|(k, v)| (node::Key { name: k.clone(), loc }, json_to_node(v)))
+                .map(|(k, v)| {
+                    (
+                        node::Key {
+                            name: k.as_str().into(),
+                            loc,
+                        },
+                        json_to_node(v),
+                    )
+                })
                 .collect(),
         ),
     };
