@@ -6,15 +6,15 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::{
-    AttemptLimits, AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Durability, Event, GcStats,
-    Millis, RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, Store, StoreError,
-    WorkflowRecord,
+    AttemptEnd, AttemptLimits, AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Durability,
+    Event, GcStats, Millis, RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, Store,
+    StoreError, WorkflowRecord,
 };
 
 /// The newest journal format this build reads and writes.
@@ -135,6 +135,8 @@ impl SqliteStore {
         }
         let lock = take_lock(path)?;
         let conn = Connection::open(path).map_err(|e| sql_error(path, e))?;
+        // Room for the hot statements and every size of multi-row insert.
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
@@ -340,20 +342,12 @@ impl SqliteStore {
             "INSERT OR IGNORE INTO attempts (run, step, item, attempt, status, started_at)
                          VALUES (?1, ?2, ?3, ?4, 'started', ?5)",
         )?;
-        let mut end_attempt = tx.prepare_cached(
-            "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
-                             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
-                             component, fuel_limit, memory_limit, time_limit_us, started_us)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
-                         ON CONFLICT (run, step, item, attempt) DO UPDATE SET
-                             status = excluded.status, last = excluded.last, outcome = excluded.outcome,
-                             message = excluded.message, finished_at = excluded.finished_at,
-                             duration_us = excluded.duration_us, queue_wait_us = excluded.queue_wait_us,
-                             fuel = excluded.fuel, peak_memory = excluded.peak_memory,
-                             output = excluded.output, log = excluded.log, component = excluded.component,
-                             fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
-                             time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
-        )?;
+        // Attempt ends are the bulk of a journal: they are written after the
+        // other events, many rows per statement. Reordering within the
+        // transaction is safe: they touch only `attempts`, where an end
+        // overwrites a start row and a later start of a written end is
+        // ignored, in either order.
+        let mut ends: Vec<&AttemptEnd> = Vec::new();
         let mut write_state = tx.prepare_cached(
             "INSERT INTO state (run, key, value) VALUES (?1, ?2, ?3)
                          ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
@@ -436,32 +430,7 @@ impl SqliteStore {
                 } => {
                     start_attempt.execute(params![*run as i64, &**step, item_key(*item), attempt, at])?;
                 }
-                Event::AttemptEnded(a) => {
-                    let started = a.started_us / 1000;
-                    end_attempt.execute(params![
-                        a.run as i64,
-                        &*a.step,
-                        item_key(a.item),
-                        a.attempt,
-                        a.status.as_str(),
-                        a.last,
-                        a.outcome,
-                        a.message,
-                        started,
-                        a.at,
-                        micros(a.usage.duration),
-                        micros(a.usage.queue_wait),
-                        a.usage.fuel as i64,
-                        a.usage.peak_memory as i64,
-                        a.output,
-                        a.log,
-                        &*a.component,
-                        a.limits.fuel as i64,
-                        a.limits.memory as i64,
-                        micros(a.limits.time),
-                        a.started_us,
-                    ])?;
-                }
+                Event::AttemptEnded(a) => ends.push(a),
                 Event::StateWritten { run, key, value } => {
                     write_state.execute(params![*run as i64, key, value])?;
                 }
@@ -477,14 +446,27 @@ impl SqliteStore {
                 }
             }
         }
-        drop((
-            insert_run,
-            start_run,
-            start_attempt,
-            end_attempt,
-            write_state,
-            end_run,
-        ));
+        drop((insert_run, start_run, start_attempt, write_state, end_run));
+        // Full chunks share one statement (bindings are overwritten, never
+        // cleared); the rest goes in one statement of its own size.
+        let mut chunks = ends.chunks_exact(ROWS_PER_INSERT);
+        if chunks.len() > 0 {
+            let mut insert = tx.prepare_cached(&END_ATTEMPT_SQL[ROWS_PER_INSERT - 1])?;
+            for chunk in &mut chunks {
+                for (row, a) in chunk.iter().enumerate() {
+                    bind_attempt_end(&mut insert, row * ATTEMPT_END_PARAMS, a)?;
+                }
+                insert.raw_execute()?;
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut insert = tx.prepare_cached(&END_ATTEMPT_SQL[rest.len() - 1])?;
+            for (row, a) in rest.iter().enumerate() {
+                bind_attempt_end(&mut insert, row * ATTEMPT_END_PARAMS, a)?;
+            }
+            insert.raw_execute()?;
+        }
         tx.commit()?;
         Ok((new_workflows, new_components))
     }
@@ -870,6 +852,67 @@ impl Store for SqliteStore {
             bytes_freed: size_before.saturating_sub(size_after),
         })
     }
+}
+
+/// Rows in one multi-row insert of attempt ends: fewer statement runs per
+/// row, well under SQLite's limit on parameters.
+const ROWS_PER_INSERT: usize = 16;
+
+/// Parameters of one attempt-end row.
+const ATTEMPT_END_PARAMS: usize = 21;
+
+/// The upserts of 1 to [`ROWS_PER_INSERT`] attempt-end rows.
+static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
+    let sql = |rows: usize| {
+        let row = format!("({})", ["?"; ATTEMPT_END_PARAMS].join(", "));
+        format!(
+            "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
+                 started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
+                 component, fuel_limit, memory_limit, time_limit_us, started_us)
+             VALUES {}
+             ON CONFLICT (run, step, item, attempt) DO UPDATE SET
+                 status = excluded.status, last = excluded.last, outcome = excluded.outcome,
+                 message = excluded.message, finished_at = excluded.finished_at,
+                 duration_us = excluded.duration_us, queue_wait_us = excluded.queue_wait_us,
+                 fuel = excluded.fuel, peak_memory = excluded.peak_memory,
+                 output = excluded.output, log = excluded.log, component = excluded.component,
+                 fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
+                 time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
+            vec![row; rows].join(", ")
+        )
+    };
+    std::array::from_fn(|k| sql(k + 1))
+});
+
+/// Binds `a` to the [`ATTEMPT_END_PARAMS`] parameters after `offset`.
+fn bind_attempt_end(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    offset: usize,
+    a: &AttemptEnd,
+) -> rusqlite::Result<()> {
+    let at = |k: usize| offset + k;
+    stmt.raw_bind_parameter(at(1), a.run as i64)?;
+    stmt.raw_bind_parameter(at(2), &*a.step)?;
+    stmt.raw_bind_parameter(at(3), item_key(a.item))?;
+    stmt.raw_bind_parameter(at(4), a.attempt)?;
+    stmt.raw_bind_parameter(at(5), a.status.as_str())?;
+    stmt.raw_bind_parameter(at(6), a.last)?;
+    stmt.raw_bind_parameter(at(7), a.outcome)?;
+    stmt.raw_bind_parameter(at(8), &a.message)?;
+    stmt.raw_bind_parameter(at(9), a.started_us / 1000)?;
+    stmt.raw_bind_parameter(at(10), a.at)?;
+    stmt.raw_bind_parameter(at(11), micros(a.usage.duration))?;
+    stmt.raw_bind_parameter(at(12), micros(a.usage.queue_wait))?;
+    stmt.raw_bind_parameter(at(13), a.usage.fuel as i64)?;
+    stmt.raw_bind_parameter(at(14), a.usage.peak_memory as i64)?;
+    stmt.raw_bind_parameter(at(15), &a.output)?;
+    stmt.raw_bind_parameter(at(16), &a.log)?;
+    stmt.raw_bind_parameter(at(17), &*a.component)?;
+    stmt.raw_bind_parameter(at(18), a.limits.fuel as i64)?;
+    stmt.raw_bind_parameter(at(19), a.limits.memory as i64)?;
+    stmt.raw_bind_parameter(at(20), micros(a.limits.time))?;
+    stmt.raw_bind_parameter(at(21), a.started_us)?;
+    Ok(())
 }
 
 fn item_key(item: Option<u32>) -> i64 {

@@ -362,3 +362,60 @@ fn listing_filters_by_status_and_workflow() {
             .is_empty()
     );
 }
+
+#[test]
+fn attempt_ends_written_many_rows_per_statement_each_land_in_their_own_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    // Item 3 started in an earlier commit: its end must overwrite that row.
+    store
+        .write(&[
+            Event::WorkflowDefined(workflow()),
+            accepted(1),
+            Event::AttemptStarted {
+                run: 1,
+                step: "fan".into(),
+                item: Some(3),
+                attempt: 1,
+                at: now_millis(),
+            },
+        ])
+        .unwrap();
+    // Two full multi-row statements and a remainder, with other events
+    // between the ends, and one item that failed before it succeeded.
+    let mut batch = Vec::new();
+    for item in 0..37u32 {
+        batch.push(ended(1, "fan", Some(item), 1, AttemptStatus::Completed, true));
+        if item % 10 == 0 {
+            batch.push(Event::StateWritten {
+                run: 1,
+                key: format!("k{item}"),
+                value: item.to_string(),
+            });
+        }
+    }
+    batch.push(ended(1, "fan", Some(40), 1, AttemptStatus::Failed, false));
+    batch.push(ended(1, "fan", Some(40), 2, AttemptStatus::Completed, true));
+    store.write(&batch).unwrap();
+
+    let history = store.history(1).unwrap().unwrap();
+    let mut rows: Vec<_> = history
+        .attempts
+        .iter()
+        .map(|a| (a.item.unwrap(), a.attempt, a.status, a.output.clone()))
+        .collect();
+    rows.sort_by_key(|r| (r.0, r.1));
+    let mut expected: Vec<_> = (0..37u32)
+        .map(|item| (item, 1, AttemptStatus::Completed, Some(b"42".to_vec())))
+        .collect();
+    expected.push((40, 1, AttemptStatus::Failed, None));
+    expected.push((40, 2, AttemptStatus::Completed, Some(b"42".to_vec())));
+    assert_eq!(rows, expected);
+    let started = history.attempts.iter().find(|a| a.item == Some(3)).unwrap();
+    assert_eq!(
+        started.usage.fuel, 1000,
+        "the end did not overwrite the start row"
+    );
+    assert_eq!(started.limits.fuel, 2000);
+    assert_eq!(history.state.len(), 4);
+}
