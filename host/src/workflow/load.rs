@@ -83,9 +83,8 @@ impl fmt::Display for StepName<'_> {
     }
 }
 
-/// A step as read, before the graph is checked.
-struct RawStep<'n> {
-    def: StepDef,
+/// What a step's definition names of other steps, before the graph is checked.
+struct Links<'n> {
     /// Each need with where it is written.
     needs: Vec<(&'n str, Location)>,
     /// Every `steps.ID` used in the step's templates, with where.
@@ -133,37 +132,43 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     if step_nodes.is_empty() {
         return Err((steps_node.loc, WorkflowErrorKind::EmptyWorkflow));
     }
-    let mut raw = Vec::with_capacity(step_nodes.len());
+    // Definitions and the links still to resolve live apart, so the
+    // definitions move into the workflow as they are, without a copy.
+    let mut defs = Vec::with_capacity(step_nodes.len());
+    let mut links = Vec::with_capacity(step_nodes.len());
     for (n, step) in step_nodes.iter().enumerate() {
-        raw.push(read_step(step, n, dir, &default_limits, &default_retry)?);
+        let (def, link) = read_step(step, n, dir, &default_limits, &default_retry)?;
+        defs.push(def);
+        links.push(link);
     }
 
     // Ids are unique.
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(raw.len());
-    for (i, step) in raw.iter().enumerate() {
-        if let Some(&first) = index.get(&step.def.id) {
+    let mut index: HashMap<String, usize, _> =
+        HashMap::with_capacity_and_hasher(defs.len(), foldhash::fast::RandomState::default());
+    for (i, def) in defs.iter().enumerate() {
+        if let Some(&first) = index.get(&def.id) {
             return Err((
-                step.def.location,
+                def.location,
                 WorkflowErrorKind::DuplicateId {
-                    id: step.def.id.clone(),
-                    first: raw[first].def.location,
+                    id: def.id.clone(),
+                    first: defs[first].location,
                 },
             ));
         }
-        index.insert(step.def.id.clone(), i);
+        index.insert(def.id.clone(), i);
     }
 
     // Needs name steps.
-    let mut needs_idx: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
-    for step in &mut raw {
-        let mut list = Vec::with_capacity(step.needs.len());
-        let mut names = Vec::with_capacity(step.needs.len());
-        for (need, loc) in &step.needs {
+    let mut needs_idx: Vec<Vec<usize>> = Vec::with_capacity(defs.len());
+    for (def, link) in defs.iter_mut().zip(&links) {
+        let mut list = Vec::with_capacity(link.needs.len());
+        let mut names = Vec::with_capacity(link.needs.len());
+        for (need, loc) in &link.needs {
             let Some(&j) = index.get(*need) else {
                 return Err((
                     *loc,
                     WorkflowErrorKind::UnknownNeed {
-                        step: step.def.id.clone(),
+                        step: def.id.clone(),
                         need: (*need).to_owned(),
                     },
                 ));
@@ -173,13 +178,13 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
                 names.push((*need).to_owned());
             }
         }
-        step.def.needs = names;
+        def.needs = names;
         needs_idx.push(list);
     }
 
     // Templates name steps.
-    for step in &raw {
-        for (id, loc) in &step.refs {
+    for link in &links {
+        for (id, loc) in &link.refs {
             if !index.contains_key(&**id) {
                 return Err((
                     *loc,
@@ -198,11 +203,10 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     }
 
     // The graph is acyclic.
-    let weights: Vec<u64> = raw
+    let weights: Vec<u64> = defs
         .iter()
-        .map(|s| {
-            s.def
-                .limits
+        .map(|def| {
+            def.limits
                 .timeout
                 .map_or(1, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
         })
@@ -212,33 +216,33 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         Ordered::Cycle(cycle) => {
             let first = cycle[0];
             let second = cycle.get(1).copied().unwrap_or(first);
-            let loc = raw[first]
+            let loc = links[first]
                 .needs
                 .iter()
-                .find(|(name, _)| *name == raw[second].def.id)
-                .map_or(raw[first].def.location, |&(_, loc)| loc);
-            let mut path: Vec<String> = cycle.iter().map(|&i| raw[i].def.id.clone()).collect();
-            path.push(raw[first].def.id.clone());
+                .find(|(name, _)| *name == defs[second].id)
+                .map_or(defs[first].location, |&(_, loc)| loc);
+            let mut path: Vec<String> = cycle.iter().map(|&i| defs[i].id.clone()).collect();
+            path.push(defs[first].id.clone());
             return Err((loc, WorkflowErrorKind::Cycle { path }));
         }
     };
 
     // Templates only use steps that are needed, directly or transitively.
-    let mut level = vec![0usize; raw.len()];
+    let mut level = vec![0usize; defs.len()];
     for (n, steps) in plan.levels.iter().enumerate() {
         for &s in steps {
             level[s] = n;
         }
     }
-    let mut reach = Reach::new(raw.len());
-    for (i, step) in raw.iter().enumerate() {
-        for (id, loc) in &step.refs {
+    let mut reach = Reach::new(defs.len());
+    for (i, link) in links.iter().enumerate() {
+        for (id, loc) in &link.refs {
             let j = index[&**id];
             if !reach.needs(i, j, &plan.needs, &level) {
                 return Err((
                     *loc,
                     WorkflowErrorKind::NotNeeded {
-                        step: step.def.id.clone(),
+                        step: defs[i].id.clone(),
                         used: id.to_string(),
                     },
                 ));
@@ -246,7 +250,8 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         }
     }
 
-    let sinks = (0..raw.len())
+    drop(links);
+    let sinks = (0..defs.len())
         .filter(|&i| plan.dependents[i].is_empty())
         .collect();
     Ok(Workflow {
@@ -254,7 +259,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         description,
         timeout,
         output,
-        steps: raw.into_iter().map(|s| s.def).collect(),
+        steps: defs,
         source: source.to_owned(),
         text: Arc::from(""),
         index,
@@ -312,7 +317,7 @@ fn read_step<'n>(
     dir: &Path,
     default_limits: &LimitOverrides,
     default_retry: &RetryPolicy,
-) -> Res<RawStep<'n>> {
+) -> Res<(StepDef, Links<'n>)> {
     let numbered = StepNumber(n + 1);
     let [
         id,
@@ -428,8 +433,8 @@ fn read_step<'n>(
         .transpose()?
         .unwrap_or(false);
 
-    Ok(RawStep {
-        def: StepDef {
+    Ok((
+        StepDef {
             id: id.to_owned(),
             component: dir.join(component),
             needs: Vec::new(),
@@ -441,9 +446,8 @@ fn read_step<'n>(
             location: id_node.loc,
             component_location: component_node.loc,
         },
-        needs,
-        refs,
-    })
+        Links { needs, refs },
+    ))
 }
 
 fn limits(

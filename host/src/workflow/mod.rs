@@ -154,7 +154,9 @@ pub struct Workflow {
     /// The text it was parsed from: what a journal records, so a run
     /// resumes with the definition it started with.
     text: std::sync::Arc<str>,
-    index: HashMap<String, usize>,
+    /// Step id → index. foldhash (seeded per process) rather than SipHash:
+    /// loading a workflow looks up every id and every need here.
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
     plan: Plan,
     sinks: Vec<usize>,
 }
