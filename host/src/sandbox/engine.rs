@@ -42,15 +42,27 @@ pub(super) fn build(
         .total_tables(n.saturating_mul(TABLES_PER_STEP))
         .total_stacks(n)
         .max_memory_size(max_memory)
-        // A Rust step touches a few scattered pages of its first MiB. Where
-        // the kernel can say which pages are dirty (PAGEMAP_SCAN, Linux 6.7+)
-        // only those are reset, with memset, and stay resident: no madvise
-        // and no page faults on the next use of the slot. Elsewhere linear
-        // memory is reset with madvise, in batches.
-        .pagemap_scan(Enabled::Auto)
-        .linear_memory_keep_resident(KEEP_RESIDENT.min(max_memory))
-        .table_keep_resident(TABLE_KEEP_RESIDENT)
         .decommit_batch_size(DECOMMIT_BATCH);
+    // A Rust step touches a few scattered pages of its first MiB. Where the
+    // kernel can say which pages are dirty (PAGEMAP_SCAN, Linux 6.7+) only
+    // those are reset, with memset, and stay resident: no madvise and no page
+    // faults on the next use of the slot. Without it, keeping memory
+    // resident would mean a memset of all of it, so linear memory is reset
+    // with madvise instead, in batches.
+    let in_place = PoolingAllocationConfig::is_pagemap_scan_available();
+    if in_place {
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT.min(max_memory))
+            .table_keep_resident(TABLE_KEEP_RESIDENT);
+    }
+    tracing::debug!(
+        reset = if in_place {
+            "dirty pages, in place"
+        } else {
+            "madvise"
+        },
+        "pooled linear memory reset"
+    );
 
     let stack = usize::try_from(stack.as_u64()).unwrap_or(usize::MAX);
     let mut config = Config::new();
