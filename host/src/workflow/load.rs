@@ -250,7 +250,6 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         }
     }
 
-    drop(links);
     let sinks = (0..defs.len())
         .filter(|&i| plan.dependents[i].is_empty())
         .collect();

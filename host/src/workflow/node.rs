@@ -128,6 +128,7 @@ trait Children<'de> {
     fn some<D: Deserializer<'de>>(d: D) -> Result<Value<'de>, D::Error>;
 }
 
+/// Children read with their positions, from serde-saphyr.
 struct Positioned;
 
 impl<'de> Children<'de> for Positioned {
@@ -141,6 +142,7 @@ impl<'de> Children<'de> for Positioned {
 /// A node read without positions: every location is 0:0.
 struct Flat<'a>(Node<'a>);
 
+/// A mapping key read without its position.
 struct FlatKey<'a>(Text<'a>);
 
 const NOWHERE: Location = Location { line: 0, column: 0 };
