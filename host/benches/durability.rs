@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stepbox::Sandbox;
+use stepbox::bench::append_bench_event;
 use stepbox::policy::Quotas;
 use stepbox::scheduler::{PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig};
-use stepbox::store::{
-    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Durability, Event, Journal, JournalConfig,
-    SqliteStore, now_millis,
-};
+use stepbox::store::{Durability, Journal, JournalConfig, SqliteStore};
 use stepbox::workflow::Workflow;
 
 /// The allocator the `stepbox` binary uses, so the figures are the CLI's.
@@ -169,23 +167,7 @@ fn main() {
             let started = Instant::now();
             let mut last = None;
             for i in 0..N {
-                last = Some(journal.append(Event::AttemptEnded(Box::new(AttemptEnd {
-                    run: i / 8,
-                    step: Arc::clone(&step),
-                    item: Some((i % 8) as u32),
-                    attempt: 1,
-                    component: Arc::clone(&step),
-                    limits: AttemptLimits::default(),
-                    status: AttemptStatus::Completed,
-                    last: true,
-                    outcome: "completed",
-                    message: None,
-                    output: Some(b"{}".to_vec()),
-                    log: None,
-                    usage: AttemptUsage::default(),
-                    started_us: 0,
-                    at: now_millis(),
-                }))));
+                last = Some(journal.append(append_bench_event(i, &step)));
             }
             journal.flush().await.unwrap();
             let _ = last;

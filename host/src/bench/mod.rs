@@ -17,7 +17,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::scenarios::{Scenario, SuiteConfig, run_scenario, scenarios};
+pub use self::scenarios::{Scenario, SuiteConfig, append_bench_event, run_scenario, scenarios};
 
 /// Which way is good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,6 +181,35 @@ fn big_dag(component: &Path, steps: usize) -> String {
     json!({"name": "big", "steps": list}).to_string()
 }
 
+/// Event `i` of the raw journal-append benchmarks: the completed attempt of
+/// item `i % 8` of a step of run `i / 8`, with a small output, as a
+/// fan-out writes them. `step` names the step and its component.
+///
+/// ```
+/// let step: std::sync::Arc<str> = "step".into();
+/// let event = stepbox::bench::append_bench_event(9, &step);
+/// assert!(matches!(event, stepbox::store::Event::AttemptEnded(a) if a.run == 1 && a.item == Some(1)));
+/// ```
+pub fn append_bench_event(i: u64, step: &Arc<str>) -> Event {
+    Event::AttemptEnded(Box::new(AttemptEnd {
+        run: i / 8,
+        step: Arc::clone(step),
+        item: Some((i % 8) as u32),
+        attempt: 1,
+        component: Arc::clone(step),
+        limits: AttemptLimits::default(),
+        status: AttemptStatus::Completed,
+        last: true,
+        outcome: "completed",
+        message: None,
+        output: Some(b"{}".to_vec()),
+        log: None,
+        usage: AttemptUsage::default(),
+        started_us: 0,
+        at: now_millis(),
+    }))
+}
+
 /// Runs one repetition of `scenario` and returns its figure.
 ///
 /// # Errors
@@ -301,23 +330,7 @@ pub async fn run_scenario(
             let n = q(500_000, 20_000) as u64;
             let t = Instant::now();
             for i in 0..n {
-                journal.append(Event::AttemptEnded(Box::new(AttemptEnd {
-                    run: i / 8,
-                    step: Arc::clone(&step),
-                    item: Some((i % 8) as u32),
-                    attempt: 1,
-                    component: Arc::clone(&step),
-                    limits: AttemptLimits::default(),
-                    status: AttemptStatus::Completed,
-                    last: true,
-                    outcome: "completed",
-                    message: None,
-                    output: None,
-                    log: None,
-                    usage: AttemptUsage::default(),
-                    started_us: 0,
-                    at: now_millis(),
-                })));
+                journal.append(append_bench_event(i, &step));
             }
             journal.flush().await.map_err(|e| e.to_string())?;
             tokio::time::sleep(delay).await;

@@ -453,19 +453,12 @@ impl SqliteStore {
         if chunks.len() > 0 {
             let mut insert = tx.prepare_cached(&END_ATTEMPT_SQL[ROWS_PER_INSERT - 1])?;
             for chunk in &mut chunks {
-                for (row, a) in chunk.iter().enumerate() {
-                    bind_attempt_end(&mut insert, row * ATTEMPT_END_PARAMS, a)?;
-                }
-                insert.raw_execute()?;
+                insert_attempt_ends(&mut insert, chunk)?;
             }
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut insert = tx.prepare_cached(&END_ATTEMPT_SQL[rest.len() - 1])?;
-            for (row, a) in rest.iter().enumerate() {
-                bind_attempt_end(&mut insert, row * ATTEMPT_END_PARAMS, a)?;
-            }
-            insert.raw_execute()?;
+            insert_attempt_ends(&mut tx.prepare_cached(&END_ATTEMPT_SQL[rest.len() - 1])?, rest)?;
         }
         tx.commit()?;
         Ok((new_workflows, new_components))
@@ -883,6 +876,17 @@ static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
     };
     std::array::from_fn(|k| sql(k + 1))
 });
+
+/// Runs `insert`, an upsert of exactly `rows.len()` attempt ends, on `rows`.
+fn insert_attempt_ends(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    rows: &[&AttemptEnd],
+) -> rusqlite::Result<()> {
+    for (row, a) in rows.iter().enumerate() {
+        bind_attempt_end(insert, row * ATTEMPT_END_PARAMS, a)?;
+    }
+    insert.raw_execute().map(drop)
+}
 
 /// Binds `a` to the [`ATTEMPT_END_PARAMS`] parameters after `offset`.
 fn bind_attempt_end(

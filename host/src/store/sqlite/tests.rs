@@ -78,6 +78,16 @@ fn ended(
     }))
 }
 
+fn started(run: RunId, step: &str, item: Option<u32>, attempt: u32) -> Event {
+    Event::AttemptStarted {
+        run,
+        step: step.into(),
+        item,
+        attempt,
+        at: now_millis(),
+    }
+}
+
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("s.db"), Durability::Strict).unwrap()
 }
@@ -95,23 +105,11 @@ fn an_incomplete_run_comes_back_with_its_code_completed_units_and_state() {
                 run: 1,
                 at: now_millis(),
             },
-            Event::AttemptStarted {
-                run: 1,
-                step: "a".into(),
-                item: None,
-                attempt: 1,
-                at: now_millis(),
-            },
+            started(1, "a", None, 1),
             ended(1, "a", None, 1, AttemptStatus::Failed, false),
             ended(1, "a", None, 2, AttemptStatus::Completed, true),
             ended(1, "b", Some(0), 1, AttemptStatus::Completed, true),
-            Event::AttemptStarted {
-                run: 1,
-                step: "b".into(),
-                item: Some(1),
-                attempt: 1,
-                at: now_millis(),
-            },
+            started(1, "b", Some(1), 1),
             Event::StateWritten {
                 run: 1,
                 key: "n".into(),
@@ -372,13 +370,7 @@ fn attempt_ends_written_many_rows_per_statement_each_land_in_their_own_row() {
         .write(&[
             Event::WorkflowDefined(workflow()),
             accepted(1),
-            Event::AttemptStarted {
-                run: 1,
-                step: "fan".into(),
-                item: Some(3),
-                attempt: 1,
-                at: now_millis(),
-            },
+            started(1, "fan", Some(3), 1),
         ])
         .unwrap();
     // Two full multi-row statements and a remainder, with other events
