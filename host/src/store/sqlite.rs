@@ -55,7 +55,7 @@ CREATE TABLE runs (
     lease_until INTEGER,
     collected INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX runs_incomplete ON runs (id) WHERE status IN ('accepted', 'running', 'interrupted');
+CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE TABLE attempts (
     run INTEGER NOT NULL,
     step TEXT NOT NULL,
@@ -88,7 +88,20 @@ CREATE TABLE state (
 ) WITHOUT ROWID;
 ";
 
-const INCOMPLETE: &str = "('accepted', 'running', 'interrupted')";
+/// Which runs are incomplete (accepted, running or interrupted): only a
+/// final status sets `finished_at`. A test of a column, not a list of
+/// statuses, because SQLite evaluates a partial index's `IN` list through a
+/// temporary table on every insert and update of a run.
+const INCOMPLETE: &str = "finished_at IS NULL";
+
+/// For the batch's own bookkeeping: its keys come from this host's events.
+type FastHash = foldhash::fast::RandomState;
+
+/// Files written before `runs_unfinished` index incomplete runs by status.
+const MIGRATE_INCOMPLETE_INDEX: &str = "
+DROP INDEX IF EXISTS runs_incomplete;
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (id) WHERE finished_at IS NULL;
+";
 
 /// A journal in a SQLite database file.
 ///
@@ -261,6 +274,22 @@ impl SqliteStore {
             ))
             .map_err(err)?;
             tx.commit().map_err(err)?;
+        } else {
+            let old_index: bool = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'runs_incomplete'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            if old_index {
+                // Same format: an older build reading the file still finds
+                // every run, only without the index's help.
+                let tx = self.conn.transaction().map_err(err)?;
+                tx.execute_batch(MIGRATE_INCOMPLETE_INDEX).map_err(err)?;
+                tx.commit().map_err(err)?;
+            }
         }
         Ok(())
     }
@@ -306,8 +335,8 @@ impl SqliteStore {
         // What ends within the batch need not be written as started first:
         // under load most attempts start and end within one commit.
         // (Only worth the hashing when the batch holds starts to skip.)
-        let mut ended_attempts: HashSet<(RunId, &str, Option<u32>, u32)> = HashSet::new();
-        let mut ended_runs: HashMap<RunId, Option<Millis>> = HashMap::new();
+        let mut ended_attempts: HashSet<(RunId, &str, Option<u32>, u32), FastHash> = HashSet::default();
+        let mut ended_runs: HashMap<RunId, Option<Millis>, FastHash> = HashMap::default();
         let has_starts = events
             .iter()
             .any(|e| matches!(e, Event::AttemptStarted { .. } | Event::RunStarted { .. }));
@@ -629,7 +658,7 @@ impl Store for SqliteStore {
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(&format!(
-                "UPDATE runs SET lease_until = ?2 WHERE owner = ?1 AND status IN {INCOMPLETE}"
+                "UPDATE runs SET lease_until = ?2 WHERE owner = ?1 AND {INCOMPLETE}"
             ))
             .and_then(|mut s| s.execute(params![owner, until]))
             .map(drop)
@@ -642,13 +671,13 @@ impl Store for SqliteStore {
         let claimed: Vec<(i64, String, Option<Vec<u8>>)> = {
             let tx = self.conn.transaction().map_err(|e| sql_error(&self.path, e))?;
             tx.execute(
-                &format!("UPDATE runs SET owner = ?1, lease_until = ?2 WHERE status IN {INCOMPLETE}"),
+                &format!("UPDATE runs SET owner = ?1, lease_until = ?2 WHERE {INCOMPLETE}"),
                 params![owner, until],
             )
             .map_err(|e| sql_error(&self.path, e))?;
             let rows = tx
                 .prepare(&format!(
-                    "SELECT id, workflow, input FROM runs WHERE status IN {INCOMPLETE} ORDER BY id"
+                    "SELECT id, workflow, input FROM runs WHERE {INCOMPLETE} ORDER BY id"
                 ))
                 .and_then(|mut s| {
                     s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?

@@ -88,6 +88,16 @@ fn started(run: RunId, step: &str, item: Option<u32>, attempt: u32) -> Event {
     }
 }
 
+fn run_ended(run: RunId, status: RunState, error: Option<&str>) -> Event {
+    Event::RunEnded {
+        run,
+        status,
+        output: None,
+        error: error.map(Into::into),
+        at: now_millis(),
+    }
+}
+
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("s.db"), Durability::Strict).unwrap()
 }
@@ -325,13 +335,7 @@ fn listing_filters_by_status_and_workflow() {
             Event::WorkflowDefined(workflow()),
             accepted(1),
             accepted(2),
-            Event::RunEnded {
-                run: 1,
-                status: RunState::Failed,
-                output: None,
-                error: Some("boom".into()),
-                at: now_millis(),
-            },
+            run_ended(1, RunState::Failed, Some("boom")),
         ])
         .unwrap();
     let failed = store
@@ -410,4 +414,41 @@ fn attempt_ends_written_many_rows_per_statement_each_land_in_their_own_row() {
     );
     assert_eq!(started.limits.fuel, 2000);
     assert_eq!(history.state.len(), 4);
+}
+
+#[test]
+fn a_journal_indexed_by_status_is_reindexed_and_keeps_its_incomplete_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .write(&[
+            Event::WorkflowDefined(workflow()),
+            accepted(1),
+            accepted(2),
+            run_ended(2, RunState::Succeeded, None),
+        ])
+        .unwrap();
+    // As the first builds wrote it.
+    store
+        .conn
+        .execute_batch(
+            "DROP INDEX runs_unfinished;
+             CREATE INDEX runs_incomplete ON runs (id) WHERE status IN ('accepted', 'running', 'interrupted');",
+        )
+        .unwrap();
+    drop(store);
+
+    let mut store = open(&dir);
+    let indexes: Vec<String> = store
+        .conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'runs' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(indexes, ["runs_unfinished"]);
+    let runs = store.claim_incomplete("b:2", now_millis() + 1000).unwrap();
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
+    store.check_integrity().unwrap();
 }
