@@ -338,7 +338,7 @@ impl Shared {
                 let journaled = attempts.journaled;
                 let output = attempts.output();
                 attempts.fill(&mut report);
-                if !self.durable(journaled).await {
+                if !self.durable_for_dependents(i, journaled).await {
                     report.status = StepStatus::Interrupted;
                     return (report, None);
                 }
@@ -364,6 +364,18 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// Waits, as [`Shared::durable`], for step `i`'s completion to be
+    /// durable, if another step depends on it. A step nothing depends on
+    /// need not wait: the run's ending, appended after it, is awaited in
+    /// [`Shared::finish`], and a commit that holds the ending holds every
+    /// event before it. That spares a run one commit's wait per sink step.
+    async fn durable_for_dependents(&self, i: usize, ticket: Option<Ticket>) -> bool {
+        if self.wf.plan.dependents[i].is_empty() {
+            return self.inner.journal.as_ref().is_none_or(|j| j.status().is_ok());
+        }
+        self.durable(ticket).await
     }
 
     /// Whether the host, not the run's owner, is stopping it: a shutdown or
@@ -465,7 +477,7 @@ impl Shared {
         let failed_for_real = first_failure
             .as_ref()
             .is_some_and(|(_, f)| f.outcome.kind() != OutcomeKind::Cancelled);
-        if !self.durable(journaled).await || (interrupted && !failed_for_real) {
+        if !self.durable_for_dependents(i, journaled).await || (interrupted && !failed_for_real) {
             report.status = StepStatus::Interrupted;
             report.outcome = Some(OutcomeKind::Cancelled);
             report.message = Some(format!("interrupted after {finished} of {total} items"));
@@ -730,9 +742,7 @@ impl Shared {
         submitted: Instant,
         started: Instant,
     ) -> WorkflowReport {
-        let report = self.report(steps, output, submitted, started);
-        tracing::debug!(run = self.id, workflow = %report.workflow, status = ?report.status, "run ended");
-        self.inner.metrics.observe_workflow(report.status.as_str());
+        let mut report = self.report(steps, output, submitted, started);
         if let Some(journal) = &self.inner.journal {
             let status = match report.status {
                 RunStatus::Succeeded => RunState::Succeeded,
@@ -747,8 +757,23 @@ impl Shared {
                 error: report.error.clone(),
                 at: now_millis(),
             });
-            self.durable(Some(ticket)).await;
+            if !self.durable(Some(ticket)).await && report.status != RunStatus::Interrupted {
+                // Its ending (and maybe its last steps' completions) is not
+                // recorded, so the run resumes on the next start: it has
+                // not finished, whatever it computed.
+                let why = self
+                    .inner
+                    .fatal
+                    .get()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                report.status = RunStatus::Interrupted;
+                report.output = None;
+                report.error = Some(format!("interrupted: {why}"));
+            }
         }
+        tracing::debug!(run = self.id, workflow = %report.workflow, status = ?report.status, "run ended");
+        self.inner.metrics.observe_workflow(report.status.as_str());
         report
     }
 
