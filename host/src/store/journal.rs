@@ -5,14 +5,18 @@
 //! transaction and publishes the ticket it reached. A run that must not go on
 //! before its events are durable awaits its ticket; while one commit's fsync
 //! runs, the next batch fills up, so throughput grows with the number of
-//! runs instead of falling to one fsync per step.
+//! runs instead of falling to one fsync per step. Waiters queue by ticket,
+//! and a commit wakes only those it satisfies: with thousands of runs
+//! waiting, waking them all on every commit costs more than the SQL.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::{DEFAULT_LEASE, Durability, Event, RecoveredRun, RunId, Store, StoreError, now_millis};
 
@@ -94,8 +98,9 @@ pub struct Journal {
 struct Shared {
     buffer: Mutex<Buffer>,
     wake: Condvar,
-    /// How far the writer got, and the failure that stopped it, if one did.
-    written: watch::Sender<Progress>,
+    /// How far the writer got, the failure that stopped it if one did, and
+    /// who waits for more.
+    progress: Mutex<Progress>,
     durability: Durability,
     owner: Arc<str>,
     lease: Duration,
@@ -107,10 +112,74 @@ struct Shared {
 
 /// How far the writer got. A ticket written before a failure stays
 /// written: the failure only concerns what came after.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct Progress {
     written: u64,
     failed: Option<StoreError>,
+    /// Gone: the writer thread has ended, and nothing more will be written.
+    ended: bool,
+    /// Waiters, the lowest ticket first.
+    waiting: BinaryHeap<Reverse<Waiter>>,
+}
+
+/// A task waiting for a ticket: told (or dropped) once it is written, or
+/// once nothing more will be.
+#[derive(Debug)]
+struct Waiter {
+    ticket: u64,
+    wake: oneshot::Sender<()>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.ticket == other.ticket
+    }
+}
+
+impl Eq for Waiter {}
+
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.ticket.cmp(&other.ticket)
+    }
+}
+
+impl Progress {
+    /// What a waiter for `ticket` hears now, if it need not wait.
+    fn outcome(&self, ticket: u64) -> Option<Result<(), StoreError>> {
+        if self.written >= ticket {
+            return Some(Ok(()));
+        }
+        if let Some(e) = &self.failed {
+            return Some(Err(StoreError::Stopped(Box::new(e.clone()))));
+        }
+        self.ended.then(|| {
+            Err(StoreError::Other {
+                path: "(journal)".into(),
+                detail: "the journal was closed before these events were written".into(),
+            })
+        })
+    }
+
+    /// Wakes the waiters whose tickets are written; all of them once the
+    /// writer failed or ended (they then hear why).
+    fn wake(&mut self) {
+        let all = self.failed.is_some() || self.ended;
+        while let Some(Reverse(first)) = self.waiting.peek() {
+            if !all && first.ticket > self.written {
+                break;
+            }
+            if let Some(Reverse(waiter)) = self.waiting.pop() {
+                let _ = waiter.wake.send(());
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -162,11 +231,10 @@ impl Journal {
         let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
         let recovered = store.claim_incomplete(&config.owner, now_millis().saturating_add(lease_ms))?;
         let next_run = store.next_run_id()?;
-        let (written, _) = watch::channel(Progress::default());
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer::default()),
             wake: Condvar::new(),
-            written,
+            progress: Mutex::new(Progress::default()),
             durability: config.durability,
             owner: config.owner.into(),
             lease: config.lease,
@@ -256,18 +324,26 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer.
     pub async fn written(&self, ticket: Ticket) -> Result<(), StoreError> {
-        let mut rx = self.shared.written.subscribe();
-        let seen = rx
-            .wait_for(|p| p.written >= ticket.0 || p.failed.is_some())
-            .await
-            .map_err(|_| StoreError::Other {
+        let woken = {
+            let mut progress = lock(&self.shared.progress);
+            if let Some(outcome) = progress.outcome(ticket.0) {
+                return outcome;
+            }
+            let (wake, woken) = oneshot::channel();
+            progress.waiting.push(Reverse(Waiter {
+                ticket: ticket.0,
+                wake,
+            }));
+            woken
+        };
+        // Told or dropped, the outcome is in the progress either way.
+        let _ = woken.await;
+        lock(&self.shared.progress).outcome(ticket.0).unwrap_or_else(|| {
+            Err(StoreError::Other {
                 path: "(journal)".into(),
                 detail: "the journal's writer is gone".into(),
-            })?;
-        match &seen.failed {
-            Some(e) if seen.written < ticket.0 => Err(StoreError::Stopped(Box::new(e.clone()))),
-            _ => Ok(()),
-        }
+            })
+        })
     }
 
     /// Writes everything appended so far, now, and waits for it.
@@ -302,7 +378,7 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped it.
     pub fn status(&self) -> Result<(), StoreError> {
-        match &self.shared.written.borrow().failed {
+        match &lock(&self.shared.progress).failed {
             None => Ok(()),
             Some(e) => Err(StoreError::Stopped(Box::new(e.clone()))),
         }
@@ -359,7 +435,15 @@ impl Shared {
 
     /// The writer thread: waits for events, writes each batch in one
     /// transaction, publishes how far it got; renews leases while idle.
-    fn run(&self, mut store: Box<dyn Store>, window: Duration) {
+    /// Once it ends, waiters still waiting hear that nothing more is written.
+    fn run(&self, store: Box<dyn Store>, window: Duration) {
+        self.write_until_closed(store, window);
+        let mut progress = lock(&self.progress);
+        progress.ended = true;
+        progress.wake();
+    }
+
+    fn write_until_closed(&self, mut store: Box<dyn Store>, window: Duration) {
         let renew_every = (self.lease / 3).max(Duration::from_millis(10));
         let mut last_renewal = Instant::now();
         let mut last_commit = Instant::now();
@@ -442,7 +526,9 @@ impl Shared {
             batch.clear();
             match result {
                 Ok(()) => {
-                    self.written.send_modify(|p| p.written = ticket);
+                    let mut progress = lock(&self.progress);
+                    progress.written = ticket;
+                    progress.wake();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the journal stopped");
@@ -450,7 +536,9 @@ impl Shared {
                     buffer.failed = true;
                     buffer.events.clear();
                     drop(buffer);
-                    self.written.send_modify(|p| p.failed = Some(e));
+                    let mut progress = lock(&self.progress);
+                    progress.failed = Some(e);
+                    progress.wake();
                     return;
                 }
             }
@@ -516,6 +604,58 @@ mod tests {
         assert_eq!(reader.runs(&RunFilter::default()).unwrap().len(), 100);
         assert!(journal.stats().commits <= 2, "{:?}", journal.stats());
         journal.close().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_on_many_tickets_each_return_once_theirs_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("j.db"), Durability::Strict).unwrap();
+        let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..500 {
+            let journal = journal.clone();
+            tasks.spawn(async move {
+                let id = journal.next_run_id();
+                let ticket = journal.append(accepted(&journal, id));
+                journal.durable(ticket).await.map(|()| id)
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            ids.push(done.unwrap().unwrap());
+        }
+        let mut reader = SqliteStore::open_read_only(&dir.path().join("j.db")).unwrap();
+        let written: Vec<RunId> = reader
+            .runs(&RunFilter::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        for id in ids {
+            assert!(
+                written.contains(&id),
+                "run {id} was reported durable but is not in the file"
+            );
+        }
+        journal.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_for_events_appended_after_close_hears_so_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("j.db"), Durability::Strict).unwrap();
+        let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+        let other = journal.clone();
+        tokio::task::spawn_blocking(move || other.close())
+            .await
+            .unwrap()
+            .unwrap();
+        let ticket = journal.append(accepted(&journal, 1));
+        let outcome = tokio::time::timeout(Duration::from_secs(10), journal.durable(ticket))
+            .await
+            .expect("the waiter must not hang");
+        let err = outcome.unwrap_err();
+        assert!(err.to_string().contains("closed"), "{err}");
     }
 
     #[tokio::test]
