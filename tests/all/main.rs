@@ -59,12 +59,24 @@ impl TestSandbox {
             .await
     }
 
-    /// What is left in the sandbox's scratch root: nothing, once all runs ended.
+    /// What is left in the sandbox's scratch root, beside the empty shard
+    /// directories that hold instance directories: nothing, once all runs
+    /// ended.
     fn scratch_leftovers(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.sandbox.scratch_dir())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect()
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir(self.sandbox.scratch_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            let shard = path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('s'));
+            if shard {
+                left.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                left.push(path);
+            }
+        }
+        left
     }
 
     /// Open descriptors of this process that point into the scratch root.

@@ -15,12 +15,28 @@ pub(crate) struct ScratchDir {
 }
 
 impl ScratchDir {
-    /// Creates `<root>/<n>` with a name no other live instance uses.
+    /// Creates `<root>/s<k>/i<n>` with a name no other live instance uses.
+    ///
+    /// Consecutive instances go to different shard directories: creating
+    /// and removing entries locks the parent directory, and with one parent
+    /// for all, threads starting steps at once queue on that lock.
     pub(crate) fn create(root: &Path) -> io::Result<ScratchDir> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        const SHARDS: u64 = 16;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = root.join(format!("i{n}"));
-        std::fs::create_dir(&path)?;
+        let shard = root.join(format!("s{}", n % SHARDS));
+        let path = shard.join(format!("i{n}"));
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The shard's first instance (another may create it at once).
+                match std::fs::create_dir(&shard) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                }
+                std::fs::create_dir(&path)?;
+            }
+            other => other?,
+        }
         Ok(ScratchDir { path })
     }
 
@@ -62,7 +78,7 @@ mod tests {
         drop(dir);
         assert!(!path.exists());
         assert!(Path::new("/etc").exists(), "the symlink target must survive");
-        std::fs::remove_dir(&root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -73,6 +89,6 @@ mod tests {
         let b = ScratchDir::create(&root).unwrap();
         assert_ne!(a.path(), b.path());
         drop((a, b));
-        std::fs::remove_dir(&root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
