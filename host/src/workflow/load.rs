@@ -132,7 +132,15 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     if step_nodes.is_empty() {
         return Err((steps_node.loc, WorkflowErrorKind::EmptyWorkflow));
     }
-    let (mut defs, links) = read_steps(step_nodes, dir, &default_limits, &default_retry)?;
+    // Definitions and the links still to resolve live apart, so the
+    // definitions move into the workflow as they are, without a copy.
+    let mut defs = Vec::with_capacity(step_nodes.len());
+    let mut links = Vec::with_capacity(step_nodes.len());
+    for (n, step) in step_nodes.iter().enumerate() {
+        let (def, link) = read_step(step, n, dir, &default_limits, &default_retry)?;
+        defs.push(def);
+        links.push(link);
+    }
 
     // Ids are unique.
     let mut index: HashMap<String, usize, _> =
@@ -300,56 +308,6 @@ impl Reach {
         }
         false
     }
-}
-
-/// From how many steps a workflow's steps are read on two threads: below
-/// it, starting a thread costs more than it saves.
-const READ_IN_PARALLEL_FROM: usize = 2048;
-
-/// Reads every step, in order. Definitions and the links still to resolve
-/// live apart, so the definitions move into the workflow as they are. A
-/// large workflow's second half is read on a second thread (steps are read
-/// independently); the error reported is still the first step's in order.
-fn read_steps<'n>(
-    nodes: &'n [Node<'_>],
-    dir: &Path,
-    default_limits: &LimitOverrides,
-    default_retry: &RetryPolicy,
-) -> Res<(Vec<StepDef>, Vec<Links<'n>>)> {
-    let read = |first: usize, nodes: &'n [Node<'_>]| -> Res<(Vec<StepDef>, Vec<Links<'n>>)> {
-        let mut defs = Vec::with_capacity(nodes.len());
-        let mut links = Vec::with_capacity(nodes.len());
-        for (n, step) in nodes.iter().enumerate() {
-            let (def, link) = read_step(step, first + n, dir, default_limits, default_retry)?;
-            defs.push(def);
-            links.push(link);
-        }
-        Ok((defs, links))
-    };
-    let parallel = nodes.len() >= READ_IN_PARALLEL_FROM
-        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    if !parallel {
-        return read(0, nodes);
-    }
-    let mid = nodes.len() / 2;
-    let (front, back) = nodes.split_at(mid);
-    std::thread::scope(|scope| {
-        let second = std::thread::Builder::new()
-            .name("stepbox-load".into())
-            .spawn_scoped(scope, || read(mid, back));
-        let (mut defs, mut links) = read(0, front)?;
-        // No thread to be had: read the rest here.
-        let back = match second {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(_) => read(mid, back),
-        };
-        let (more_defs, more_links) = back?;
-        defs.extend(more_defs);
-        links.extend(more_links);
-        Ok((defs, links))
-    })
 }
 
 fn read_step<'n>(
@@ -1370,54 +1328,5 @@ steps:
             })
             .unwrap();
         assert_eq!(handle.join().unwrap(), (10_000, 10_000));
-    }
-}
-
-#[cfg(test)]
-mod large {
-    use std::path::Path;
-
-    use super::READ_IN_PARALLEL_FROM;
-    use crate::workflow::Workflow;
-
-    /// A chain of `n` steps as YAML; `bad` steps get an unknown field.
-    fn chain(n: usize, bad: &[usize]) -> String {
-        let mut text = String::from("name: big\nsteps:\n");
-        for i in 0..n {
-            text.push_str(&format!("  - id: s{i}\n    component: s.wasm\n"));
-            if i > 0 {
-                text.push_str(&format!("    needs: [s{}]\n", i - 1));
-            }
-            if bad.contains(&i) {
-                text.push_str("    colour: red\n");
-            }
-        }
-        text
-    }
-
-    #[test]
-    fn steps_read_on_two_threads_keep_their_order_and_links() {
-        let n = READ_IN_PARALLEL_FROM * 2 + 1;
-        let wf = Workflow::from_str(&chain(n, &[]), Path::new("big.yaml")).unwrap();
-        assert_eq!(wf.steps.len(), n);
-        for (i, step) in wf.steps.iter().enumerate() {
-            assert_eq!(step.id, format!("s{i}"));
-            assert_eq!(wf.step_index(&step.id), Some(i));
-        }
-        assert_eq!(wf.plan().levels.len(), n, "a chain has one step per level");
-    }
-
-    #[test]
-    fn the_first_bad_step_in_order_is_reported_whichever_thread_read_it() {
-        let n = READ_IN_PARALLEL_FROM * 2;
-        let path = Path::new("big.yaml");
-        // One in each half: the first half's wins.
-        let err = Workflow::from_str(&chain(n, &[n - 10, 20]), path).unwrap_err();
-        assert!(err.to_string().contains("colour"), "{err}");
-        // Lines: two of header, two for s0, three for each later step.
-        assert_eq!(err.line, 3 * 20 + 5, "{err}");
-        // Only in the second half.
-        let err = Workflow::from_str(&chain(n, &[n - 10]), path).unwrap_err();
-        assert_eq!(err.line, 3 * (n - 10) + 5, "{err}");
     }
 }
