@@ -59,13 +59,16 @@ impl TestSandbox {
             .await
     }
 
-    /// What is left in the sandbox's scratch root, beside the empty shard
-    /// directories that hold instance directories: nothing, once all runs
-    /// ended.
+    /// What is left in the sandbox's scratch root, beside its lock file and
+    /// the empty shard directories that hold instance directories: nothing,
+    /// once all runs ended.
     fn scratch_leftovers(&self) -> Vec<PathBuf> {
         let mut left = Vec::new();
         for entry in std::fs::read_dir(self.sandbox.scratch_dir()).unwrap() {
             let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == ".lock") {
+                continue;
+            }
             let shard = path.is_dir()
                 && path
                     .file_name()
@@ -79,9 +82,14 @@ impl TestSandbox {
         left
     }
 
-    /// Open descriptors of this process that point into the scratch root.
+    /// Open descriptors of this process that point into the scratch root,
+    /// beside the sandbox's own lock on it.
     fn descriptors_into_scratch(&self) -> Vec<PathBuf> {
+        let lock = self.sandbox.scratch_dir().join(".lock");
         open_descriptors_under(self.sandbox.scratch_dir())
+            .into_iter()
+            .filter(|path| *path != lock)
+            .collect()
     }
 }
 

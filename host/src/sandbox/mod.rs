@@ -12,6 +12,7 @@ mod engine;
 mod instance;
 mod run;
 mod scratch;
+use self::scratch::ScratchRoot;
 mod step_host;
 
 use std::collections::HashMap;
@@ -221,7 +222,9 @@ impl SandboxBuilder {
                 })
             })
             .transpose()?;
-        let scratch = ScratchRoot::create(self.scratch_parent.as_deref())?;
+        let parent = self.scratch_parent.clone().unwrap_or_else(default_scratch_parent);
+        let scratch = ScratchRoot::create(&parent)
+            .map_err(|(path, source)| SandboxError::Directory { path, source })?;
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 engine,
@@ -275,7 +278,7 @@ impl Sandbox {
     /// The directory under which instances' temporary directories are
     /// created; it is empty whenever no step is running.
     pub fn scratch_dir(&self) -> &Path {
-        &self.inner.scratch.path
+        self.inner.scratch.path()
     }
 
     /// Loads a component file; see [`Sandbox::load_bytes`].
@@ -443,7 +446,7 @@ impl std::fmt::Debug for Sandbox {
         f.debug_struct("Sandbox")
             .field("defaults", &self.inner.defaults)
             .field("available_instances", &self.inner.permits.available_permits())
-            .field("scratch", &self.inner.scratch.path)
+            .field("scratch", &self.inner.scratch.path())
             .finish_non_exhaustive()
     }
 }
@@ -456,73 +459,6 @@ struct StackTier {
     components: moka::sync::Cache<Digest, StepPre<InstanceState>>,
 }
 
-/// The directory holding all of a sandbox's instance directories.
-struct ScratchRoot {
-    path: PathBuf,
-}
-
-impl ScratchRoot {
-    fn create(parent: Option<&Path>) -> Result<ScratchRoot, SandboxError> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let parent = parent.map_or_else(default_scratch_parent, Path::to_owned);
-        let error = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SandboxError::Directory { path, source }
-        };
-        std::fs::create_dir_all(&parent).map_err(error(&parent))?;
-        sweep_dead_roots(&parent);
-        let name = format!(
-            "stepbox-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = parent.join(name);
-        create_empty(&path).map_err(error(&path))?;
-        Ok(ScratchRoot { path })
-    }
-}
-
-/// Creates the directory `path`, emptying it first if it exists: a root by
-/// this name was left by a killed process that had this pid (nothing alive
-/// owns it, as this process numbers its roots), and a step must start in an
-/// empty directory.
-fn create_empty(path: &Path) -> std::io::Result<()> {
-    match std::fs::create_dir(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_dir_all(path)?;
-            std::fs::create_dir(path)
-        }
-        other => other,
-    }
-}
-
-/// Removes the scratch roots of hosts that were killed before they could
-/// remove their own: `stepbox-PID-N` where no process PID lives. Only where
-/// `/proc` says which processes live; failures are left for the next try.
-fn sweep_dead_roots(parent: &Path) {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("stepbox-"))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, n)| n.parse::<u32>().ok().and(pid.parse::<u32>().ok()))
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
 /// `/dev/shm` when it is a writable directory, else the system temp dir.
 fn default_scratch_parent() -> PathBuf {
     let shm = Path::new("/dev/shm");
@@ -531,44 +467,5 @@ fn default_scratch_parent() -> PathBuf {
         shm.to_owned()
     } else {
         std::env::temp_dir()
-    }
-}
-
-impl Drop for ScratchRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_roots_of_dead_hosts_are_swept_and_live_ones_kept() {
-        let parent = tempfile::tempdir().unwrap();
-        // No process has a pid that large; pid 1 always lives.
-        let dead = parent.path().join("stepbox-4000000000-0");
-        let live = parent.path().join("stepbox-1-0");
-        let other = parent.path().join("stepbox-notes");
-        for dir in [&dead, &live, &other] {
-            std::fs::create_dir_all(dir.join("i3")).unwrap();
-        }
-        let root = ScratchRoot::create(Some(parent.path())).unwrap();
-        assert!(!dead.exists(), "a killed host's files stay behind");
-        assert!(live.exists() && other.exists());
-        assert!(root.path.is_dir());
-    }
-
-    #[test]
-    fn a_scratch_root_left_under_this_pid_is_emptied() {
-        let parent = tempfile::tempdir().unwrap();
-        let stale = parent.path().join(format!("stepbox-{}-0", std::process::id()));
-        std::fs::create_dir_all(stale.join("i0")).unwrap();
-        std::fs::write(stale.join("i0/left"), b"x").unwrap();
-        create_empty(&stale).unwrap();
-        assert_eq!(std::fs::read_dir(&stale).unwrap().count(), 0);
-        create_empty(&parent.path().join("new")).unwrap();
-        assert!(parent.path().join("new").is_dir());
     }
 }

@@ -186,7 +186,7 @@ impl Sandbox {
         let own_deadline = started + limits.timeout;
         let deadline = options.deadline.map_or(own_deadline, |d| d.min(own_deadline));
         let log = LogCapture::new(usize::try_from(limits.log.as_u64()).unwrap_or(usize::MAX));
-        let scratch = match ScratchDir::create(&inner.scratch.path) {
+        let scratch = match ScratchDir::create(inner.scratch.path()) {
             Ok(dir) => dir,
             Err(e) => {
                 return early(

@@ -1,8 +1,117 @@
-//! The private temporary directory of one step instance.
+//! Scratch space: a sandbox's root directory, and in it the private
+//! temporary directory of each step instance.
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// The number of this process's next scratch root.
+static NEXT_ROOT: AtomicU32 = AtomicU32::new(0);
+
+/// The directory holding all of a sandbox's instance directories, removed
+/// when the sandbox is dropped.
+///
+/// A host killed with SIGKILL cannot remove its root, so each root holds a
+/// lock on its `.lock` file for as long as the sandbox lives, and a sandbox
+/// starting in the same parent removes the roots whose lock it can take.
+/// A lock, not a pid: hosts in other pid namespaces may share the parent,
+/// and pids are reused.
+#[derive(Debug)]
+pub(crate) struct ScratchRoot {
+    path: PathBuf,
+    /// Held for the root's life: the proof that its host is alive.
+    _lock: File,
+}
+
+impl ScratchRoot {
+    /// Creates a fresh root `<parent>/stepbox-PID-N`, first removing the
+    /// abandoned roots of killed hosts. The root appears under its name
+    /// already locked: it is made under a hidden staging name, locked, then
+    /// renamed, so no other host ever sees it unlocked.
+    ///
+    /// # Errors
+    ///
+    /// The directory that could not be made, and why.
+    pub(crate) fn create(parent: &Path) -> Result<ScratchRoot, (PathBuf, io::Error)> {
+        let at = |path: &Path| {
+            let path = path.to_owned();
+            move |e| (path, e)
+        };
+        std::fs::create_dir_all(parent).map_err(at(parent))?;
+        remove_abandoned_roots(parent);
+        loop {
+            let name = format!(
+                "stepbox-{}-{}",
+                std::process::id(),
+                NEXT_ROOT.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = parent.join(&name);
+            let staging = parent.join(format!(".{name}-{:016x}", fastrand::u64(..)));
+            std::fs::create_dir(&staging).map_err(at(&staging))?;
+            let lock = File::create(staging.join(".lock"))
+                .and_then(|file| file.try_lock().map(|()| file).map_err(io::Error::from))
+                .map_err(at(&staging))?;
+            // A name taken by a live host (a pid from another namespace, or
+            // reused) is skipped; one left by a dead host is freed.
+            let renamed = std::fs::rename(&staging, &path).or_else(|_| {
+                if remove_if_abandoned(&path) {
+                    std::fs::rename(&staging, &path)
+                } else {
+                    Err(io::ErrorKind::AlreadyExists.into())
+                }
+            });
+            match renamed {
+                Ok(()) => return Ok(ScratchRoot { path, _lock: lock }),
+                Err(_) if path.exists() => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err((path, e));
+                }
+            }
+        }
+    }
+
+    /// The root directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes the roots (and staging directories) in `parent` whose host is
+/// gone. Failures are left for the next sandbox to try.
+fn remove_abandoned_roots(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("stepbox-") || n.starts_with(".stepbox-"));
+        if ours {
+            remove_if_abandoned(&entry.path());
+        }
+    }
+}
+
+/// Removes `root` if no live host holds its lock; true if it is gone. A
+/// directory without a lock file is left alone: it is not known to be a
+/// root of this build's making.
+fn remove_if_abandoned(root: &Path) -> bool {
+    let Ok(file) = File::open(root.join(".lock")) else {
+        return false;
+    };
+    file.try_lock().is_ok() && std::fs::remove_dir_all(root).is_ok()
+}
 
 /// A fresh directory that is removed when this guard is dropped.
 ///
@@ -90,5 +199,69 @@ mod tests {
         assert_ne!(a.path(), b.path());
         drop((a, b));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn roots_of_killed_hosts_are_removed_and_live_or_unknown_ones_kept() {
+        let parent = tempfile::tempdir().unwrap();
+        let live = ScratchRoot::create(parent.path()).unwrap();
+        // A killed host's root: its lock file, with nobody holding it.
+        let dead = parent.path().join("stepbox-77-0");
+        std::fs::create_dir_all(dead.join("s1/i9")).unwrap();
+        File::create(dead.join(".lock")).unwrap();
+        // Not known to be a root: no lock file.
+        let unknown = parent.path().join("stepbox-notes");
+        std::fs::create_dir(&unknown).unwrap();
+
+        let other = ScratchRoot::create(parent.path()).unwrap();
+        assert!(!dead.exists(), "a killed host's files stay behind");
+        assert!(live.path().is_dir() && unknown.is_dir() && other.path().is_dir());
+        assert_ne!(live.path(), other.path());
+        let path = other.path().to_owned();
+        drop(other);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_root_name_held_by_a_live_host_is_skipped_and_a_dead_ones_reused() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        // The names this process takes next may be held by a live host
+        // with the same pid in another pid namespace, or left by a dead
+        // one: block the next few both ways.
+        let mut live_locks = Vec::new();
+        let mut dead = Vec::new();
+        let next = NEXT_ROOT.load(Ordering::Relaxed);
+        for n in next..next + 8 {
+            let root = parent.path().join(format!("stepbox-{pid}-{n}"));
+            std::fs::create_dir_all(root.join("s0/i1")).unwrap();
+            let lock = File::create(root.join(".lock")).unwrap();
+            if n % 2 == 0 {
+                lock.try_lock().unwrap();
+                live_locks.push((root, lock));
+            } else {
+                dead.push(root);
+            }
+        }
+        let root = ScratchRoot::create(parent.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "only its own lock file"
+        );
+        for (path, _) in &live_locks {
+            assert!(
+                path.join("s0/i1").is_dir(),
+                "a live root was touched: {}",
+                path.display()
+            );
+        }
+        for path in &dead {
+            assert!(
+                path == root.path() || !path.exists(),
+                "a dead root stayed: {}",
+                path.display()
+            );
+        }
     }
 }
