@@ -305,9 +305,10 @@ fn critical_path(definition: &Definition, steps: &[StepTiming]) -> Vec<String> {
         let Some(i) = workflow.step_index(&step) else {
             break;
         };
-        current = plan.needs[i]
+        current = plan
+            .needs(i)
             .iter()
-            .map(|&j| workflow.steps[j].id.as_str())
+            .map(|&j| &*workflow.steps[j].id)
             .filter_map(|id| Some((id, *ends.get(id)?)))
             .max_by_key(|(_, end)| *end)
             .map(|(id, _)| id.to_owned());

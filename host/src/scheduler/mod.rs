@@ -171,7 +171,6 @@ impl Inner {
 /// A workflow with its plan and its components loaded, ready to run many times.
 pub struct PreparedWorkflow {
     workflow: Workflow,
-    plan: Plan,
     components: Vec<StepComponent>,
     /// How the journal knows it; `None` without a journal.
     record: Option<Arc<WorkflowRecord>>,
@@ -185,7 +184,7 @@ impl PreparedWorkflow {
 
     /// The plan.
     pub fn plan(&self) -> &Plan {
-        &self.plan
+        self.workflow.plan()
     }
 }
 
@@ -367,7 +366,6 @@ impl Scheduler {
         components: Vec<StepComponent>,
         record: Option<Arc<WorkflowRecord>>,
     ) -> Arc<PreparedWorkflow> {
-        let plan = workflow.plan();
         let mut names = self.inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         for component in &components {
             names.insert(component.digest(), component.name().to_owned());
@@ -375,7 +373,6 @@ impl Scheduler {
         drop(names);
         Arc::new(PreparedWorkflow {
             workflow,
-            plan,
             components,
             record,
         })

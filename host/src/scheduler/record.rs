@@ -24,17 +24,17 @@ pub(super) fn record(
     let mut read: HashMap<&Path, ComponentRecord> = HashMap::new();
     let mut records = Vec::with_capacity(components.len());
     for (step, component) in workflow.steps.iter().zip(components) {
-        if let Some(known) = read.get(step.component.as_path()) {
+        if let Some(known) = read.get(&*step.component) {
             records.push(known.clone());
             continue;
         }
         let bytes = std::fs::read(&step.component).map_err(|e| PrepareError::Record {
-            path: step.component.clone(),
+            path: step.component.to_path_buf(),
             message: e.to_string(),
         })?;
         if Digest::of(&bytes) != component.digest() {
             return Err(PrepareError::Record {
-                path: step.component.clone(),
+                path: step.component.to_path_buf(),
                 message: "the file changed while it was being loaded".into(),
             });
         }

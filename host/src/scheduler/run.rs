@@ -180,8 +180,8 @@ impl Run {
         });
         *lock(&shared.deadline) = effective([global, workflow]);
 
-        let plan = &wf.plan;
-        let mut waiting: Vec<usize> = plan.needs.iter().map(Vec::len).collect();
+        let plan = wf.plan();
+        let mut waiting: Vec<usize> = (0..steps.len()).map(|i| plan.needs(i).len()).collect();
         let mut outputs: Vec<Option<Value>> = vec![None; steps.len()];
         let mut tasks = JoinSet::new();
         let mut failed: Option<usize> = None;
@@ -201,7 +201,7 @@ impl Run {
                 // A failed step that may fail passes `null` on to its dependents.
                 outputs[i] = Some(output.unwrap_or(Value::Null));
                 if failed.is_none() && !shared.inner.draining.is_cancelled() {
-                    for &next in &plan.dependents[i] {
+                    for &next in plan.dependents(i) {
                         waiting[next] -= 1;
                         if waiting[next] == 0 {
                             shared.start(next, &outputs, &mut tasks);
@@ -372,7 +372,7 @@ impl Shared {
     /// [`Shared::finish`], and a commit that holds the ending holds every
     /// event before it. That spares a run one commit's wait per sink step.
     async fn durable_for_dependents(&self, i: usize, ticket: Option<Ticket>) -> bool {
-        if self.wf.plan.dependents[i].is_empty() {
+        if self.wf.plan().dependents(i).is_empty() {
             return self.inner.journal.as_ref().is_none_or(|j| j.status().is_ok());
         }
         self.durable(ticket).await
@@ -531,7 +531,7 @@ impl Shared {
         let digest = component.digest();
         let defaults = inner.sandbox.default_limits();
         let journal = inner.journal.as_ref().filter(|_| unit.is_some());
-        let step_name: Arc<str> = def.id.as_str().into();
+        let step_name = Arc::clone(&def.id);
         let item = unit.and_then(|(_, item)| item);
         let before = match (&self.resume, unit) {
             (Some(resume), Some(unit)) => resume.attempts(unit),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 
 use super::node::{self, Key, Node, Value};
-use super::plan::{self, Ordered};
+use super::plan::{self, Lists, Ordered, Plan};
 use super::template::{Context, Template};
 use super::{ForEach, Location, RetryPolicy, StepDef, Workflow, WorkflowError, WorkflowErrorKind};
 use crate::OutcomeKind;
@@ -136,50 +136,53 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     // definitions move into the workflow as they are, without a copy.
     let mut defs = Vec::with_capacity(step_nodes.len());
     let mut links = Vec::with_capacity(step_nodes.len());
+    let mut components = Components {
+        dir,
+        known: HashMap::default(),
+    };
     for (n, step) in step_nodes.iter().enumerate() {
-        let (def, link) = read_step(step, n, dir, &default_limits, &default_retry)?;
+        let (def, link) = read_step(step, n, &mut components, &default_limits, &default_retry)?;
         defs.push(def);
         links.push(link);
     }
 
     // Ids are unique.
-    let mut index: HashMap<String, usize, _> =
+    let mut index: HashMap<Arc<str>, usize, _> =
         HashMap::with_capacity_and_hasher(defs.len(), foldhash::fast::RandomState::default());
     for (i, def) in defs.iter().enumerate() {
         if let Some(&first) = index.get(&def.id) {
             return Err((
                 def.location,
                 WorkflowErrorKind::DuplicateId {
-                    id: def.id.clone(),
+                    id: def.id.to_string(),
                     first: defs[first].location,
                 },
             ));
         }
-        index.insert(def.id.clone(), i);
+        index.insert(Arc::clone(&def.id), i);
     }
 
     // Needs name steps.
-    let mut needs_idx: Vec<Vec<usize>> = Vec::with_capacity(defs.len());
+    let mut needs = Lists::with_capacity(defs.len(), links.iter().map(|l| l.needs.len()).sum());
     for (def, link) in defs.iter_mut().zip(&links) {
-        let mut list = Vec::with_capacity(link.needs.len());
         let mut names = Vec::with_capacity(link.needs.len());
         for (need, loc) in &link.needs {
-            let Some(&j) = index.get(*need) else {
+            let Some((name, &j)) = index.get_key_value(*need) else {
                 return Err((
                     *loc,
                     WorkflowErrorKind::UnknownNeed {
-                        step: def.id.clone(),
+                        step: def.id.to_string(),
                         need: (*need).to_owned(),
                     },
                 ));
             };
-            if !list.contains(&j) {
-                list.push(j);
-                names.push((*need).to_owned());
+            if !needs.open_list().contains(&j) {
+                needs.push_item(j);
+                names.push(Arc::clone(name));
             }
         }
+        needs.end_list();
         def.needs = names;
-        needs_idx.push(list);
     }
 
     // Templates name steps.
@@ -211,7 +214,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
                 .map_or(1, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
         })
         .collect();
-    let plan = match plan::order(needs_idx, &weights) {
+    let plan = match plan::order(needs, &weights) {
         Ordered::Plan(plan) => plan,
         Ordered::Cycle(cycle) => {
             let first = cycle[0];
@@ -219,17 +222,17 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
             let loc = links[first]
                 .needs
                 .iter()
-                .find(|(name, _)| *name == defs[second].id)
+                .find(|(name, _)| *name == &*defs[second].id)
                 .map_or(defs[first].location, |&(_, loc)| loc);
-            let mut path: Vec<String> = cycle.iter().map(|&i| defs[i].id.clone()).collect();
-            path.push(defs[first].id.clone());
+            let mut path: Vec<String> = cycle.iter().map(|&i| defs[i].id.to_string()).collect();
+            path.push(defs[first].id.to_string());
             return Err((loc, WorkflowErrorKind::Cycle { path }));
         }
     };
 
     // Templates only use steps that are needed, directly or transitively.
     let mut level = vec![0usize; defs.len()];
-    for (n, steps) in plan.levels.iter().enumerate() {
+    for (n, steps) in plan.levels().enumerate() {
         for &s in steps {
             level[s] = n;
         }
@@ -238,11 +241,11 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     for (i, link) in links.iter().enumerate() {
         for (id, loc) in &link.refs {
             let j = index[&**id];
-            if !reach.needs(i, j, &plan.needs, &level) {
+            if !reach.needs(i, j, &plan, &level) {
                 return Err((
                     *loc,
                     WorkflowErrorKind::NotNeeded {
-                        step: defs[i].id.clone(),
+                        step: defs[i].id.to_string(),
                         used: id.to_string(),
                     },
                 ));
@@ -251,7 +254,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
     }
 
     let sinks = (0..defs.len())
-        .filter(|&i| plan.dependents[i].is_empty())
+        .filter(|&i| plan.dependents(i).is_empty())
         .collect();
     Ok(Workflow {
         name,
@@ -285,8 +288,8 @@ impl Reach {
         }
     }
 
-    fn needs(&mut self, i: usize, j: usize, needs: &[Vec<usize>], level: &[usize]) -> bool {
-        if needs[i].contains(&j) {
+    fn needs(&mut self, i: usize, j: usize, plan: &Plan, level: &[usize]) -> bool {
+        if plan.needs(i).contains(&j) {
             return true;
         }
         if level[i] <= level[j] {
@@ -296,7 +299,7 @@ impl Reach {
         self.stack.clear();
         self.stack.push(i);
         while let Some(s) = self.stack.pop() {
-            for &need in &needs[s] {
+            for &need in plan.needs(s) {
                 if need == j {
                     return true;
                 }
@@ -310,10 +313,24 @@ impl Reach {
     }
 }
 
+/// Component paths resolved against the workflow's directory, each once:
+/// large workflows run a few components in many steps.
+struct Components<'d, 'n> {
+    dir: &'d Path,
+    known: HashMap<&'n str, Arc<Path>, foldhash::fast::RandomState>,
+}
+
+impl<'n> Components<'_, 'n> {
+    fn resolve(&mut self, name: &'n str) -> Arc<Path> {
+        let dir = self.dir;
+        Arc::clone(self.known.entry(name).or_insert_with(|| dir.join(name).into()))
+    }
+}
+
 fn read_step<'n>(
     node: &'n Node<'_>,
     n: usize,
-    dir: &Path,
+    components: &mut Components<'_, 'n>,
     default_limits: &LimitOverrides,
     default_retry: &RetryPolicy,
 ) -> Res<(StepDef, Links<'n>)> {
@@ -434,8 +451,8 @@ fn read_step<'n>(
 
     Ok((
         StepDef {
-            id: id.to_owned(),
-            component: dir.join(component),
+            id: id.into(),
+            component: components.resolve(component),
             needs: Vec::new(),
             input,
             for_each: for_each_template.map(|items| ForEach { items, max_parallel }),
@@ -779,7 +796,7 @@ steps:
         assert_eq!(wf.timeout, Some(Duration::from_secs(60)));
         assert_eq!(wf.source, PathBuf::from("flows/wf.yaml"));
         let split = wf.step("split").unwrap();
-        assert_eq!(split.component, PathBuf::from("flows/../target/split.wasm"));
+        assert_eq!(&*split.component, Path::new("flows/../target/split.wasm"));
         assert_eq!(split.location, Location { line: 11, column: 9 });
         assert_eq!(split.component_location, Location { line: 12, column: 16 });
         assert_eq!(split.limits.timeout, Some(Duration::from_secs(1)));
@@ -787,7 +804,7 @@ steps:
         assert_eq!(split.limits.memory, Some(ByteSize::mib(64)));
         assert_eq!(split.retry.max_attempts, 2, "defaults' retry applies");
         let count = wf.step("count").unwrap();
-        assert_eq!(count.needs, ["split"]);
+        assert_eq!(count.needs, ["split".into()]);
         assert_eq!(count.limits.memory, Some(ByteSize::mib(8)));
         assert_eq!(count.limits.timeout, Some(Duration::from_secs(5)));
         assert_eq!(count.for_each.as_ref().unwrap().max_parallel, Some(4));
@@ -804,8 +821,8 @@ steps:
         );
         assert!(count.continue_on_error);
         assert_eq!(
-            wf.step("merge").unwrap().component,
-            PathBuf::from("/abs/merge.wasm")
+            &*wf.step("merge").unwrap().component,
+            Path::new("/abs/merge.wasm")
         );
         assert_eq!(wf.step_index("merge"), Some(2));
         assert!(wf.step("nope").is_none());
@@ -916,7 +933,7 @@ steps:
         let path = dir.path().join("wf.yml");
         std::fs::write(&path, "name: w\nsteps:\n  - {id: a, component: a.wasm}\n").unwrap();
         let wf = Workflow::from_file(&path).unwrap();
-        assert_eq!(wf.steps[0].component, dir.path().join("a.wasm"));
+        assert_eq!(*wf.steps[0].component, *dir.path().join("a.wasm"));
     }
 
     #[test]
@@ -1215,7 +1232,7 @@ steps:
         std::fs::write(dir.path().join("b.wasm"), b"").unwrap();
         let err = wf
             .check_components(|s| {
-                if s.id == "b" {
+                if &*s.id == "b" {
                     Err("not a step component".into())
                 } else {
                     Ok(1)
@@ -1226,7 +1243,9 @@ steps:
             err.to_string(),
             format!("{}:6:16: not a step component", source.display())
         );
-        let ids = wf.check_components(|s| Ok::<_, String>(s.id.clone())).unwrap();
+        let ids = wf
+            .check_components(|s| Ok::<_, String>(s.id.to_string()))
+            .unwrap();
         assert_eq!(ids, ["a", "b"]);
     }
 
@@ -1237,7 +1256,7 @@ steps:
         let source = |id: &str| wf.step(id).unwrap().input_source();
         assert_eq!(source("a"), InputSource::WorkflowInput);
         assert_eq!(source("b"), InputSource::Need("a"));
-        assert_eq!(source("c"), InputSource::Needs(&["a".to_owned(), "b".to_owned()]));
+        assert_eq!(source("c"), InputSource::Needs(&["a".into(), "b".into()]));
         assert_eq!(source("d"), InputSource::Item);
         assert!(matches!(source("e"), InputSource::Template(_)));
 
@@ -1299,10 +1318,10 @@ steps:
         let text = "name: w\nsteps:\n  - {id: a, component: x.wasm}\n  - {id: b, component: x.wasm, needs: a}\n  - {id: c, component: x.wasm, needs: a, timeout: 9s}\n  - {id: d, component: x.wasm, needs: [b, c]}\n  - {id: e, component: x.wasm}\n";
         let wf = load_ok(text);
         let plan = wf.plan();
-        assert_eq!(plan.levels, vec![vec![0, 4], vec![1, 2], vec![3]]);
-        assert_eq!(plan.critical_path, vec![0, 2, 3]);
-        assert_eq!(plan.needs[3], vec![1, 2]);
-        assert_eq!(plan.dependents[0], vec![1, 2]);
+        assert_eq!(plan.levels().collect::<Vec<_>>(), [&[0, 4][..], &[1, 2], &[3]]);
+        assert_eq!(plan.critical_path(), [0, 2, 3]);
+        assert_eq!(plan.needs(3), [1, 2]);
+        assert_eq!(plan.dependents(0), [1, 2]);
         assert_eq!(
             plan.describe(&wf),
             "level 0: a, e\nlevel 1: b, c\nlevel 2: d\ncritical path: a -> c -> d\n"
@@ -1324,7 +1343,7 @@ steps:
             .spawn(move || {
                 let wf = Workflow::from_str(&text, Path::new("chain.yaml")).unwrap();
                 let plan = wf.plan();
-                (plan.levels.len(), plan.critical_path.len())
+                (plan.level_count(), plan.critical_path().len())
             })
             .unwrap();
         assert_eq!(handle.join().unwrap(), (10_000, 10_000));

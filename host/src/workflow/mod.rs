@@ -108,7 +108,7 @@
 //!     input: {value: \"${steps.a.value}\"}
 //! ";
 //! let workflow = Workflow::from_str(yaml, Path::new("flows/demo.yaml"))?;
-//! assert_eq!(workflow.step("b").unwrap().component, Path::new("flows/b.wasm"));
+//! assert_eq!(&*workflow.step("b").unwrap().component, Path::new("flows/b.wasm"));
 //! let plan = workflow.plan();
 //! assert_eq!(plan.describe(&workflow), "level 0: a\nlevel 1: b\ncritical path: a -> b\n");
 //! # Ok::<(), stepbox::workflow::WorkflowError>(())
@@ -122,6 +122,7 @@ mod template;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -153,10 +154,10 @@ pub struct Workflow {
     pub source: PathBuf,
     /// The text it was parsed from: what a journal records, so a run
     /// resumes with the definition it started with.
-    text: std::sync::Arc<str>,
+    text: Arc<str>,
     /// Step id → index. foldhash (seeded per process) rather than SipHash:
     /// loading a workflow looks up every id and every need here.
-    index: HashMap<String, usize, foldhash::fast::RandomState>,
+    index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     plan: Plan,
     sinks: Vec<usize>,
 }
@@ -164,12 +165,14 @@ pub struct Workflow {
 /// One step of a workflow.
 #[derive(Debug, Clone)]
 pub struct StepDef {
-    /// Unique id: letters, digits, `_` and `-`.
-    pub id: String,
+    /// Unique id: letters, digits, `_` and `-`. Shared, because every
+    /// event and report of the step names it.
+    pub id: Arc<str>,
     /// The component file, resolved against the workflow file's directory.
-    pub component: PathBuf,
+    /// Steps that name the same file share one path.
+    pub component: Arc<Path>,
     /// Ids of the steps this one waits for (deduplicated, in the order written).
-    pub needs: Vec<String>,
+    pub needs: Vec<Arc<str>>,
     /// The input template; `None` for the default (see [`StepDef::input_source`]).
     pub input: Option<Template>,
     /// Run once per item of a list instead of once.
@@ -234,7 +237,7 @@ pub enum InputSource<'a> {
     /// The output of the step's only need.
     Need(&'a str),
     /// An object `{need_id: output, ...}` of the step's needs.
-    Needs(&'a [String]),
+    Needs(&'a [Arc<str>]),
 }
 
 impl StepDef {
@@ -274,7 +277,7 @@ impl StepDef {
             InputSource::Need(id) => output(id),
             InputSource::Needs(ids) => ids
                 .iter()
-                .map(|id| Ok((id.clone(), output(id)?)))
+                .map(|id| Ok((id.to_string(), output(id)?)))
                 .collect::<Result<serde_json::Map<_, _>, _>>()
                 .map(Value::Object),
         }
@@ -330,8 +333,8 @@ impl Workflow {
     }
 
     /// The execution plan. Validation guarantees the graph is acyclic.
-    pub fn plan(&self) -> Plan {
-        self.plan.clone()
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Indices of the sink steps (steps no other step needs), in file order.
@@ -350,7 +353,7 @@ impl Workflow {
             return template.eval(scope);
         }
         let output = |i: usize| {
-            let id = self.steps[i].id.as_str();
+            let id = &*self.steps[i].id;
             (scope.steps)(id).cloned().ok_or_else(|| {
                 EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
             })
@@ -359,7 +362,7 @@ impl Workflow {
             [sink] => output(*sink),
             sinks => sinks
                 .iter()
-                .map(|&i| Ok((self.steps[i].id.clone(), output(i)?)))
+                .map(|&i| Ok((self.steps[i].id.to_string(), output(i)?)))
                 .collect::<Result<serde_json::Map<_, _>, _>>()
                 .map(Value::Object),
         }

@@ -4,34 +4,146 @@ use std::fmt::Write as _;
 
 use super::Workflow;
 
+/// Lists of step indices, one list per key, stored end to end: a large plan
+/// is four allocations, not one per step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Lists {
+    /// `items[starts[k]..starts[k + 1]]` is list `k`; `starts` begins with 0.
+    starts: Vec<usize>,
+    items: Vec<usize>,
+}
+
+impl Lists {
+    /// No lists, with room for `lists` lists of `items` items in all.
+    pub(crate) fn with_capacity(lists: usize, items: usize) -> Lists {
+        let mut starts = Vec::with_capacity(lists + 1);
+        starts.push(0);
+        Lists {
+            starts,
+            items: Vec::with_capacity(items),
+        }
+    }
+
+    /// Adds an item to the list being built.
+    pub(crate) fn push_item(&mut self, item: usize) {
+        self.items.push(item);
+    }
+
+    /// The list being built (after the last [`Lists::end_list`]).
+    pub(crate) fn open_list(&self) -> &[usize] {
+        &self.items[self.starts[self.starts.len() - 1]..]
+    }
+
+    /// Ends the list being built.
+    pub(crate) fn end_list(&mut self) {
+        self.starts.push(self.items.len());
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub(crate) fn get(&self, k: usize) -> &[usize] {
+        &self.items[self.starts[k]..self.starts[k + 1]]
+    }
+
+    fn iter(&self) -> impl ExactSizeIterator<Item = &[usize]> + '_ {
+        self.starts.windows(2).map(|w| &self.items[w[0]..w[1]])
+    }
+
+    /// Each item's position reversed: list `k` of the result holds every `j`
+    /// whose list contains `k`, in ascending order. `keys` is the number of
+    /// lists in the result.
+    fn invert(&self, keys: usize) -> Lists {
+        let mut starts = vec![0usize; keys + 1];
+        for &item in &self.items {
+            starts[item + 1] += 1;
+        }
+        for k in 0..keys {
+            starts[k + 1] += starts[k];
+        }
+        let mut next = starts.clone();
+        let mut items = vec![0usize; self.items.len()];
+        for (j, list) in self.iter().enumerate() {
+            for &item in list {
+                items[next[item]] = j;
+                next[item] += 1;
+            }
+        }
+        Lists { starts, items }
+    }
+}
+
 /// How a validated workflow's steps depend on each other, ready for a scheduler.
 ///
 /// Steps are named by their index in [`Workflow::steps`].
+///
+/// ```
+/// use std::path::Path;
+/// use stepbox::workflow::Workflow;
+///
+/// let yaml = "name: w\nsteps:\n  - {id: a, component: a.wasm}\n  - {id: b, component: b.wasm, needs: a}\n";
+/// let plan = Workflow::from_str(yaml, Path::new("w.yaml"))?.plan().clone();
+/// assert_eq!(plan.levels().collect::<Vec<_>>(), [[0], [1]]);
+/// assert_eq!(plan.needs(1), [0]);
+/// assert_eq!(plan.dependents(0), [1]);
+/// assert_eq!(plan.critical_path(), [0, 1]);
+/// # Ok::<(), stepbox::workflow::WorkflowError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
-    /// Steps grouped by depth: level 0 has the steps with no needs, level
-    /// `n + 1` the steps whose deepest need is in level `n`. Each level lists
-    /// its steps in file order.
-    pub levels: Vec<Vec<usize>>,
-    /// The longest chain of steps, first to last, by step count. Ties are
-    /// broken by weight (each step weighs its timeout in milliseconds if one
-    /// is set, else 1), then by file order.
-    pub critical_path: Vec<usize>,
-    /// For each step, the steps it needs (deduplicated, in the order written).
-    pub needs: Vec<Vec<usize>>,
-    /// For each step, the steps that need it, in file order.
-    pub dependents: Vec<Vec<usize>>,
+    levels: Lists,
+    critical_path: Vec<usize>,
+    needs: Lists,
+    dependents: Lists,
 }
 
 impl Plan {
+    /// Steps grouped by depth: level 0 has the steps with no needs, level
+    /// `n + 1` the steps whose deepest need is in level `n`. Each level lists
+    /// its steps in file order.
+    pub fn levels(&self) -> impl ExactSizeIterator<Item = &[usize]> + '_ {
+        self.levels.iter()
+    }
+
+    /// How many levels there are: the length of the longest chain of steps.
+    pub fn level_count(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// The longest chain of steps, first to last, by step count. Ties are
+    /// broken by weight (each step weighs its timeout in milliseconds if one
+    /// is set, else 1), then by file order.
+    pub fn critical_path(&self) -> &[usize] {
+        &self.critical_path
+    }
+
+    /// The steps `step` needs (deduplicated, in the order written).
+    ///
+    /// # Panics
+    ///
+    /// If `step` is not a step of the workflow.
+    pub fn needs(&self, step: usize) -> &[usize] {
+        self.needs.get(step)
+    }
+
+    /// The steps that need `step`, in file order.
+    ///
+    /// # Panics
+    ///
+    /// If `step` is not a step of the workflow.
+    pub fn dependents(&self, step: usize) -> &[usize] {
+        self.dependents.get(step)
+    }
+
     /// A human summary: one line per level (`level 0: a, b`), then
     /// `critical path: a -> c -> d`.
     ///
     /// `workflow` must be the workflow this plan was made from.
     pub fn describe(&self, workflow: &Workflow) -> String {
-        let id = |i: usize| workflow.steps[i].id.as_str();
+        let id = |i: usize| &*workflow.steps[i].id;
         let mut out = String::new();
-        for (n, level) in self.levels.iter().enumerate() {
+        for (n, level) in self.levels().enumerate() {
             let _ = write!(out, "level {n}: ");
             for (k, &step) in level.iter().enumerate() {
                 if k > 0 {
@@ -63,42 +175,36 @@ pub(crate) enum Ordered {
 /// Orders the graph given by `needs` with Kahn's algorithm (no recursion, so
 /// chains of any length are fine) and finds the critical path.
 /// `weights` is each step's tie-breaking weight.
-pub(crate) fn order(needs: Vec<Vec<usize>>, weights: &[u64]) -> Ordered {
+pub(crate) fn order(needs: Lists, weights: &[u64]) -> Ordered {
     let n = needs.len();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut missing: Vec<usize> = Vec::with_capacity(n);
-    for (step, list) in needs.iter().enumerate() {
-        missing.push(list.len());
-        for &need in list {
-            dependents[need].push(step);
-        }
-    }
-    let mut levels: Vec<Vec<usize>> = Vec::new();
-    let mut current: Vec<usize> = (0..n).filter(|&i| missing[i] == 0).collect();
-    let mut done = 0;
-    while !current.is_empty() {
-        done += current.len();
-        let mut next = Vec::new();
-        for &step in &current {
-            for &dependent in &dependents[step] {
+    let dependents = needs.invert(n);
+    let mut missing: Vec<usize> = needs.iter().map(<[usize]>::len).collect();
+    let mut levels = Lists::with_capacity(0, n);
+    levels.items.extend((0..n).filter(|&i| missing[i] == 0));
+    let mut level_start = 0;
+    while level_start < levels.items.len() {
+        let level_end = levels.items.len();
+        levels.starts.push(level_end);
+        for k in level_start..level_end {
+            for &dependent in dependents.get(levels.items[k]) {
                 missing[dependent] -= 1;
                 if missing[dependent] == 0 {
-                    next.push(dependent);
+                    levels.items.push(dependent);
                 }
             }
         }
-        next.sort_unstable();
-        levels.push(std::mem::replace(&mut current, next));
+        levels.items[level_end..].sort_unstable();
+        level_start = level_end;
     }
-    if done < n {
+    if levels.items.len() < n {
         return Ordered::Cycle(find_cycle(&needs, &missing));
     }
 
     // Longest path by (count, weight), over steps in topological order.
     let mut best: Vec<(u64, u64, usize)> = vec![(0, 0, usize::MAX); n];
-    for &step in levels.iter().flatten() {
+    for &step in &levels.items {
         let mut top = (0, 0, usize::MAX);
-        for &need in &needs[step] {
+        for &need in needs.get(step) {
             let (count, weight, _) = best[need];
             if (count, weight) > (top.0, top.1) {
                 top = (count, weight, need);
@@ -131,7 +237,7 @@ pub(crate) fn order(needs: Vec<Vec<usize>>, weights: &[u64]) -> Ordered {
 
 /// Every step left with `missing > 0` after Kahn's algorithm waits on another
 /// such step, so following unfinished needs from one must come back on itself.
-fn find_cycle(needs: &[Vec<usize>], missing: &[usize]) -> Vec<usize> {
+fn find_cycle(needs: &Lists, missing: &[usize]) -> Vec<usize> {
     let stuck = |i: usize| missing[i] > 0;
     let Some(start) = (0..needs.len()).find(|&i| stuck(i)) else {
         return Vec::new();
@@ -142,7 +248,8 @@ fn find_cycle(needs: &[Vec<usize>], missing: &[usize]) -> Vec<usize> {
     while seen_at[step] == usize::MAX {
         seen_at[step] = walk.len();
         walk.push(step);
-        step = needs[step]
+        step = needs
+            .get(step)
             .iter()
             .copied()
             .find(|&need| stuck(need))
@@ -163,8 +270,21 @@ fn find_cycle(needs: &[Vec<usize>], missing: &[usize]) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    fn lists(needs: Vec<Vec<usize>>) -> Lists {
+        let mut lists = Lists::with_capacity(needs.len(), 0);
+        for list in needs {
+            list.into_iter().for_each(|item| lists.push_item(item));
+            lists.end_list();
+        }
+        lists
+    }
+
+    fn levels(plan: &Plan) -> Vec<Vec<usize>> {
+        plan.levels().map(<[usize]>::to_vec).collect()
+    }
+
     fn plan(needs: Vec<Vec<usize>>, weights: &[u64]) -> Plan {
-        match order(needs, weights) {
+        match order(lists(needs), weights) {
             Ordered::Plan(plan) => plan,
             Ordered::Cycle(cycle) => panic!("unexpected cycle {cycle:?}"),
         }
@@ -174,21 +294,23 @@ mod tests {
     fn levels_group_steps_by_their_deepest_need() {
         // 0 -> 1 -> 3, 0 -> 2, 3 needs 1 and 2; 4 alone.
         let p = plan(vec![vec![], vec![0], vec![0], vec![1, 2], vec![]], &[1; 5]);
-        assert_eq!(p.levels, vec![vec![0, 4], vec![1, 2], vec![3]]);
-        assert_eq!(p.dependents[0], vec![1, 2]);
-        assert_eq!(p.critical_path, vec![0, 1, 3]);
+        assert_eq!(levels(&p), vec![vec![0, 4], vec![1, 2], vec![3]]);
+        assert_eq!(p.dependents(0), [1, 2]);
+        assert!(p.dependents(3).is_empty());
+        assert_eq!(p.needs(3), [1, 2]);
+        assert_eq!(p.critical_path(), [0, 1, 3]);
     }
 
     #[test]
     fn critical_path_ties_are_broken_by_weight() {
         let p = plan(vec![vec![], vec![0], vec![0], vec![1, 2]], &[1, 1, 500, 1]);
-        assert_eq!(p.critical_path, vec![0, 2, 3]);
+        assert_eq!(p.critical_path(), [0, 2, 3]);
     }
 
     #[test]
     fn a_cycle_is_reported_as_one_concrete_loop() {
         // 0 needs 2, 2 needs 1, 1 needs 0; 3 needs 0 (stuck, but not in the loop).
-        let Ordered::Cycle(cycle) = order(vec![vec![2], vec![0], vec![1], vec![0]], &[1; 4]) else {
+        let Ordered::Cycle(cycle) = order(lists(vec![vec![2], vec![0], vec![1], vec![0]]), &[1; 4]) else {
             panic!("expected a cycle");
         };
         assert_eq!(cycle, vec![0, 2, 1]);
@@ -201,7 +323,7 @@ mod tests {
             .map(|i| if i == 0 { vec![] } else { vec![i - 1] })
             .collect();
         let p = plan(needs, &vec![1; n]);
-        assert_eq!(p.levels.len(), n);
-        assert_eq!(p.critical_path.len(), n);
+        assert_eq!(p.level_count(), n);
+        assert_eq!(p.critical_path().len(), n);
     }
 }
