@@ -279,7 +279,7 @@ impl Shared {
         let lookup = |id: &str| self.wf.workflow.step_index(id).and_then(|j| outputs[j].as_ref());
         let scope = Scope::new(&self.input, &lookup);
         let work = match &def.for_each {
-            None => match def.eval_input(&scope) {
+            None => match self.wf.workflow.eval_input(i, &scope) {
                 Ok(input) => Work::One(input),
                 Err(e) => Work::Invalid(OutcomeKind::InvalidInput, format!("input of `{}`: {e}", def.id)),
             },
@@ -293,7 +293,7 @@ impl Shared {
                     Ok(()) => items
                         .iter()
                         .enumerate()
-                        .map(|(index, item)| def.eval_input(&scope.with_item(item, index)))
+                        .map(|(index, item)| self.wf.workflow.eval_input(i, &scope.with_item(item, index)))
                         .collect::<Result<Vec<_>, _>>()
                         .map_or_else(
                             |e| {

@@ -1,5 +1,6 @@
 //! From positioned YAML nodes to a validated [`Workflow`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 
+use super::json;
 use super::node::{self, Key, Node, Value};
 use super::plan::{self, Lists, Ordered, Plan};
 use super::template::{Context, Template};
@@ -17,9 +19,10 @@ use crate::limits::{LimitOverrides, parse_duration, parse_size};
 
 type Res<T> = Result<T, (Location, WorkflowErrorKind)>;
 
-const WORKFLOW_FIELDS: &[&str; 6] = &["name", "description", "timeout", "defaults", "output", "steps"];
+pub(super) const WORKFLOW_FIELDS: &[&str; 6] =
+    &["name", "description", "timeout", "defaults", "output", "steps"];
 const DEFAULTS_FIELDS: &[&str; 4] = &["fuel", "memory", "timeout", "retry"];
-const STEP_FIELDS: &[&str; 11] = &[
+pub(super) const STEP_FIELDS: &[&str; 11] = &[
     "id",
     "component",
     "needs",
@@ -48,12 +51,13 @@ pub(crate) fn load(text: &str, source: &Path) -> Result<Workflow, WorkflowError>
         column: loc.column,
         kind,
     };
-    // Large workflows are written by programs, as JSON: parse those without
-    // positions first, and only when something is wrong parse again with
-    // positions, so the error can say where.
+    // Large workflows are written by programs, as JSON: read those without
+    // positions first (streamed straight into definitions, else as a tree),
+    // and only when something is wrong parse again with positions, so the
+    // error can say where.
     if text.trim_start().starts_with('{')
-        && let Some(root) = node::parse_json_unpositioned(text)
-        && let Ok(mut workflow) = build(&root, source)
+        && let Some(mut workflow) = json::load(text, source)
+            .or_else(|| node::parse_json_unpositioned(text).and_then(|root| build(&root, source).ok()))
     {
         workflow.text = text.into();
         return Ok(workflow);
@@ -83,34 +87,59 @@ impl fmt::Display for StepName<'_> {
     }
 }
 
-/// What a step's definition names of other steps, before the graph is checked.
-struct Links<'n> {
+/// What a step's definition names of other steps, before the graph is
+/// checked. Names borrow from the document, so they outlive its nodes.
+struct Links<'de> {
     /// Each need with where it is written.
-    needs: Vec<(&'n str, Location)>,
+    needs: Vec<(Cow<'de, str>, Location)>,
     /// Every `steps.ID` used in the step's templates, with where.
     refs: Vec<(Box<str>, Location)>,
 }
 
 fn build(root: &Node, source: &Path) -> Res<Workflow> {
-    let dir = source.parent().unwrap_or_else(|| Path::new(""));
     let [name, description, timeout, defaults, output, steps] =
         fields(root, "workflow", &"the workflow", WORKFLOW_FIELDS)?;
-    let name = string(required(name, root, "name", &"the workflow")?, "name")?.to_owned();
+    let (header, defaults) = header([name, description, timeout, defaults, output], root.loc)?;
+    let steps_node = required(steps, root.loc, "steps", &"the workflow")?;
+    let Value::Seq(step_nodes) = &steps_node.value else {
+        return Err(wrong_type(steps_node, "steps", "a list of steps"));
+    };
+    let mut steps = Steps::new(source, defaults, step_nodes.len());
+    for step in step_nodes {
+        let fields = fields(step, "steps[]", &StepNumber(steps.defs.len() + 1), STEP_FIELDS)?;
+        steps.read(fields, step.loc)?;
+    }
+    finish(header, steps, steps_node.loc, source)
+}
+
+/// The workflow's own fields, checked: all but `defaults` and `steps`.
+pub(super) struct Header {
+    name: String,
+    description: Option<String>,
+    timeout: Option<Duration>,
+    output: Option<Template>,
+    /// Every `steps.ID` the output template uses, with where.
+    output_refs: Vec<(Box<str>, Location)>,
+}
+
+/// What every step inherits from the workflow's `defaults`.
+#[derive(Default)]
+pub(super) struct Defaults {
+    limits: LimitOverrides,
+    retry: RetryPolicy,
+}
+
+/// Checks the workflow's fields but its steps (`name`, `description`,
+/// `timeout`, `defaults`, `output`, in that order); `at` is where the
+/// workflow is written.
+pub(super) fn header(fields: [Option<&Node>; 5], at: Location) -> Res<(Header, Defaults)> {
+    let [name, description, timeout, defaults, output] = fields;
+    let name = string(required(name, at, "name", &"the workflow")?, "name")?.to_owned();
     let description = description
         .map(|n| string(n, "description").map(str::to_owned))
         .transpose()?;
     let timeout = timeout.map(|n| duration(n, "timeout")).transpose()?;
-
-    let mut default_limits = LimitOverrides::default();
-    let mut default_retry = RetryPolicy::default();
-    if let Some(defaults) = defaults {
-        let [fuel, memory, timeout, retry] = fields(defaults, "defaults", &"`defaults`", DEFAULTS_FIELDS)?;
-        default_limits = limits(fuel, memory, timeout, "defaults.")?;
-        if let Some(retry) = retry {
-            default_retry = retry_policy(retry)?;
-        }
-    }
-
+    let defaults = self::defaults(defaults)?;
     let mut output_refs = Vec::new();
     let output = output
         .map(|n| {
@@ -124,33 +153,79 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
             )
         })
         .transpose()?;
+    let header = Header {
+        name,
+        description,
+        timeout,
+        output,
+        output_refs,
+    };
+    Ok((header, defaults))
+}
 
-    let steps_node = required(steps, root, "steps", &"the workflow")?;
-    let Value::Seq(step_nodes) = &steps_node.value else {
-        return Err(wrong_type(steps_node, "steps", "a list of steps"));
+/// Reads the workflow's `defaults` mapping, if it has one.
+pub(super) fn defaults(node: Option<&Node>) -> Res<Defaults> {
+    let Some(node) = node else {
+        return Ok(Defaults::default());
     };
-    if step_nodes.is_empty() {
-        return Err((steps_node.loc, WorkflowErrorKind::EmptyWorkflow));
+    let [fuel, memory, timeout, retry] = fields(node, "defaults", &"`defaults`", DEFAULTS_FIELDS)?;
+    Ok(Defaults {
+        limits: limits(fuel, memory, timeout, "defaults.")?,
+        retry: retry.map(retry_policy).transpose()?.unwrap_or_default(),
+    })
+}
+
+/// The steps read so far, each with the links still to check.
+pub(super) struct Steps<'s, 'de> {
+    defaults: Defaults,
+    components: Components<'s, 'de>,
+    defs: Vec<StepDef>,
+    links: Vec<Links<'de>>,
+}
+
+impl<'s, 'de> Steps<'s, 'de> {
+    /// No steps yet, for the workflow file `source`, with room for `capacity`.
+    pub(super) fn new(source: &'s Path, defaults: Defaults, capacity: usize) -> Steps<'s, 'de> {
+        Steps {
+            defaults,
+            components: Components {
+                dir: source.parent().unwrap_or_else(|| Path::new("")),
+                known: HashMap::default(),
+            },
+            defs: Vec::with_capacity(capacity),
+            links: Vec::with_capacity(capacity),
+        }
     }
-    // Definitions and the links still to resolve live apart, so the
-    // definitions move into the workflow as they are, without a copy.
-    let mut defs = Vec::with_capacity(step_nodes.len());
-    let mut links = Vec::with_capacity(step_nodes.len());
-    let mut components = Components {
-        dir,
-        known: HashMap::default(),
-    };
-    for (n, step) in step_nodes.iter().enumerate() {
-        let (def, link) = read_step(step, n, &mut components, &default_limits, &default_retry)?;
-        defs.push(def);
-        links.push(link);
+
+    /// Reads the next step from its fields, in the order of [`STEP_FIELDS`];
+    /// `at` is where the step is written.
+    pub(super) fn read(&mut self, fields: [Option<&Node<'de>>; STEP_FIELDS.len()], at: Location) -> Res<()> {
+        let (def, links) = read_step(fields, at, self.defs.len(), &mut self.components, &self.defaults)?;
+        self.defs.push(def);
+        self.links.push(links);
+        Ok(())
+    }
+}
+
+/// Checks what only the whole workflow can tell (unique ids, needs and
+/// template references that name steps, no cycle), and plans it. `steps_at`
+/// is where the step list is written.
+pub(super) fn finish(
+    header: Header,
+    steps: Steps<'_, '_>,
+    steps_at: Location,
+    source: &Path,
+) -> Res<Workflow> {
+    let Steps { defs, links, .. } = steps;
+    if defs.is_empty() {
+        return Err((steps_at, WorkflowErrorKind::EmptyWorkflow));
     }
 
     // Ids are unique.
     let mut index: HashMap<Arc<str>, usize, _> =
         HashMap::with_capacity_and_hasher(defs.len(), foldhash::fast::RandomState::default());
     for (i, def) in defs.iter().enumerate() {
-        if let Some(&first) = index.get(&def.id) {
+        if let Some(&first) = index.get(&*def.id) {
             return Err((
                 def.location,
                 WorkflowErrorKind::DuplicateId {
@@ -164,39 +239,27 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
 
     // Needs name steps.
     let mut needs = Lists::with_capacity(defs.len(), links.iter().map(|l| l.needs.len()).sum());
-    for (def, link) in defs.iter_mut().zip(&links) {
-        let mut names = Vec::with_capacity(link.needs.len());
+    for (def, link) in defs.iter().zip(&links) {
         for (need, loc) in &link.needs {
-            let Some((name, &j)) = index.get_key_value(*need) else {
+            let Some(&j) = index.get(&**need) else {
                 return Err((
                     *loc,
                     WorkflowErrorKind::UnknownNeed {
                         step: def.id.to_string(),
-                        need: (*need).to_owned(),
+                        need: need.to_string(),
                     },
                 ));
             };
             if !needs.open_list().contains(&j) {
                 needs.push_item(j);
-                names.push(Arc::clone(name));
             }
         }
         needs.end_list();
-        def.needs = names;
     }
 
     // Templates name steps.
-    for link in &links {
-        for (id, loc) in &link.refs {
-            if !index.contains_key(&**id) {
-                return Err((
-                    *loc,
-                    WorkflowErrorKind::UnknownStepInExpression { id: id.to_string() },
-                ));
-            }
-        }
-    }
-    for (id, loc) in &output_refs {
+    let refs = links.iter().flat_map(|link| &link.refs);
+    for (id, loc) in refs.chain(&header.output_refs) {
         if !index.contains_key(&**id) {
             return Err((
                 *loc,
@@ -222,7 +285,7 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
             let loc = links[first]
                 .needs
                 .iter()
-                .find(|(name, _)| *name == &*defs[second].id)
+                .find(|(name, _)| **name == *defs[second].id)
                 .map_or(defs[first].location, |&(_, loc)| loc);
             let mut path: Vec<String> = cycle.iter().map(|&i| defs[i].id.to_string()).collect();
             path.push(defs[first].id.to_string());
@@ -257,10 +320,10 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
         .filter(|&i| plan.dependents(i).is_empty())
         .collect();
     Ok(Workflow {
-        name,
-        description,
-        timeout,
-        output,
+        name: header.name,
+        description: header.description,
+        timeout: header.timeout,
+        output: header.output,
         steps: defs,
         source: source.to_owned(),
         text: Arc::from(""),
@@ -315,25 +378,30 @@ impl Reach {
 
 /// Component paths resolved against the workflow's directory, each once:
 /// large workflows run a few components in many steps.
-struct Components<'d, 'n> {
-    dir: &'d Path,
-    known: HashMap<&'n str, Arc<Path>, foldhash::fast::RandomState>,
+struct Components<'s, 'de> {
+    dir: &'s Path,
+    known: HashMap<&'de str, Arc<Path>, foldhash::fast::RandomState>,
 }
 
-impl<'n> Components<'_, 'n> {
-    fn resolve(&mut self, name: &'n str) -> Arc<Path> {
+impl<'de> Components<'_, 'de> {
+    fn resolve(&mut self, name: Cow<'de, str>) -> Arc<Path> {
         let dir = self.dir;
-        Arc::clone(self.known.entry(name).or_insert_with(|| dir.join(name).into()))
+        match name {
+            Cow::Borrowed(name) => {
+                Arc::clone(self.known.entry(name).or_insert_with(|| dir.join(name).into()))
+            }
+            Cow::Owned(name) => dir.join(name).into(),
+        }
     }
 }
 
-fn read_step<'n>(
-    node: &'n Node<'_>,
+fn read_step<'de>(
+    fields: [Option<&Node<'de>>; STEP_FIELDS.len()],
+    at: Location,
     n: usize,
-    components: &mut Components<'_, 'n>,
-    default_limits: &LimitOverrides,
-    default_retry: &RetryPolicy,
-) -> Res<(StepDef, Links<'n>)> {
+    components: &mut Components<'_, 'de>,
+    defaults: &Defaults,
+) -> Res<(StepDef, Links<'de>)> {
     let numbered = StepNumber(n + 1);
     let [
         id,
@@ -347,8 +415,8 @@ fn read_step<'n>(
         timeout,
         retry,
         continue_on_error,
-    ] = fields(node, "steps[]", &numbered, STEP_FIELDS)?;
-    let id_node = required(id, node, "id", &numbered)?;
+    ] = fields;
+    let id_node = required(id, at, "id", &numbered)?;
     let id = string(id_node, "id")?;
     if id.is_empty()
         || !id
@@ -358,8 +426,8 @@ fn read_step<'n>(
         return Err((id_node.loc, WorkflowErrorKind::BadId(id.to_owned())));
     }
     let context = StepName(id);
-    let component_node = required(component, node, "component", &context)?;
-    let component = string(component_node, "component")?;
+    let component_node = required(component, at, "component", &context)?;
+    let component = text(component_node, "component")?;
     if component.is_empty() {
         return Err((
             component_node.loc,
@@ -369,7 +437,6 @@ fn read_step<'n>(
             },
         ));
     }
-
     let needs = match needs {
         None => Vec::new(),
         Some(list) => strings(list, "needs")?,
@@ -432,17 +499,18 @@ fn read_step<'n>(
         .transpose()?;
 
     let own = limits(fuel, memory, timeout, "")?;
+    let inherited = &defaults.limits;
     let limits = LimitOverrides {
-        fuel: own.fuel.or(default_limits.fuel),
-        memory: own.memory.or(default_limits.memory),
-        timeout: own.timeout.or(default_limits.timeout),
-        output: own.output.or(default_limits.output),
-        log: own.log.or(default_limits.log),
-        stack: own.stack.or(default_limits.stack),
+        fuel: own.fuel.or(inherited.fuel),
+        memory: own.memory.or(inherited.memory),
+        timeout: own.timeout.or(inherited.timeout),
+        output: own.output.or(inherited.output),
+        log: own.log.or(inherited.log),
+        stack: own.stack.or(inherited.stack),
     };
     let retry = match retry {
         Some(n) => retry_policy(n)?,
-        None => default_retry.clone(),
+        None => defaults.retry.clone(),
     };
     let continue_on_error = continue_on_error
         .map(|n| boolean(n, "continue_on_error"))
@@ -453,7 +521,6 @@ fn read_step<'n>(
         StepDef {
             id: id.into(),
             component: components.resolve(component),
-            needs: Vec::new(),
             input,
             for_each: for_each_template.map(|items| ForEach { items, max_parallel }),
             limits,
@@ -614,15 +681,16 @@ fn unknown_field(key: &Key, context: &dyn fmt::Display, allowed: &[&str]) -> (Lo
     )
 }
 
+/// `value`, or an error at `parent` (where the mapping that lacks it is written).
 fn required<'n, 'd>(
     value: Option<&'n Node<'d>>,
-    parent: &Node,
+    parent: Location,
     field: &'static str,
     context: &dyn fmt::Display,
 ) -> Res<&'n Node<'d>> {
     value.ok_or_else(|| {
         (
-            parent.loc,
+            parent,
             WorkflowErrorKind::MissingField {
                 field,
                 context: context.to_string(),
@@ -649,17 +717,27 @@ fn string<'n>(node: &'n Node, field: &str) -> Res<&'n str> {
     }
 }
 
-/// One string or a list of strings, each with its position.
-fn strings<'n>(node: &'n Node<'_>, field: &str) -> Res<Vec<(&'n str, Location)>> {
+/// A string that borrows from the document when the node does, so it
+/// outlives the node.
+fn text<'de>(node: &Node<'de>, field: &str) -> Res<Cow<'de, str>> {
     match &node.value {
-        Value::Str(s) => Ok(vec![(&**s, node.loc)]),
+        Value::Str(Cow::Borrowed(s)) => Ok(Cow::Borrowed(s)),
+        Value::Str(Cow::Owned(s)) => Ok(Cow::Owned(s.clone())),
+        _ => Err(wrong_type(node, field, "a string")),
+    }
+}
+
+/// One string or a list of strings, each with its position.
+fn strings<'de>(node: &Node<'de>, field: &str) -> Res<Vec<(Cow<'de, str>, Location)>> {
+    match &node.value {
+        Value::Str(_) => Ok(vec![(text(node, field)?, node.loc)]),
         Value::Seq(items) => {
             let mut list = Vec::with_capacity(items.len());
             for item in items {
-                let Value::Str(s) = &item.value else {
+                let Value::Str(_) = &item.value else {
                     return Err(wrong_type(item, field, "a step id"));
                 };
-                list.push((&**s, item.loc));
+                list.push((text(item, field)?, item.loc));
             }
             Ok(list)
         }
@@ -804,7 +882,10 @@ steps:
         assert_eq!(split.limits.memory, Some(ByteSize::mib(64)));
         assert_eq!(split.retry.max_attempts, 2, "defaults' retry applies");
         let count = wf.step("count").unwrap();
-        assert_eq!(count.needs, ["split".into()]);
+        assert_eq!(
+            wf.needs(wf.step_index("count").unwrap()).collect::<Vec<_>>(),
+            ["split"]
+        );
         assert_eq!(count.limits.memory, Some(ByteSize::mib(8)));
         assert_eq!(count.limits.timeout, Some(Duration::from_secs(5)));
         assert_eq!(count.for_each.as_ref().unwrap().max_parallel, Some(4));
@@ -860,25 +941,22 @@ steps:
         let (y, j) = (load_ok(yaml), load_ok(json));
         assert_eq!(y.name, j.name);
         assert_eq!(y.steps.len(), j.steps.len());
-        for (ys, js) in y.steps.iter().zip(&j.steps) {
-            assert_eq!(
-                (&ys.id, &ys.component, &ys.needs),
-                (&js.id, &js.component, &js.needs)
-            );
+        for (i, (ys, js)) in y.steps.iter().zip(&j.steps).enumerate() {
+            assert_eq!((&ys.id, &ys.component), (&js.id, &js.component));
+            assert!(y.needs(i).eq(j.needs(i)));
             // JSON objects come without their key order (serde_json sorts
             // them), so compare what the templates produce.
             let input = serde_json::json!({"x": 5});
             let no_steps = |_: &str| None;
             let scope = crate::workflow::Scope::new(&input, &no_steps);
-            assert_eq!(ys.eval_input(&scope).ok(), js.eval_input(&scope).ok());
+            assert_eq!(y.eval_input(i, &scope).ok(), j.eval_input(i, &scope).ok());
         }
         assert_eq!(
-            j.steps[0]
-                .eval_input(&crate::workflow::Scope::new(
-                    &serde_json::json!({"x": 5}),
-                    &|_: &str| None
-                ))
-                .ok(),
+            j.eval_input(
+                0,
+                &crate::workflow::Scope::new(&serde_json::json!({"x": 5}), &|_: &str| None)
+            )
+            .ok(),
             Some(serde_json::json!({"x": 5, "n": [1, 2.5, null, true]}))
         );
         assert_eq!(y.plan(), j.plan());
@@ -886,6 +964,72 @@ steps:
         let (err, _) = load_err("{\n  \"name\": \"w\",\n  \"stepz\": []\n}");
         assert!(matches!(err.kind, WorkflowErrorKind::UnknownField { ref field, .. } if field == "stepz"));
         assert_eq!(at(&err), (3, 3));
+    }
+
+    /// The JSON read by the tree of nodes, without positions.
+    fn load_as_tree(text: &str) -> Workflow {
+        let root = node::parse_json_unpositioned(text).unwrap();
+        build(&root, Path::new("flows/wf.json")).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    /// Everything a load decides, in a form that compares (the id index
+    /// hashes in a random order, so it is left out).
+    fn summary(wf: &Workflow) -> String {
+        format!(
+            "{} {:?} {:?} {:?} {:?} {:?}",
+            wf.name,
+            wf.description,
+            wf.timeout,
+            wf.output,
+            wf.steps,
+            wf.plan()
+        )
+    }
+
+    #[test]
+    fn the_streaming_json_path_reads_what_the_tree_reads() {
+        // Escapes make strings that cannot borrow from the text.
+        let text = r#"{
+  "name": "w", "description": "d", "timeout": "1m",
+  "defaults": {"fuel": 1000, "memory": "1MiB", "timeout": "5s", "retry": {"max_attempts": 3}},
+  "output": {"last": "${steps.s2}"},
+  "steps": [
+    {"id": "s1", "component": "a.wasm", "input": {"x": "${input.x}"}},
+    {"id": "s2", "component": "a.wasm", "needs": ["s1", "s1"], "for_each": "${steps.s1.items}",
+     "max_parallel": 2, "input": {"v": "${item}"}, "timeout": "1s", "retry": {"max_attempts": 1},
+     "continue_on_error": true},
+    {"id": "s3", "component": "../b.wasm", "needs": "s1", "fuel": 7}
+  ]
+}"#;
+        let streamed = super::json::load(text, Path::new("flows/wf.json")).expect("the fast path reads it");
+        assert_eq!(summary(&streamed), summary(&load_as_tree(text)));
+        assert_eq!(&*streamed.steps[0].id, "s1");
+        assert_eq!(streamed.needs(1).collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(streamed.steps[2].limits.timeout, Some(Duration::from_secs(5)));
+        // One resolved path for the steps that name the same file.
+        assert!(Arc::ptr_eq(
+            &streamed.steps[0].component,
+            &streamed.steps[1].component
+        ));
+    }
+
+    #[test]
+    fn json_the_streaming_path_leaves_loads_through_the_tree_or_with_positions() {
+        // Defaults after the steps: the steps were read without them.
+        let late = r#"{"name": "w", "steps": [{"id": "a", "component": "a.wasm"}], "defaults": {"fuel": 9}}"#;
+        assert!(super::json::load(late, Path::new("w.json")).is_none());
+        assert_eq!(load_ok(late).steps[0].limits.fuel, Some(9));
+        // Errors are found again with their positions.
+        let dup = r#"{"name": "w", "steps": [
+ {"id": "a", "component": "a.wasm"},
+ {"id": "a", "component": "a.wasm"}]}"#;
+        assert!(super::json::load(dup, Path::new("w.json")).is_none());
+        let (err, _) = load_err(dup);
+        assert!(matches!(err.kind, WorkflowErrorKind::DuplicateId { .. }), "{err}");
+        assert_eq!(at(&err), (3, 9));
+        let trailing = r#"{"name": "w", "steps": [{"id": "a", "component": "a.wasm"}]} x"#;
+        assert!(super::json::load(trailing, Path::new("w.json")).is_none());
+        assert!(matches!(load_err(trailing).0.kind, WorkflowErrorKind::Syntax(_)));
     }
 
     #[test]
@@ -901,7 +1045,7 @@ steps:
         let steps = |id: &str| outputs.get(id);
         let input = json!(7);
         let scope = Scope::new(&input, &steps);
-        assert_eq!(wf.steps[0].eval_input(&scope).unwrap(), json!(7));
+        assert_eq!(wf.eval_input(0, &scope).unwrap(), json!(7));
         assert_eq!(wf.eval_output(&scope).unwrap(), json!([1]));
         // Unquoted inside a flow mapping, `}` ends the mapping: YAML rejects it.
         let (err, _) =
@@ -1253,10 +1397,10 @@ steps:
     fn default_input_follows_for_each_then_needs() {
         let text = "name: w\nsteps:\n  - {id: a, component: a.wasm}\n  - {id: b, component: b.wasm, needs: a}\n  - {id: c, component: c.wasm, needs: [a, b]}\n  - {id: d, component: d.wasm, needs: c, for_each: \"${steps.c.a}\"}\n  - {id: e, component: e.wasm, needs: a, input: {k: 1}}\n";
         let wf = load_ok(text);
-        let source = |id: &str| wf.step(id).unwrap().input_source();
+        let source = |id: &str| wf.input_source(wf.step_index(id).unwrap());
         assert_eq!(source("a"), InputSource::WorkflowInput);
         assert_eq!(source("b"), InputSource::Need("a"));
-        assert_eq!(source("c"), InputSource::Needs(&["a".into(), "b".into()]));
+        assert_eq!(source("c"), InputSource::Needs(vec!["a", "b"]));
         assert_eq!(source("d"), InputSource::Item);
         assert!(matches!(source("e"), InputSource::Template(_)));
 
@@ -1264,7 +1408,7 @@ steps:
         let steps = |id: &str| outputs.get(id);
         let input = json!({"in": true});
         let scope = Scope::new(&input, &steps);
-        let eval = |id: &str, scope: &Scope<'_>| wf.step(id).unwrap().eval_input(scope).unwrap();
+        let eval = |id: &str, scope: &Scope<'_>| wf.eval_input(wf.step_index(id).unwrap(), scope).unwrap();
         assert_eq!(eval("a", &scope), input);
         assert_eq!(eval("b", &scope), json!([1, 2]));
         assert_eq!(eval("c", &scope), json!({"a": [1, 2], "b": "B"}));

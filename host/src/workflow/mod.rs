@@ -87,7 +87,7 @@
 //! A step without `input` gets, in order: the current item if it has
 //! `for_each`; the workflow input if it has no needs; its need's output if it
 //! has exactly one; else an object `{need_id: output, ...}` (see
-//! [`StepDef::input_source`]). A workflow without `output` returns its single
+//! [`Workflow::input_source`]). A workflow without `output` returns its single
 //! sink step's output (a step no one needs), or with several sinks an object
 //! keyed by sink id (see [`Workflow::eval_output`]).
 //!
@@ -115,6 +115,7 @@
 //! ```
 
 mod error;
+mod json;
 mod load;
 mod node;
 mod plan;
@@ -171,9 +172,7 @@ pub struct StepDef {
     /// The component file, resolved against the workflow file's directory.
     /// Steps that name the same file share one path.
     pub component: Arc<Path>,
-    /// Ids of the steps this one waits for (deduplicated, in the order written).
-    pub needs: Vec<Arc<str>>,
-    /// The input template; `None` for the default (see [`StepDef::input_source`]).
+    /// The input template; `None` for the default (see [`Workflow::input_source`]).
     pub input: Option<Template>,
     /// Run once per item of a list instead of once.
     pub for_each: Option<ForEach>,
@@ -225,8 +224,8 @@ impl ForEach {
 /// When and how often to run a failed step again (shared with the scheduler).
 pub use crate::policy::RetryPolicy;
 
-/// Where a step's input comes from (see [`StepDef::input_source`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Where a step's input comes from (see [`Workflow::input_source`]).
+#[derive(Debug, Clone, PartialEq)]
 pub enum InputSource<'a> {
     /// The step's own `input` template.
     Template(&'a Template),
@@ -236,52 +235,8 @@ pub enum InputSource<'a> {
     WorkflowInput,
     /// The output of the step's only need.
     Need(&'a str),
-    /// An object `{need_id: output, ...}` of the step's needs.
-    Needs(&'a [Arc<str>]),
-}
-
-impl StepDef {
-    /// Where this step's input comes from: its `input` template if it has one;
-    /// else the current item if it has `for_each`; else the workflow input if
-    /// it has no needs; else its need's output if it has one need; else an
-    /// object keyed by need id.
-    pub fn input_source(&self) -> InputSource<'_> {
-        match (&self.input, &self.for_each, self.needs.as_slice()) {
-            (Some(template), _, _) => InputSource::Template(template),
-            (None, Some(_), _) => InputSource::Item,
-            (None, None, []) => InputSource::WorkflowInput,
-            (None, None, [need]) => InputSource::Need(need),
-            (None, None, needs) => InputSource::Needs(needs),
-        }
-    }
-
-    /// Evaluates this step's input (for a `for_each` step, one item's input:
-    /// give the item in `scope`), following [`StepDef::input_source`].
-    ///
-    /// # Errors
-    ///
-    /// When the template fails, or `scope` lacks a value the rule needs.
-    pub fn eval_input(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
-        let output = |id: &str| {
-            (scope.steps)(id).cloned().ok_or_else(|| {
-                EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
-            })
-        };
-        match self.input_source() {
-            InputSource::Template(template) => template.eval(scope),
-            InputSource::Item => scope
-                .item
-                .cloned()
-                .ok_or_else(|| EvalError::new("`item` is not available: no `for_each` item is being run")),
-            InputSource::WorkflowInput => Ok(scope.input.clone()),
-            InputSource::Need(id) => output(id),
-            InputSource::Needs(ids) => ids
-                .iter()
-                .map(|id| Ok((id.to_string(), output(id)?)))
-                .collect::<Result<serde_json::Map<_, _>, _>>()
-                .map(Value::Object),
-        }
-    }
+    /// An object `{need_id: output, ...}` of the step's needs, in the order written.
+    Needs(Vec<&'a str>),
 }
 
 impl Workflow {
@@ -335,6 +290,68 @@ impl Workflow {
     /// The execution plan. Validation guarantees the graph is acyclic.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The ids of the steps that step `step` waits for (deduplicated, in the
+    /// order written).
+    ///
+    /// # Panics
+    ///
+    /// If `step` is not an index into [`Workflow::steps`].
+    pub fn needs(&self, step: usize) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.plan.needs(step).iter().map(|&j| &*self.steps[j].id)
+    }
+
+    /// Where step `step`'s input comes from: its `input` template if it has
+    /// one; else the current item if it has `for_each`; else the workflow
+    /// input if it has no needs; else its need's output if it has one need;
+    /// else an object keyed by need id.
+    ///
+    /// # Panics
+    ///
+    /// If `step` is not an index into [`Workflow::steps`].
+    pub fn input_source(&self, step: usize) -> InputSource<'_> {
+        let def = &self.steps[step];
+        let mut needs = self.needs(step);
+        match (&def.input, &def.for_each, needs.len()) {
+            (Some(template), _, _) => InputSource::Template(template),
+            (None, Some(_), _) => InputSource::Item,
+            (None, None, 0) => InputSource::WorkflowInput,
+            (None, None, 1) => InputSource::Need(needs.next().unwrap_or_default()),
+            (None, None, _) => InputSource::Needs(needs.collect()),
+        }
+    }
+
+    /// Evaluates step `step`'s input (for a `for_each` step, one item's
+    /// input: give the item in `scope`), following [`Workflow::input_source`].
+    ///
+    /// # Errors
+    ///
+    /// When the template fails, or `scope` lacks a value the rule needs.
+    ///
+    /// # Panics
+    ///
+    /// If `step` is not an index into [`Workflow::steps`].
+    pub fn eval_input(&self, step: usize, scope: &Scope<'_>) -> Result<Value, EvalError> {
+        let output = |id: &str| {
+            (scope.steps)(id).cloned().ok_or_else(|| {
+                EvalError::new(format!("`steps.{id}` has no output (the step has not finished)"))
+            })
+        };
+        match self.input_source(step) {
+            InputSource::Template(template) => template.eval(scope),
+            InputSource::Item => scope
+                .item
+                .cloned()
+                .ok_or_else(|| EvalError::new("`item` is not available: no `for_each` item is being run")),
+            InputSource::WorkflowInput => Ok(scope.input.clone()),
+            InputSource::Need(id) => output(id),
+            InputSource::Needs(ids) => ids
+                .into_iter()
+                .map(|id| Ok((id.to_owned(), output(id)?)))
+                .collect::<Result<serde_json::Map<_, _>, _>>()
+                .map(Value::Object),
+        }
     }
 
     /// Indices of the sink steps (steps no other step needs), in file order.

@@ -140,12 +140,20 @@ impl<'de> Children<'de> for Positioned {
 }
 
 /// A node read without positions: every location is 0:0.
-struct Flat<'a>(Node<'a>);
+pub(crate) struct Flat<'a>(pub(crate) Node<'a>);
 
 /// A mapping key read without its position.
-struct FlatKey<'a>(Text<'a>);
+pub(crate) struct FlatKey<'a>(Text<'a>);
 
-const NOWHERE: Location = Location { line: 0, column: 0 };
+impl FlatKey<'_> {
+    /// The key's text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0.0
+    }
+}
+
+/// The position of everything read without positions.
+pub(crate) const NOWHERE: Location = Location { line: 0, column: 0 };
 
 impl<'a> From<Flat<'a>> for Node<'a> {
     fn from(flat: Flat<'a>) -> Node<'a> {
