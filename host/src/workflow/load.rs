@@ -93,7 +93,7 @@ struct Links<'de> {
     /// Each need with where it is written.
     needs: Vec<(Cow<'de, str>, Location)>,
     /// Every `steps.ID` used in the step's templates, with where.
-    refs: Vec<(Box<str>, Location)>,
+    refs: Vec<(Cow<'de, str>, Location)>,
 }
 
 fn build(root: &Node, source: &Path) -> Res<Workflow> {
@@ -113,13 +113,13 @@ fn build(root: &Node, source: &Path) -> Res<Workflow> {
 }
 
 /// The workflow's own fields, checked: all but `defaults` and `steps`.
-pub(super) struct Header {
+pub(super) struct Header<'de> {
     name: String,
     description: Option<String>,
     timeout: Option<Duration>,
     output: Option<Template>,
     /// Every `steps.ID` the output template uses, with where.
-    output_refs: Vec<(Box<str>, Location)>,
+    output_refs: Vec<(Cow<'de, str>, Location)>,
 }
 
 /// What every step inherits from the workflow's `defaults`.
@@ -132,7 +132,7 @@ pub(super) struct Defaults {
 /// Checks the workflow's fields but its steps (`name`, `description`,
 /// `timeout`, `defaults`, `output`, in that order); `at` is where the
 /// workflow is written.
-pub(super) fn header(fields: [Option<&Node>; 5], at: Location) -> Res<(Header, Defaults)> {
+pub(super) fn header<'de>(fields: [Option<&Node<'de>>; 5], at: Location) -> Res<(Header<'de>, Defaults)> {
     let [name, description, timeout, defaults, output] = fields;
     let name = string(required(name, at, "name", &"the workflow")?, "name")?.to_owned();
     let description = description
@@ -211,7 +211,7 @@ impl<'s, 'de> Steps<'s, 'de> {
 /// template references that name steps, no cycle), and plans it. `steps_at`
 /// is where the step list is written.
 pub(super) fn finish(
-    header: Header,
+    header: Header<'_>,
     steps: Steps<'_, '_>,
     steps_at: Location,
     source: &Path,

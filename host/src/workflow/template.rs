@@ -36,8 +36,6 @@ use super::{Location, WorkflowErrorKind};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     root: Part,
-    /// Step ids referenced, each once, in order of first use.
-    refs: Vec<Box<str>>,
     uses_item: bool,
 }
 
@@ -126,7 +124,8 @@ enum Piece {
     Ref(Expr),
 }
 
-/// A compiled `EXPR`: a root and a path into it.
+/// A compiled `EXPR`: a root and a path into it. Names (the step id, keys)
+/// are ranges of `text`, so an expression is two allocations however long.
 #[derive(Debug, Clone, PartialEq)]
 struct Expr {
     /// The expression as written (trimmed), for messages.
@@ -138,32 +137,46 @@ struct Expr {
     path: Vec<(Seg, usize)>,
 }
 
+/// `steps.` before a step id in an expression.
+const STEPS_DOT: &str = "steps.";
+
 #[derive(Debug, Clone, PartialEq)]
 enum Root {
     Input,
-    Step(Box<str>),
+    /// `steps.ID`: the id is `text[STEPS_DOT.len()..root_len]`.
+    Step,
     Item,
     Index,
 }
 
+/// A segment of a path. A key is the text between the previous segment's
+/// end (or the root's) plus its `.`, and this segment's end.
 #[derive(Debug, Clone, PartialEq)]
 enum Seg {
     /// `.name`: an object key.
-    Key(Box<str>),
+    Key,
     /// `.3`: an array index, or an object key made of digits.
-    KeyOrIndex(Box<str>, usize),
+    KeyOrIndex(usize),
     /// `[3]`: an array index.
     Index(usize),
 }
 
+impl Expr {
+    /// The step id of a `steps.ID` expression.
+    fn step(&self) -> Option<&str> {
+        (self.root == Root::Step).then(|| &self.text[STEPS_DOT.len()..self.root_len])
+    }
+}
+
 /// Where a template is compiled, for validation while compiling.
-pub(crate) struct Context<'c> {
+pub(crate) struct Context<'c, 'de> {
     /// The field the template is in, for messages.
     pub(crate) field: &'c str,
     /// Whether `item` and `index` may be used.
     pub(crate) allow_item: bool,
     /// Every `steps.ID` reference met, with the position of its string.
-    pub(crate) refs: &'c mut Vec<(Box<str>, Location)>,
+    /// Ids borrow from the document when its string does.
+    pub(crate) refs: &'c mut Vec<(Cow<'de, str>, Location)>,
 }
 
 type CompileError = (Location, WorkflowErrorKind);
@@ -188,26 +201,20 @@ impl Template {
     }
 
     /// Compiles a YAML node, recording references in `cx`.
-    pub(crate) fn compile(node: &Node, cx: &mut Context<'_>) -> Result<Template, CompileError> {
-        let first = cx.refs.len();
+    pub(crate) fn compile<'de>(
+        node: &Node<'de>,
+        cx: &mut Context<'_, 'de>,
+    ) -> Result<Template, CompileError> {
         let mut uses_item = false;
         let root = compile_node(node, cx, &mut uses_item)?;
-        let mut refs: Vec<Box<str>> = Vec::new();
-        for (id, _) in &cx.refs[first..] {
-            if !refs.contains(id) {
-                refs.push(id.clone());
-            }
-        }
-        Ok(Template {
-            root,
-            refs,
-            uses_item,
-        })
+        Ok(Template { root, uses_item })
     }
 
     /// The ids of the steps this template references, each once, in order of first use.
     pub fn references(&self) -> impl Iterator<Item = &str> {
-        self.refs.iter().map(|id| &**id)
+        let mut ids = Vec::new();
+        self.root.references(&mut ids);
+        ids.into_iter()
     }
 
     /// Whether the template uses `item` or `index`.
@@ -232,9 +239,19 @@ impl Template {
     }
 }
 
-fn compile_node(node: &Node, cx: &mut Context<'_>, uses_item: &mut bool) -> Result<Part, CompileError> {
+fn compile_node<'de>(
+    node: &Node<'de>,
+    cx: &mut Context<'_, 'de>,
+    uses_item: &mut bool,
+) -> Result<Part, CompileError> {
     Ok(match &node.value {
-        node::Value::Str(text) => compile_str(text, node.loc, cx, uses_item)?,
+        node::Value::Str(text) => {
+            let document = match text {
+                Cow::Borrowed(text) => Some(*text),
+                Cow::Owned(_) => None,
+            };
+            compile_str(text, document, node.loc, cx, uses_item)?
+        }
         node::Value::Seq(items) => {
             let parts = items
                 .iter()
@@ -285,10 +302,13 @@ fn into_literal(part: Part) -> Value {
     }
 }
 
-fn compile_str(
+/// Compiles one string; `document` is the same text when it borrows from
+/// the workflow file, so step ids can borrow from it too.
+fn compile_str<'de>(
     text: &str,
+    document: Option<&'de str>,
     loc: Location,
-    cx: &mut Context<'_>,
+    cx: &mut Context<'_, 'de>,
     uses_item: &mut bool,
 ) -> Result<Part, CompileError> {
     if !text.contains('$') {
@@ -320,9 +340,19 @@ fn compile_str(
                 if !literal.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut literal)));
                 }
-                let expr = parse_expr(text[i + 2..end].trim()).map_err(bad)?;
+                let raw = &text[i + 2..end];
+                let expr = parse_expr(raw.trim()).map_err(bad)?;
                 match &expr.root {
-                    Root::Step(id) => cx.refs.push((id.clone(), loc)),
+                    Root::Step => {
+                        // The id, borrowed from the document when the string is.
+                        let start = i + 2 + (raw.len() - raw.trim_start().len()) + STEPS_DOT.len();
+                        let id = start..start + expr.step().map_or(0, str::len);
+                        let id = match document {
+                            Some(text) => Cow::Borrowed(&text[id]),
+                            None => Cow::Owned(text[id].to_owned()),
+                        };
+                        cx.refs.push((id, loc));
+                    }
                     Root::Item | Root::Index => {
                         if !cx.allow_item {
                             return Err((loc, WorkflowErrorKind::ItemOutsideForEach(expr.text.to_string())));
@@ -383,9 +413,8 @@ fn parse_expr(text: &str) -> Result<Expr, String> {
             if end == i + 1 {
                 return Err(format!("`${{{text}}}`: expected a step id after `steps.`"));
             }
-            let id = &text[i + 1..end];
             i = end;
-            Root::Step(id.into())
+            Root::Step
         }
         other => {
             return Err(format!(
@@ -404,8 +433,8 @@ fn parse_expr(text: &str) -> Result<Expr, String> {
                 }
                 let key = &text[i + 1..end];
                 let seg = match key.parse::<usize>() {
-                    Ok(n) if key.bytes().all(|b| b.is_ascii_digit()) => Seg::KeyOrIndex(key.into(), n),
-                    _ => Seg::Key(key.into()),
+                    Ok(n) if key.bytes().all(|b| b.is_ascii_digit()) => Seg::KeyOrIndex(n),
+                    _ => Seg::Key,
                 };
                 path.push((seg, end));
                 i = end;
@@ -442,6 +471,28 @@ fn parse_expr(text: &str) -> Result<Expr, String> {
 }
 
 impl Part {
+    /// Adds the step ids this part references to `ids`, each once, in order.
+    fn references<'t>(&'t self, ids: &mut Vec<&'t str>) {
+        let mut add = |expr: &'t Expr| {
+            if let Some(id) = expr.step()
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        };
+        match self {
+            Part::Literal(_) => {}
+            Part::Ref(expr) => add(expr),
+            Part::Text(pieces) => pieces.iter().for_each(|p| {
+                if let Piece::Ref(expr) = p {
+                    add(expr);
+                }
+            }),
+            Part::Array(items) => items.iter().for_each(|item| item.references(ids)),
+            Part::Object(entries) => entries.iter().for_each(|(_, part)| part.references(ids)),
+        }
+    }
+
     fn eval(&self, scope: &Scope<'_>) -> Result<Value, EvalError> {
         match self {
             Part::Literal(value) => Ok(value.clone()),
@@ -482,9 +533,12 @@ impl Expr {
     fn resolve<'s>(&self, scope: &Scope<'s>) -> Result<Cow<'s, Value>, EvalError> {
         let mut current: &'s Value = match &self.root {
             Root::Input => scope.input,
-            Root::Step(id) => (scope.steps)(id).ok_or_else(|| {
-                EvalError(format!("`steps.{id}` has no output (the step has not finished)"))
-            })?,
+            Root::Step => {
+                let id = &self.text[STEPS_DOT.len()..self.root_len];
+                (scope.steps)(id).ok_or_else(|| {
+                    EvalError(format!("`steps.{id}` has no output (the step has not finished)"))
+                })?
+            }
             Root::Item => scope.item.ok_or_else(|| {
                 EvalError("`item` is not available: no `for_each` item is being run".into())
             })?,
@@ -496,9 +550,11 @@ impl Expr {
         };
         let mut prefix_len = self.root_len;
         for (seg, end) in &self.path {
+            // `.` then the key, up to the segment's end.
+            let key = || &self.text[prefix_len + 1..*end];
             let next = match (seg, current) {
-                (Seg::Key(k) | Seg::KeyOrIndex(k, _), Value::Object(map)) => map.get(&**k),
-                (Seg::Index(n) | Seg::KeyOrIndex(_, n), Value::Array(items)) => items.get(*n),
+                (Seg::Key | Seg::KeyOrIndex(_), Value::Object(map)) => map.get(key()),
+                (Seg::Index(n) | Seg::KeyOrIndex(n), Value::Array(items)) => items.get(*n),
                 _ => None,
             };
             current = next.ok_or_else(|| {
