@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,9 @@ const RETRY_FIELDS: &[&str; 6] = &[
     "retry_on",
 ];
 
-pub(crate) fn load(text: &str, source: &Path) -> Result<Workflow, WorkflowError> {
+/// Loads the workflow in `text`, which it keeps (without a copy when it
+/// owns it: a large workflow's text is megabytes).
+pub(crate) fn load(text: Cow<'_, str>, source: &Path) -> Result<Workflow, WorkflowError> {
     let at = |(loc, kind): (Location, WorkflowErrorKind)| WorkflowError {
         file: source.to_owned(),
         line: loc.line,
@@ -56,15 +59,16 @@ pub(crate) fn load(text: &str, source: &Path) -> Result<Workflow, WorkflowError>
     // and only when something is wrong parse again with positions, so the
     // error can say where.
     if text.trim_start().starts_with('{')
-        && let Some(mut workflow) = json::load(text, source)
-            .or_else(|| node::parse_json_unpositioned(text).and_then(|root| build(&root, source).ok()))
+        && let Some(mut workflow) = json::load(&text, source)
+            .or_else(|| node::parse_json_unpositioned(&text).and_then(|root| build(&root, source).ok()))
     {
-        workflow.text = text.into();
+        workflow.text = Arc::new(text.into_owned());
         return Ok(workflow);
     }
-    let root = node::parse(text).map_err(|(loc, message)| at((loc, WorkflowErrorKind::Syntax(message))))?;
+    let root = node::parse(&text).map_err(|(loc, message)| at((loc, WorkflowErrorKind::Syntax(message))))?;
     let mut workflow = build(&root, source).map_err(at)?;
-    workflow.text = text.into();
+    drop(root);
+    workflow.text = Arc::new(text.into_owned());
     Ok(workflow)
 }
 
@@ -90,8 +94,8 @@ impl fmt::Display for StepName<'_> {
 /// What a step's definition names of other steps, before the graph is
 /// checked. Names borrow from the document, so they outlive its nodes.
 struct Links<'de> {
-    /// Each need with where it is written.
-    needs: Vec<(Cow<'de, str>, Location)>,
+    /// Where the step's needs are in [`Steps::needs`].
+    needs: Range<usize>,
     /// Every `steps.ID` used in the step's templates, with where.
     refs: Vec<(Cow<'de, str>, Location)>,
 }
@@ -126,7 +130,7 @@ pub(super) struct Header<'de> {
 #[derive(Default)]
 pub(super) struct Defaults {
     limits: LimitOverrides,
-    retry: RetryPolicy,
+    retry: Arc<RetryPolicy>,
 }
 
 /// Checks the workflow's fields but its steps (`name`, `description`,
@@ -171,7 +175,7 @@ pub(super) fn defaults(node: Option<&Node>) -> Res<Defaults> {
     let [fuel, memory, timeout, retry] = fields(node, "defaults", &"`defaults`", DEFAULTS_FIELDS)?;
     Ok(Defaults {
         limits: limits(fuel, memory, timeout, "defaults.")?,
-        retry: retry.map(retry_policy).transpose()?.unwrap_or_default(),
+        retry: Arc::new(retry.map(retry_policy).transpose()?.unwrap_or_default()),
     })
 }
 
@@ -181,6 +185,9 @@ pub(super) struct Steps<'s, 'de> {
     components: Components<'s, 'de>,
     defs: Vec<StepDef>,
     links: Vec<Links<'de>>,
+    /// Every step's needs, each with where it is written, end to end: one
+    /// list for the workflow rather than one per step.
+    needs: Vec<(Cow<'de, str>, Location)>,
 }
 
 impl<'s, 'de> Steps<'s, 'de> {
@@ -194,13 +201,21 @@ impl<'s, 'de> Steps<'s, 'de> {
             },
             defs: Vec::with_capacity(capacity),
             links: Vec::with_capacity(capacity),
+            needs: Vec::with_capacity(capacity),
         }
     }
 
     /// Reads the next step from its fields, in the order of [`STEP_FIELDS`];
     /// `at` is where the step is written.
     pub(super) fn read(&mut self, fields: [Option<&Node<'de>>; STEP_FIELDS.len()], at: Location) -> Res<()> {
-        let (def, links) = read_step(fields, at, self.defs.len(), &mut self.components, &self.defaults)?;
+        let (def, links) = read_step(
+            fields,
+            at,
+            self.defs.len(),
+            &mut self.components,
+            &self.defaults,
+            &mut self.needs,
+        )?;
         self.defs.push(def);
         self.links.push(links);
         Ok(())
@@ -216,7 +231,12 @@ pub(super) fn finish(
     steps_at: Location,
     source: &Path,
 ) -> Res<Workflow> {
-    let Steps { defs, links, .. } = steps;
+    let Steps {
+        defs,
+        links,
+        needs: all_needs,
+        ..
+    } = steps;
     if defs.is_empty() {
         return Err((steps_at, WorkflowErrorKind::EmptyWorkflow));
     }
@@ -238,9 +258,9 @@ pub(super) fn finish(
     }
 
     // Needs name steps.
-    let mut needs = Lists::with_capacity(defs.len(), links.iter().map(|l| l.needs.len()).sum());
+    let mut needs = Lists::with_capacity(defs.len(), all_needs.len());
     for (def, link) in defs.iter().zip(&links) {
-        for (need, loc) in &link.needs {
+        for (need, loc) in &all_needs[link.needs.clone()] {
             let Some(&j) = index.get(&**need) else {
                 return Err((
                     *loc,
@@ -282,8 +302,7 @@ pub(super) fn finish(
         Ordered::Cycle(cycle) => {
             let first = cycle[0];
             let second = cycle.get(1).copied().unwrap_or(first);
-            let loc = links[first]
-                .needs
+            let loc = all_needs[links[first].needs.clone()]
                 .iter()
                 .find(|(name, _)| **name == *defs[second].id)
                 .map_or(defs[first].location, |&(_, loc)| loc);
@@ -326,7 +345,7 @@ pub(super) fn finish(
         output: header.output,
         steps: defs,
         source: source.to_owned(),
-        text: Arc::from(""),
+        text: Arc::default(),
         index,
         plan,
         sinks,
@@ -401,6 +420,7 @@ fn read_step<'de>(
     n: usize,
     components: &mut Components<'_, 'de>,
     defaults: &Defaults,
+    all_needs: &mut Vec<(Cow<'de, str>, Location)>,
 ) -> Res<(StepDef, Links<'de>)> {
     let numbered = StepNumber(n + 1);
     let [
@@ -437,10 +457,11 @@ fn read_step<'de>(
             },
         ));
     }
-    let needs = match needs {
-        None => Vec::new(),
-        Some(list) => strings(list, "needs")?,
-    };
+    let first_need = all_needs.len();
+    if let Some(list) = needs {
+        strings(list, "needs", all_needs)?;
+    }
+    let needs = first_need..all_needs.len();
 
     let mut refs = Vec::new();
     let for_each_template = for_each
@@ -509,8 +530,8 @@ fn read_step<'de>(
         stack: own.stack.or(inherited.stack),
     };
     let retry = match retry {
-        Some(n) => retry_policy(n)?,
-        None => defaults.retry.clone(),
+        Some(n) => Arc::new(retry_policy(n)?),
+        None => Arc::clone(&defaults.retry),
     };
     let continue_on_error = continue_on_error
         .map(|n| boolean(n, "continue_on_error"))
@@ -727,19 +748,21 @@ fn text<'de>(node: &Node<'de>, field: &str) -> Res<Cow<'de, str>> {
     }
 }
 
-/// One string or a list of strings, each with its position.
-fn strings<'de>(node: &Node<'de>, field: &str) -> Res<Vec<(Cow<'de, str>, Location)>> {
+/// One string or a list of strings, each with its position, added to `list`.
+fn strings<'de>(node: &Node<'de>, field: &str, list: &mut Vec<(Cow<'de, str>, Location)>) -> Res<()> {
     match &node.value {
-        Value::Str(_) => Ok(vec![(text(node, field)?, node.loc)]),
+        Value::Str(_) => {
+            list.push((text(node, field)?, node.loc));
+            Ok(())
+        }
         Value::Seq(items) => {
-            let mut list = Vec::with_capacity(items.len());
             for item in items {
                 let Value::Str(_) = &item.value else {
                     return Err(wrong_type(item, field, "a step id"));
                 };
                 list.push((text(item, field)?, item.loc));
             }
-            Ok(list)
+            Ok(())
         }
         _ => Err(wrong_type(node, field, "a step id or a list of step ids")),
     }
@@ -890,7 +913,7 @@ steps:
         assert_eq!(count.limits.timeout, Some(Duration::from_secs(5)));
         assert_eq!(count.for_each.as_ref().unwrap().max_parallel, Some(4));
         assert_eq!(
-            count.retry,
+            *count.retry,
             RetryPolicy {
                 max_attempts: 3,
                 backoff: Duration::from_millis(50),
@@ -921,7 +944,7 @@ steps:
         );
         assert_eq!((a.multiplier, a.jitter), (2.0, true));
         assert_eq!(a.retry_on, [OutcomeKind::Retryable]);
-        assert_eq!(wf.steps[1].retry, RetryPolicy::default());
+        assert_eq!(*wf.steps[1].retry, RetryPolicy::default());
         assert_eq!(RetryPolicy::default().max_attempts, 1);
         assert!(a.should_retry(3, OutcomeKind::Retryable));
         assert!(!a.should_retry(4, OutcomeKind::Retryable));

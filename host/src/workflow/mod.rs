@@ -155,7 +155,7 @@ pub struct Workflow {
     pub source: PathBuf,
     /// The text it was parsed from: what a journal records, so a run
     /// resumes with the definition it started with.
-    text: Arc<str>,
+    text: Arc<String>,
     /// Step id → index. foldhash (seeded per process) rather than SipHash:
     /// loading a workflow looks up every id and every need here.
     index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
@@ -178,8 +178,9 @@ pub struct StepDef {
     pub for_each: Option<ForEach>,
     /// The step's limits over the workflow defaults (the step's own values win).
     pub limits: LimitOverrides,
-    /// The step's retry policy, else the workflow default, else [`RetryPolicy::default`].
-    pub retry: RetryPolicy,
+    /// The step's retry policy, else the workflow default, else
+    /// [`RetryPolicy::default`]. Steps that inherit one share it.
+    pub retry: Arc<RetryPolicy>,
     /// Whether the workflow goes on when this step fails (its dependents then do not run).
     pub continue_on_error: bool,
     /// Where the step's `id` is written.
@@ -252,7 +253,7 @@ impl Workflow {
             column: 0,
             kind: WorkflowErrorKind::Read(e),
         })?;
-        Workflow::from_str(&text, path)
+        load::load(text.into(), path)
     }
 
     /// The text this workflow was parsed from.
@@ -274,7 +275,7 @@ impl Workflow {
     /// A [`WorkflowError`] at the offending position.
     #[allow(clippy::should_implement_trait)] // FromStr cannot take `source`.
     pub fn from_str(text: &str, source: &Path) -> Result<Workflow, WorkflowError> {
-        load::load(text, source)
+        load::load(text.into(), source)
     }
 
     /// The step with this id, in constant time.
