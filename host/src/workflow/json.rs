@@ -7,7 +7,6 @@
 //! by the slower paths, which also say what is wrong and where.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -126,7 +125,6 @@ impl<'s, 'de> Visitor<'de> for StepsSeed<'s, 'de> {
         while seq
             .next_element_seed(StepSeed {
                 steps: &mut self.steps,
-                marker: PhantomData,
             })?
             .is_some()
         {}
@@ -137,7 +135,6 @@ impl<'s, 'de> Visitor<'de> for StepsSeed<'s, 'de> {
 /// Reads one step into `steps`, holding only that step's fields.
 struct StepSeed<'a, 's, 'de> {
     steps: &'a mut Steps<'s, 'de>,
-    marker: PhantomData<&'de ()>,
 }
 
 impl<'de> DeserializeSeed<'de> for StepSeed<'_, '_, 'de> {
@@ -170,5 +167,23 @@ impl<'de> Visitor<'de> for StepSeed<'_, '_, 'de> {
         self.steps
             .read(fields.each_ref().map(Option::as_ref), NOWHERE)
             .map_err(|_| give_up())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_positions_name_the_fields_they_stand_for() {
+        assert_eq!(WORKFLOW_FIELDS[STEPS], "steps");
+        assert_eq!(WORKFLOW_FIELDS[DEFAULTS], "defaults");
+    }
+
+    #[test]
+    fn the_step_count_guess_counts_ids_but_never_beyond_the_shortest_steps() {
+        let text = r#"{"steps": [{"id": "a", "component": "a.wasm"}, {"id": "b", "component": "a.wasm"}]}"#;
+        assert_eq!(step_count_guess(text), 2);
+        assert_eq!(step_count_guess(&r#""id""#.repeat(100)), 400 / 26);
     }
 }
