@@ -92,11 +92,20 @@ impl fmt::Display for StepName<'_> {
 }
 
 /// What a step's definition names of other steps, before the graph is
-/// checked. Names borrow from the document, so they outlive its nodes.
-struct Links<'de> {
-    /// Where the step's needs are in [`Steps::needs`].
+/// checked: where its names are in the workflow's [`Names`].
+struct Links {
+    /// The step's needs.
     needs: Range<usize>,
-    /// Every `steps.ID` used in the step's templates, with where.
+    /// Every `steps.ID` used in the step's templates.
+    refs: Range<usize>,
+}
+
+/// The step ids that all steps name, each with where it is written, end to
+/// end: one list for the workflow rather than two per step. They borrow
+/// from the document where they can, so they outlive its nodes.
+#[derive(Default)]
+struct Names<'de> {
+    needs: Vec<(Cow<'de, str>, Location)>,
     refs: Vec<(Cow<'de, str>, Location)>,
 }
 
@@ -184,10 +193,8 @@ pub(super) struct Steps<'s, 'de> {
     defaults: Defaults,
     components: Components<'s, 'de>,
     defs: Vec<StepDef>,
-    links: Vec<Links<'de>>,
-    /// Every step's needs, each with where it is written, end to end: one
-    /// list for the workflow rather than one per step.
-    needs: Vec<(Cow<'de, str>, Location)>,
+    links: Vec<Links>,
+    names: Names<'de>,
 }
 
 impl<'s, 'de> Steps<'s, 'de> {
@@ -201,7 +208,10 @@ impl<'s, 'de> Steps<'s, 'de> {
             },
             defs: Vec::with_capacity(capacity),
             links: Vec::with_capacity(capacity),
-            needs: Vec::with_capacity(capacity),
+            names: Names {
+                needs: Vec::with_capacity(capacity),
+                refs: Vec::new(),
+            },
         }
     }
 
@@ -214,7 +224,7 @@ impl<'s, 'de> Steps<'s, 'de> {
             self.defs.len(),
             &mut self.components,
             &self.defaults,
-            &mut self.needs,
+            &mut self.names,
         )?;
         self.defs.push(def);
         self.links.push(links);
@@ -232,10 +242,7 @@ pub(super) fn finish(
     source: &Path,
 ) -> Res<Workflow> {
     let Steps {
-        defs,
-        links,
-        needs: all_needs,
-        ..
+        defs, links, names, ..
     } = steps;
     if defs.is_empty() {
         return Err((steps_at, WorkflowErrorKind::EmptyWorkflow));
@@ -258,9 +265,9 @@ pub(super) fn finish(
     }
 
     // Needs name steps.
-    let mut needs = Lists::with_capacity(defs.len(), all_needs.len());
+    let mut needs = Lists::with_capacity(defs.len(), names.needs.len());
     for (def, link) in defs.iter().zip(&links) {
-        for (need, loc) in &all_needs[link.needs.clone()] {
+        for (need, loc) in &names.needs[link.needs.clone()] {
             let Some(&j) = index.get(&**need) else {
                 return Err((
                     *loc,
@@ -278,8 +285,7 @@ pub(super) fn finish(
     }
 
     // Templates name steps.
-    let refs = links.iter().flat_map(|link| &link.refs);
-    for (id, loc) in refs.chain(&header.output_refs) {
+    for (id, loc) in names.refs.iter().chain(&header.output_refs) {
         if !index.contains_key(&**id) {
             return Err((
                 *loc,
@@ -302,7 +308,7 @@ pub(super) fn finish(
         Ordered::Cycle(cycle) => {
             let first = cycle[0];
             let second = cycle.get(1).copied().unwrap_or(first);
-            let loc = all_needs[links[first].needs.clone()]
+            let loc = names.needs[links[first].needs.clone()]
                 .iter()
                 .find(|(name, _)| **name == *defs[second].id)
                 .map_or(defs[first].location, |&(_, loc)| loc);
@@ -321,7 +327,7 @@ pub(super) fn finish(
     }
     let mut reach = Reach::new(defs.len());
     for (i, link) in links.iter().enumerate() {
-        for (id, loc) in &link.refs {
+        for (id, loc) in &names.refs[link.refs.clone()] {
             let j = index[&**id];
             if !reach.needs(i, j, &plan, &level) {
                 return Err((
@@ -420,8 +426,8 @@ fn read_step<'de>(
     n: usize,
     components: &mut Components<'_, 'de>,
     defaults: &Defaults,
-    all_needs: &mut Vec<(Cow<'de, str>, Location)>,
-) -> Res<(StepDef, Links<'de>)> {
+    names: &mut Names<'de>,
+) -> Res<(StepDef, Links)> {
     let numbered = StepNumber(n + 1);
     let [
         id,
@@ -457,13 +463,14 @@ fn read_step<'de>(
             },
         ));
     }
-    let first_need = all_needs.len();
+    let first_need = names.needs.len();
     if let Some(list) = needs {
-        strings(list, "needs", all_needs)?;
+        strings(list, "needs", &mut names.needs)?;
     }
-    let needs = first_need..all_needs.len();
+    let needs = first_need..names.needs.len();
 
-    let mut refs = Vec::new();
+    let first_ref = names.refs.len();
+    let refs = &mut names.refs;
     let for_each_template = for_each
         .map(|n| {
             let template = Template::compile(
@@ -471,7 +478,7 @@ fn read_step<'de>(
                 &mut Context {
                     field: "for_each",
                     allow_item: false,
-                    refs: &mut refs,
+                    refs,
                 },
             )?;
             if let (true, Value::Str(_) | Value::Map(_) | Value::Bool(_) | Value::Int(_) | Value::UInt(_)) =
@@ -513,7 +520,7 @@ fn read_step<'de>(
                 &mut Context {
                     field: "input",
                     allow_item: for_each_template.is_some(),
-                    refs: &mut refs,
+                    refs,
                 },
             )
         })
@@ -550,7 +557,10 @@ fn read_step<'de>(
             location: id_node.loc,
             component_location: component_node.loc,
         },
-        Links { needs, refs },
+        Links {
+            needs,
+            refs: first_ref..names.refs.len(),
+        },
     ))
 }
 

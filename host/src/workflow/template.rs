@@ -315,6 +315,43 @@ fn compile_str<'de>(
         return Ok(Part::Literal(Value::String(text.to_owned())));
     }
     let bad = |message: String| (loc, WorkflowErrorKind::BadExpression(message));
+    // Records what the expression at `raw` (the text between `${` and `}`,
+    // starting at byte `at` of `text`) references, and checks `item`.
+    let mut record = |raw: &str, at: usize| -> Result<Expr, CompileError> {
+        let expr = parse_expr(raw.trim()).map_err(bad)?;
+        match &expr.root {
+            Root::Step => {
+                // The id, borrowed from the document when the string is.
+                let start = at + (raw.len() - raw.trim_start().len()) + STEPS_DOT.len();
+                let id = start..start + expr.step().map_or(0, str::len);
+                let id = match document {
+                    Some(text) => Cow::Borrowed(&text[id]),
+                    None => Cow::Owned(text[id].to_owned()),
+                };
+                cx.refs.push((id, loc));
+            }
+            Root::Item | Root::Index => {
+                if !cx.allow_item {
+                    return Err((loc, WorkflowErrorKind::ItemOutsideForEach(expr.text.to_string())));
+                }
+                *uses_item = true;
+            }
+            Root::Input => {}
+        }
+        Ok(expr)
+    };
+    // The common case, a string that is one reference, without the general
+    // scan's list of pieces.
+    let trimmed = text.trim_start();
+    let lead = text.len() - trimmed.len();
+    if let Some(raw) = trimmed
+        .trim_end()
+        .strip_prefix("${")
+        .and_then(|t| t.strip_suffix('}'))
+        && !raw.contains(['$', '}'])
+    {
+        return record(raw, lead + 2).map(Part::Ref);
+    }
     let bytes = text.as_bytes();
     let mut pieces = Vec::new();
     let mut literal = String::new();
@@ -340,27 +377,7 @@ fn compile_str<'de>(
                 if !literal.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut literal)));
                 }
-                let raw = &text[i + 2..end];
-                let expr = parse_expr(raw.trim()).map_err(bad)?;
-                match &expr.root {
-                    Root::Step => {
-                        // The id, borrowed from the document when the string is.
-                        let start = i + 2 + (raw.len() - raw.trim_start().len()) + STEPS_DOT.len();
-                        let id = start..start + expr.step().map_or(0, str::len);
-                        let id = match document {
-                            Some(text) => Cow::Borrowed(&text[id]),
-                            None => Cow::Owned(text[id].to_owned()),
-                        };
-                        cx.refs.push((id, loc));
-                    }
-                    Root::Item | Root::Index => {
-                        if !cx.allow_item {
-                            return Err((loc, WorkflowErrorKind::ItemOutsideForEach(expr.text.to_string())));
-                        }
-                        *uses_item = true;
-                    }
-                    Root::Input => {}
-                }
+                let expr = record(&text[i + 2..end], i + 2)?;
                 pieces.push(Piece::Ref(expr));
                 i = end + 1;
                 run = i;
@@ -659,6 +676,38 @@ mod tests {
             eval_with(&json!("${steps.split}"), &input, &out).unwrap(),
             out["split"]
         );
+        // Only a string that is one reference and nothing else keeps the type.
+        assert_eq!(
+            eval_with(&json!("${input.n}}"), &input, &out).unwrap(),
+            json!("5}")
+        );
+        assert_eq!(
+            eval_with(&json!("${input.n}$$"), &input, &out).unwrap(),
+            json!("5$")
+        );
+        assert!(Template::from_json(&json!("${input.n$}"), false).is_err());
+    }
+
+    #[test]
+    fn a_reference_records_exactly_the_id_of_its_step() {
+        let template = Template::from_json(
+            &json!(["  ${ steps.split.chunks }", "${steps.a}-${steps.b}"]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(template.references().collect::<Vec<_>>(), ["split", "a", "b"]);
+        let mut refs = Vec::new();
+        let node = Node {
+            loc: Location::default(),
+            value: node::Value::Str(" ${ steps.split.n }".into()),
+        };
+        let mut cx = Context {
+            field: "input",
+            allow_item: false,
+            refs: &mut refs,
+        };
+        Template::compile(&node, &mut cx).unwrap();
+        assert_eq!(refs, [(Cow::Borrowed("split"), Location::default())]);
     }
 
     #[test]
