@@ -96,6 +96,8 @@ impl<'de> Visitor<'de> for WorkflowSeed<'_> {
             }
         }
         let steps = steps.ok_or_else(give_up)?;
+        // The defaults were read, and checked, when the steps came.
+        fields[DEFAULTS] = None;
         let (header, _) =
             load::header(fields.each_ref().map(Option::as_ref), NOWHERE).map_err(|_| give_up())?;
         load::finish(header, steps, NOWHERE, self.source).map_err(|_| give_up())

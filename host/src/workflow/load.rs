@@ -103,7 +103,6 @@ struct Links {
 /// The step ids that all steps name, each with where it is written, end to
 /// end: one list for the workflow rather than two per step. They borrow
 /// from the document where they can, so they outlive its nodes.
-#[derive(Default)]
 struct Names<'de> {
     needs: Vec<(Cow<'de, str>, Location)>,
     refs: Vec<(Cow<'de, str>, Location)>,
