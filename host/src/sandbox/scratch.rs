@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// The number of this process's next scratch root.
 static NEXT_ROOT: AtomicU32 = AtomicU32::new(0);
@@ -121,6 +122,26 @@ fn remove_if_abandoned(root: &Path) -> bool {
 #[derive(Debug)]
 pub(crate) struct ScratchDir {
     path: PathBuf,
+    /// The `n` of its name, free again once the directory is removed.
+    index: u64,
+}
+
+/// Numbers of removed instance directories, whose names are used again.
+///
+/// A fresh name for every instance would leave one negative dentry per
+/// instance ever run in the kernel's directory cache: a host that runs
+/// millions of steps grows that cache's hash chains, and every later
+/// `mkdir` walks them. Reusing the names of removed directories bounds
+/// the names by the most instances alive at once.
+static FREE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// The next number never used for an instance directory.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A free number, else a new one.
+fn take_index() -> u64 {
+    let reused = FREE.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    reused.unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl ScratchDir {
@@ -130,23 +151,26 @@ impl ScratchDir {
     /// and removing entries locks the parent directory, and with one parent
     /// for all, threads starting steps at once queue on that lock.
     pub(crate) fn create(root: &Path) -> io::Result<ScratchDir> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         const SHARDS: u64 = 16;
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let shard = root.join(format!("s{}", n % SHARDS));
-        let path = shard.join(format!("i{n}"));
-        match std::fs::create_dir(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // The shard's first instance (another may create it at once).
-                match std::fs::create_dir(&shard) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-                    _ => {}
+        loop {
+            let n = take_index();
+            let shard = root.join(format!("s{}", n % SHARDS));
+            let path = shard.join(format!("i{n}"));
+            match std::fs::create_dir(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // The shard's first instance (another may create it at once).
+                    match std::fs::create_dir(&shard) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                        _ => {}
+                    }
+                    std::fs::create_dir(&path)?;
                 }
-                std::fs::create_dir(&path)?;
+                // Left by a removal that failed: the number stays out of use.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                other => other?,
             }
-            other => other?,
+            return Ok(ScratchDir { path, index: n });
         }
-        Ok(ScratchDir { path })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -160,13 +184,20 @@ impl Drop for ScratchDir {
         // much cheaper than walking it. `remove_dir_all` does not follow
         // symlinks, so a link the guest made to somewhere else is removed,
         // not its target.
-        if std::fs::remove_dir(&self.path).is_ok() {
-            return;
-        }
-        if let Err(e) = std::fs::remove_dir_all(&self.path)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove a step's temporary directory");
+        let removed = std::fs::remove_dir(&self.path).is_ok()
+            || match std::fs::remove_dir_all(&self.path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "could not remove a step's temporary directory");
+                    false
+                }
+            };
+        // A directory left behind keeps its name out of use.
+        if removed {
+            FREE.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(self.index);
         }
     }
 }
@@ -187,6 +218,24 @@ mod tests {
         drop(dir);
         assert!(!path.exists());
         assert!(Path::new("/etc").exists(), "the symlink target must survive");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn names_of_removed_dirs_are_reused_so_names_stay_few() {
+        let root = std::env::temp_dir().join(format!("stepbox-scratch-test3-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..1_000 {
+            let dir = ScratchDir::create(&root).unwrap();
+            names.insert(dir.path().to_owned());
+        }
+        // Other tests of this process may hold a few numbers at a time.
+        assert!(
+            names.len() < 100,
+            "{} names for 1,000 instances, one at a time",
+            names.len()
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
