@@ -101,6 +101,9 @@ struct Shared {
     /// How far the writer got, the failure that stopped it if one did, and
     /// who waits for more.
     progress: Mutex<Progress>,
+    /// `progress.written`, readable without the lock: most waits under load
+    /// are for tickets already written, and need not queue for it.
+    written: AtomicU64,
     durability: Durability,
     owner: Arc<str>,
     lease: Duration,
@@ -235,6 +238,7 @@ impl Journal {
             buffer: Mutex::new(Buffer::default()),
             wake: Condvar::new(),
             progress: Mutex::new(Progress::default()),
+            written: AtomicU64::new(0),
             durability: config.durability,
             owner: config.owner.into(),
             lease: config.lease,
@@ -324,6 +328,10 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer.
     pub async fn written(&self, ticket: Ticket) -> Result<(), StoreError> {
+        // A ticket written stays written, whatever fails later.
+        if self.shared.written.load(Ordering::Acquire) >= ticket.0 {
+            return Ok(());
+        }
         let woken = {
             let mut progress = lock(&self.shared.progress);
             if let Some(outcome) = progress.outcome(ticket.0) {
@@ -364,6 +372,10 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer.
     pub async fn commit(&self, ticket: Ticket) -> Result<(), StoreError> {
+        // Already written: flagging a flush would only cut the next batch short.
+        if self.shared.written.load(Ordering::Acquire) >= ticket.0 {
+            return Ok(());
+        }
         {
             let mut buffer = lock(&self.shared.buffer);
             buffer.flush = true;
@@ -528,6 +540,7 @@ impl Shared {
                 Ok(()) => {
                     let mut progress = lock(&self.progress);
                     progress.written = ticket;
+                    self.written.store(ticket, Ordering::Release);
                     progress.wake();
                 }
                 Err(e) => {
