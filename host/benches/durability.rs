@@ -23,6 +23,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const THREE_STEPS: &str = "name: three\nsteps:\n  - id: a\n    component: T\n  - id: b\n    component: T\n    needs: [a]\n  - id: c\n    component: T\n    needs: [b]\n";
 
+/// Rounds of every mode, one after the other.
+const ROUNDS: usize = 10;
+
 struct Mode {
     name: &'static str,
     scheduler: Scheduler,
@@ -31,6 +34,8 @@ struct Mode {
     rates: Vec<f64>,
     /// Process CPU time per workflow in the throughput bursts, in µs.
     cpu: Vec<f64>,
+    /// The journal writer thread's CPU time per workflow in the bursts, in µs.
+    writer_cpu: Vec<f64>,
     /// Journal commits and events during the throughput bursts.
     burst_commits: u64,
     burst_events: u64,
@@ -39,7 +44,26 @@ struct Mode {
 /// CPU time this process has used (user and system), from `/proc/self/stat`
 /// in clock ticks of 10 ms: coarse, but the bursts last half a second.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    ticks_of(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// CPU time the journal writer threads have used, summed over this
+/// process's threads named `stepbox-journal`.
+fn writer_cpu_time() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "stepbox-journal")
+        })
+        .map(|t| ticks_of(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default()))
+        .sum()
+}
+
+/// User and system time from a `stat` line of `/proc`.
+fn ticks_of(stat: &str) -> Duration {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -89,6 +113,7 @@ fn mode(name: &'static str, sandbox: &Sandbox, durability: Durability, dir: &std
         latencies: Vec::new(),
         rates: Vec::new(),
         cpu: Vec::new(),
+        writer_cpu: Vec::new(),
         burst_commits: 0,
         burst_events: 0,
     }
@@ -135,37 +160,54 @@ fn main() {
         for m in &modes {
             burst(m, 500).await; // warm up
         }
-        for _round in 0..5 {
-            for m in &mut modes {
+        for round in 0..ROUNDS {
+            // Every other round backwards, so no mode always follows another.
+            let mut order: Vec<usize> = (0..modes.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for &k in &order {
+                let m = &mut modes[k];
                 for _ in 0..200 {
                     let t = burst(m, 1).await.as_secs_f64() * 1e3;
                     m.latencies.push(t);
                 }
                 let cpu = cpu_time();
+                let writer = writer_cpu_time();
                 let before = m.scheduler.journal().map(|j| j.stats()).unwrap_or_default();
                 let wall = burst(m, 5_000).await;
                 m.rates.push(5_000.0 / wall.as_secs_f64());
                 m.cpu.push((cpu_time() - cpu).as_secs_f64() * 1e6 / 5_000.0);
+                m.writer_cpu.push((writer_cpu_time() - writer).as_secs_f64() * 1e6 / 5_000.0);
                 let after = m.scheduler.journal().map(|j| j.stats()).unwrap_or_default();
                 m.burst_commits += after.commits - before.commits;
                 m.burst_events += after.events - before.events;
             }
         }
-        let memory_rate = quantile(&mut modes[0].rates.clone(), 0.5);
+        // Each round's throughput against the first mode's in the same
+        // round: the machine's speed drifts by tens of percent over
+        // minutes, and a round's modes run within a second or two.
+        let baseline = modes[0].rates.clone();
         if !only.is_empty() {
             println!("(modes: {only}; percentages are against the first)");
         }
-        println!("3-step workflows of trivial steps (5 rounds; latency: 1,000 one at a time; throughput: 5,000 at once)");
+        println!(
+            "3-step workflows of trivial steps ({ROUNDS} rounds; latency: {} one at a time; throughput: 5,000 at once; vs memory: the median of the rounds' ratios)",
+            ROUNDS * 200
+        );
         for m in &mut modes {
             let p50 = quantile(&mut m.latencies, 0.5);
             let p99 = quantile(&mut m.latencies, 0.99);
             let rate = quantile(&mut m.rates, 0.5);
+            let mut paired: Vec<f64> = m.rates.iter().zip(&baseline).map(|(r, b)| (r / b - 1.0) * 100.0).collect();
             let (lo, hi) = (quantile(&mut m.rates, 0.0), quantile(&mut m.rates, 1.0));
+            let vs = quantile(&mut paired, 0.5);
+            let (vs_lo, vs_hi) = (quantile(&mut paired, 0.0), quantile(&mut paired, 1.0));
             let cpu = quantile(&mut m.cpu, 0.5);
+            let writer = quantile(&mut m.writer_cpu, 0.5);
             println!(
-                "  {:<8} p50 {p50:.3} ms, p99 {p99:.3} ms; {rate:.0} workflows/s (range {lo:.0}-{hi:.0}), {:+.0}% vs memory; CPU {cpu:.0} µs per workflow",
+                "  {:<8} p50 {p50:.3} ms, p99 {p99:.3} ms; {rate:.0} workflows/s (range {lo:.0}-{hi:.0}), {vs:+.0}% vs memory (rounds {vs_lo:+.0}% to {vs_hi:+.0}%); CPU {cpu:.0} µs per workflow ({writer:.0} in the journal writer)",
                 m.name,
-                (rate / memory_rate - 1.0) * 100.0
             );
         }
         for m in &modes {
