@@ -210,6 +210,15 @@ pub fn append_bench_event(i: u64, step: &Arc<str>) -> Event {
     }))
 }
 
+/// Sleeps for an injected delay, if there is one. Not even a zero sleep
+/// otherwise: the timer wakes a sleeper on its next tick, a millisecond
+/// away, which added a millisecond to figures of a few.
+async fn injected(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Runs one repetition of `scenario` and returns its figure.
 ///
 /// # Errors
@@ -239,7 +248,7 @@ pub async fn run_scenario(
                     return Err(format!("the trivial step did not complete: {}", report.outcome));
                 }
             }
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             (t.elapsed().as_secs_f64() * 1e6) / n as f64
         }
         "workflows-memory" | "workflows-strict" => {
@@ -257,7 +266,7 @@ pub async fn run_scenario(
             let n = q(3_000, 300);
             let t = Instant::now();
             burst(&scheduler, &wf, n, json!({})).await?;
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             let rate = n as f64 / t.elapsed().as_secs_f64();
             if let Some(journal) = scheduler.journal().cloned() {
                 tokio::task::spawn_blocking(move || journal.close())
@@ -272,7 +281,7 @@ pub async fn run_scenario(
             let wf = workflow(&scheduler, dir, "one", &chain(hello, 1, "{name: bench}"))?;
             let t = Instant::now();
             burst(&scheduler, &wf, q(10_000, 1_000), json!({})).await?;
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             t.elapsed().as_secs_f64()
         }
         "fan-out-10k" => {
@@ -285,7 +294,7 @@ pub async fn run_scenario(
             let items: Vec<usize> = (0..q(10_000, 1_000)).collect();
             let t = Instant::now();
             burst(&scheduler, &wf, 1, json!({ "items": items })).await?;
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             t.elapsed().as_secs_f64()
         }
         "plan-10k" => {
@@ -294,7 +303,7 @@ pub async fn run_scenario(
             let t = Instant::now();
             let wf = Workflow::from_file(&file).map_err(|e| e.to_string())?;
             std::hint::black_box(wf.plan());
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             t.elapsed().as_secs_f64() * 1e3
         }
         "fib-chain" => {
@@ -302,7 +311,7 @@ pub async fn run_scenario(
             let wf = workflow(&scheduler, dir, "fib-chain", &chain(fib, 40, "{n: 10}"))?;
             let t = Instant::now();
             burst(&scheduler, &wf, 1, json!({})).await?;
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             t.elapsed().as_secs_f64() * 1e3
         }
         "fib-fan" => {
@@ -315,7 +324,7 @@ pub async fn run_scenario(
             let wf = workflow(&scheduler, dir, "fib-fan", &yaml)?;
             let t = Instant::now();
             burst(&scheduler, &wf, 1, json!({})).await?;
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             t.elapsed().as_secs_f64()
         }
         "journal-append" => {
@@ -333,7 +342,7 @@ pub async fn run_scenario(
                 journal.append(append_bench_event(i, &step));
             }
             journal.flush().await.map_err(|e| e.to_string())?;
-            tokio::time::sleep(delay).await;
+            injected(delay).await;
             let rate = n as f64 / t.elapsed().as_secs_f64();
             tokio::task::spawn_blocking(move || journal.close())
                 .await
