@@ -135,7 +135,7 @@ pub(super) struct Header<'de> {
 }
 
 /// What every step inherits from the workflow's `defaults`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Defaults {
     limits: LimitOverrides,
     retry: Arc<RetryPolicy>,
@@ -228,6 +228,23 @@ impl<'s, 'de> Steps<'s, 'de> {
         self.defs.push(def);
         self.links.push(links);
         Ok(())
+    }
+
+    /// How many steps were read.
+    pub(super) fn len(&self) -> usize {
+        self.defs.len()
+    }
+
+    /// Appends the steps `rest` read, which come after these in the file.
+    pub(super) fn append(&mut self, rest: Steps<'_, 'de>) {
+        let (needs, refs) = (self.names.needs.len(), self.names.refs.len());
+        self.defs.extend(rest.defs);
+        self.links.extend(rest.links.into_iter().map(|l| Links {
+            needs: l.needs.start + needs..l.needs.end + needs,
+            refs: l.refs.start + refs..l.refs.end + refs,
+        }));
+        self.names.needs.extend(rest.names.needs);
+        self.names.refs.extend(rest.names.refs);
     }
 }
 
@@ -831,6 +848,22 @@ fn size(node: &Node, field: &str) -> Res<ByteSize> {
     }
 }
 
+/// Everything a load decides, in a form that compares (the id index
+/// hashes in a random order, so it is left out): for tests that read one
+/// file two ways.
+#[cfg(test)]
+pub(super) fn summary(wf: &Workflow) -> String {
+    format!(
+        "{} {:?} {:?} {:?} {:?} {:?}",
+        wf.name,
+        wf.description,
+        wf.timeout,
+        wf.output,
+        wf.steps,
+        wf.plan()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1002,20 +1035,6 @@ steps:
     fn load_as_tree(text: &str) -> Workflow {
         let root = node::parse_json_unpositioned(text).unwrap();
         build(&root, Path::new("flows/wf.json")).unwrap_or_else(|e| panic!("{e:?}"))
-    }
-
-    /// Everything a load decides, in a form that compares (the id index
-    /// hashes in a random order, so it is left out).
-    fn summary(wf: &Workflow) -> String {
-        format!(
-            "{} {:?} {:?} {:?} {:?} {:?}",
-            wf.name,
-            wf.description,
-            wf.timeout,
-            wf.output,
-            wf.steps,
-            wf.plan()
-        )
     }
 
     #[test]
