@@ -198,8 +198,9 @@ fn main() {
         for m in &mut modes {
             let p50 = quantile(&mut m.latencies, 0.5);
             let p99 = quantile(&mut m.latencies, 0.99);
-            let rate = quantile(&mut m.rates, 0.5);
+            // Paired before `quantile` sorts the rates.
             let mut paired: Vec<f64> = m.rates.iter().zip(&baseline).map(|(r, b)| (r / b - 1.0) * 100.0).collect();
+            let rate = quantile(&mut m.rates, 0.5);
             let (lo, hi) = (quantile(&mut m.rates, 0.0), quantile(&mut m.rates, 1.0));
             let vs = quantile(&mut paired, 0.5);
             let (vs_lo, vs_hi) = (quantile(&mut paired, 0.0), quantile(&mut paired, 1.0));
