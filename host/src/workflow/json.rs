@@ -32,8 +32,8 @@ pub(super) fn load(text: &str, source: &Path) -> Option<Workflow> {
     finish(parse(text, source, None, Inherit::Own(None))?, None, source)
 }
 
-/// Reads `text` in two halves at once, one on another thread: the steps
-/// before the comma at `comma` and the steps after it.
+/// Reads `text` in two halves at once, one on a [`helper`] thread: the
+/// steps before the comma at `comma` and the steps after it.
 ///
 /// The first half is the text up to the comma, closed with `]}`; the
 /// second is `{"steps":[` followed by the text after it. Where the comma
@@ -49,12 +49,11 @@ fn load_halves(text: &str, comma: usize, source: &Path) -> Option<Workflow> {
     let (send, receive) = mpsc::sync_channel(1);
     // The first half's lists get room for the second's, which are appended.
     let room = step_count_guess(&first) + step_count_guess(&second);
-    // The second half on one of rayon's threads, whose heaps stay warm from
-    // one file to the next (a fresh thread read its half at half the
-    // speed); the first on this thread, meanwhile. The first hands the
-    // defaults to the second when it has them.
+    // The second half on the helper thread, the first on this one,
+    // meanwhile. The first hands the defaults to the second when it has them.
+    let helper = helper()?;
     let mut second_parsed = None;
-    let first = rayon::in_place_scope(|scope| {
+    let first = helper.in_place_scope(|scope| {
         scope.spawn(|_| second_parsed = parse(&second, source, None, Inherit::From(receive)));
         parse(&first, source, Some(room), Inherit::Own(Some(send)))
     });
@@ -66,6 +65,25 @@ fn load_halves(text: &str, comma: usize, source: &Path) -> Option<Workflow> {
         return None;
     }
     finish(first, Some(second), source)
+}
+
+/// The thread that reads second halves, started with the first large
+/// file: one thread kept for the process rather than one per file, because
+/// a fresh thread's heap is cold (it read its half at half the speed). Its
+/// own pool, not rayon's global one, so an embedder's use of that pool
+/// neither waits on a load nor delays one. `None` if it cannot be started:
+/// files are then read in one piece.
+fn helper() -> Option<&'static rayon::ThreadPool> {
+    static HELPER: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    HELPER
+        .get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "stepbox-load".into())
+                .build()
+                .ok()
+        })
+        .as_ref()
 }
 
 /// Where to cut `text` in two: a comma about halfway through that looks
