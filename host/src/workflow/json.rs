@@ -44,18 +44,19 @@ pub(super) fn load(text: &str, source: &Path) -> Option<Workflow> {
 /// them. A comma anywhere else (in a step's input, say) gives `None`, and
 /// the file is read in one piece.
 fn load_halves(text: &str, comma: usize, source: &Path) -> Option<Workflow> {
+    let helper = helper()?;
     let first = [&text[..comma], "]}"].concat();
     let second = [r#"{"steps":["#, &text[comma + 1..]].concat();
     let (send, receive) = mpsc::sync_channel(1);
     // The first half's lists get room for the second's, which are appended.
-    let room = step_count_guess(&first) + step_count_guess(&second);
+    let second_room = step_count_guess(&second);
+    let first_room = step_count_guess(&first) + second_room;
     // The second half on the helper thread, the first on this one,
     // meanwhile. The first hands the defaults to the second when it has them.
-    let helper = helper()?;
     let mut second_parsed = None;
     let first = helper.in_place_scope(|scope| {
-        scope.spawn(|_| second_parsed = parse(&second, source, None, Inherit::From(receive)));
-        parse(&first, source, Some(room), Inherit::Own(Some(send)))
+        scope.spawn(|_| second_parsed = parse(&second, source, Some(second_room), Inherit::From(receive)));
+        parse(&first, source, Some(first_room), Inherit::Own(Some(send)))
     });
     let second = second_parsed;
     let (first, second) = (first?, second?);
