@@ -13,10 +13,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use tokio::sync::oneshot;
 
 use super::{DEFAULT_LEASE, Durability, Event, RecoveredRun, RunId, Store, StoreError, now_millis};
 
@@ -125,12 +124,14 @@ struct Progress {
     waiting: BinaryHeap<Reverse<Waiter>>,
 }
 
-/// A task waiting for a ticket: told (or dropped) once it is written, or
-/// once nothing more will be.
+/// A task waiting for a ticket: woken once it is written, or once nothing
+/// more will be. The task's own waker, not a channel: under strict
+/// durability every run waits several times, and a channel per wait is an
+/// allocation made on one thread and freed on another.
 #[derive(Debug)]
 struct Waiter {
     ticket: u64,
-    wake: oneshot::Sender<()>,
+    waker: Waker,
 }
 
 impl PartialEq for Waiter {
@@ -170,16 +171,18 @@ impl Progress {
         })
     }
 
-    /// Wakes the waiters whose tickets are written; all of them once the
-    /// writer failed or ended (they then hear why).
-    fn wake(&mut self) {
+    /// Moves to `ready` the wakers of the waiters whose tickets are
+    /// written; all of them once the writer failed or ended (they then hear
+    /// why). The caller wakes them after releasing the lock, so that waking
+    /// (which may make a system call) holds up no one registering.
+    fn take_ready(&mut self, ready: &mut Vec<Waker>) {
         let all = self.failed.is_some() || self.ended;
         while let Some(Reverse(first)) = self.waiting.peek() {
             if !all && first.ticket > self.written {
                 break;
             }
             if let Some(Reverse(waiter)) = self.waiting.pop() {
-                let _ = waiter.wake.send(());
+                ready.push(waiter.waker);
             }
         }
     }
@@ -328,30 +331,33 @@ impl Journal {
     ///
     /// The [`StoreError`] that stopped the writer.
     pub async fn written(&self, ticket: Ticket) -> Result<(), StoreError> {
-        // A ticket written stays written, whatever fails later.
-        if self.shared.written.load(Ordering::Acquire) >= ticket.0 {
-            return Ok(());
-        }
-        let woken = {
+        // The waker registered, if any: its entry stays queued until the
+        // ticket is written or the writer stops, and either ends the wait.
+        let mut queued: Option<Waker> = None;
+        std::future::poll_fn(|cx| {
+            // A ticket written stays written, whatever fails later.
+            if self.shared.written.load(Ordering::Acquire) >= ticket.0 {
+                return Poll::Ready(Ok(()));
+            }
+            // The writer publishes under this lock before it wakes anyone:
+            // checked and queued under it, no wake-up is missed.
             let mut progress = lock(&self.shared.progress);
             if let Some(outcome) = progress.outcome(ticket.0) {
-                return outcome;
+                return Poll::Ready(outcome);
             }
-            let (wake, woken) = oneshot::channel();
-            progress.waiting.push(Reverse(Waiter {
-                ticket: ticket.0,
-                wake,
-            }));
-            woken
-        };
-        // Told or dropped, the outcome is in the progress either way.
-        let _ = woken.await;
-        lock(&self.shared.progress).outcome(ticket.0).unwrap_or_else(|| {
-            Err(StoreError::Other {
-                path: "(journal)".into(),
-                detail: "the journal's writer is gone".into(),
-            })
+            // Polled again before its ticket came (by a `select!`, say): one
+            // entry per task is enough, unless it moved to another.
+            if !queued.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                let waker = cx.waker().clone();
+                queued = Some(waker.clone());
+                progress.waiting.push(Reverse(Waiter {
+                    ticket: ticket.0,
+                    waker,
+                }));
+            }
+            Poll::Pending
         })
+        .await
     }
 
     /// Writes everything appended so far, now, and waits for it.
@@ -450,9 +456,12 @@ impl Shared {
     /// Once it ends, waiters still waiting hear that nothing more is written.
     fn run(&self, store: Box<dyn Store>, window: Duration) {
         self.write_until_closed(store, window);
+        let mut ready = Vec::new();
         let mut progress = lock(&self.progress);
         progress.ended = true;
-        progress.wake();
+        progress.take_ready(&mut ready);
+        drop(progress);
+        ready.into_iter().for_each(Waker::wake);
     }
 
     fn write_until_closed(&self, mut store: Box<dyn Store>, window: Duration) {
@@ -461,6 +470,7 @@ impl Shared {
         let mut last_commit = Instant::now();
         let mut last_batch = 0;
         let mut batch = Vec::new();
+        let mut ready = Vec::new();
         loop {
             let mut buffer = lock(&self.buffer);
             loop {
@@ -541,7 +551,9 @@ impl Shared {
                     let mut progress = lock(&self.progress);
                     progress.written = ticket;
                     self.written.store(ticket, Ordering::Release);
-                    progress.wake();
+                    progress.take_ready(&mut ready);
+                    drop(progress);
+                    ready.drain(..).for_each(Waker::wake);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the journal stopped");
@@ -551,7 +563,9 @@ impl Shared {
                     drop(buffer);
                     let mut progress = lock(&self.progress);
                     progress.failed = Some(e);
-                    progress.wake();
+                    progress.take_ready(&mut ready);
+                    drop(progress);
+                    ready.drain(..).for_each(Waker::wake);
                     return;
                 }
             }
