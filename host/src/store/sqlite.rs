@@ -368,11 +368,15 @@ impl SqliteStore {
             }
         }
         let tx = self.conn.transaction()?;
+        // Runs are inserted first, many rows per statement: a batch that
+        // accepts thousands of runs at once holds up all of them until it
+        // is committed. Their other events, later in the batch, find them.
+        let accepted: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::RunAccepted { .. }))
+            .collect();
+        insert_rows(&tx, &ACCEPT_RUN_SQL, RUN_PARAMS, &accepted, bind_run)?;
         // The hot statements, looked up once per batch rather than per event.
-        let mut insert_run = tx.prepare_cached(
-            "INSERT INTO runs (id, workflow, name, status, input, accepted_at, owner, lease_until)
-                         VALUES (?1, ?2, ?3, 'accepted', ?4, ?5, ?6, ?7)",
-        )?;
         let mut start_run = tx.prepare_cached(
             "UPDATE runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
         )?;
@@ -429,25 +433,7 @@ impl SqliteStore {
                     .execute(params![w.digest, w.name, w.path, w.source])?;
                     new_workflows.push(w.digest.clone());
                 }
-                Event::RunAccepted {
-                    run,
-                    workflow,
-                    name,
-                    owner,
-                    lease_until,
-                    input,
-                    at,
-                } => {
-                    insert_run.execute(params![
-                        *run as i64,
-                        &**workflow,
-                        &**name,
-                        input,
-                        at,
-                        &**owner,
-                        lease_until
-                    ])?;
-                }
+                Event::RunAccepted { .. } => {}
                 Event::RunStarted { run, .. } if ended_runs.contains_key(run) => {}
                 Event::AttemptStarted {
                     run,
@@ -484,20 +470,8 @@ impl SqliteStore {
                 }
             }
         }
-        drop((insert_run, start_run, start_attempt, write_state, end_run));
-        // Full chunks share one statement (bindings are overwritten, never
-        // cleared); the rest goes in one statement of its own size.
-        let mut chunks = ends.chunks_exact(ROWS_PER_INSERT);
-        if chunks.len() > 0 {
-            let mut insert = tx.prepare_cached(&END_ATTEMPT_SQL[ROWS_PER_INSERT - 1])?;
-            for chunk in &mut chunks {
-                insert_attempt_ends(&mut insert, chunk)?;
-            }
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            insert_attempt_ends(&mut tx.prepare_cached(&END_ATTEMPT_SQL[rest.len() - 1])?, rest)?;
-        }
+        drop((start_run, start_attempt, write_state, end_run));
+        insert_rows(&tx, &END_ATTEMPT_SQL, ATTEMPT_END_PARAMS, &ends, bind_attempt_end)?;
         tx.commit()?;
         Ok((new_workflows, new_components))
     }
@@ -885,9 +859,54 @@ impl Store for SqliteStore {
     }
 }
 
-/// Rows in one multi-row insert of attempt ends: fewer statement runs per
-/// row, well under SQLite's limit on parameters.
+/// Rows in one multi-row insert: fewer statement runs per row, well under
+/// SQLite's limit on parameters.
 const ROWS_PER_INSERT: usize = 16;
+
+/// `VALUES` of `rows` rows of `params` parameters each.
+fn values(rows: usize, params: usize) -> String {
+    let row = format!("({})", ["?"; 32][..params].join(", "));
+    vec![row; rows].join(", ")
+}
+
+/// Parameters of one accepted run's row.
+const RUN_PARAMS: usize = 8;
+
+/// The inserts of 1 to [`ROWS_PER_INSERT`] accepted runs.
+static ACCEPT_RUN_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
+    std::array::from_fn(|k| {
+        format!(
+            "INSERT INTO runs (id, workflow, name, input, accepted_at, owner, lease_until, status)
+             VALUES {}",
+            values(k + 1, RUN_PARAMS)
+        )
+    })
+});
+
+/// Binds an accepted run's row to the [`RUN_PARAMS`] parameters after `offset`.
+fn bind_run(stmt: &mut rusqlite::CachedStatement<'_>, offset: usize, event: &&Event) -> rusqlite::Result<()> {
+    let Event::RunAccepted {
+        run,
+        workflow,
+        name,
+        owner,
+        lease_until,
+        input,
+        at,
+    } = event
+    else {
+        return Ok(());
+    };
+    stmt.raw_bind_parameter(offset + 1, *run as i64)?;
+    stmt.raw_bind_parameter(offset + 2, &**workflow)?;
+    stmt.raw_bind_parameter(offset + 3, &**name)?;
+    stmt.raw_bind_parameter(offset + 4, input)?;
+    stmt.raw_bind_parameter(offset + 5, at)?;
+    stmt.raw_bind_parameter(offset + 6, &**owner)?;
+    stmt.raw_bind_parameter(offset + 7, lease_until)?;
+    stmt.raw_bind_parameter(offset + 8, RunState::Accepted.as_str())?;
+    Ok(())
+}
 
 /// Parameters of one attempt-end row.
 const ATTEMPT_END_PARAMS: usize = 21;
@@ -895,7 +914,6 @@ const ATTEMPT_END_PARAMS: usize = 21;
 /// The upserts of 1 to [`ROWS_PER_INSERT`] attempt-end rows.
 static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
     let sql = |rows: usize| {
-        let row = format!("({})", ["?"; ATTEMPT_END_PARAMS].join(", "));
         format!(
             "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
                  started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
@@ -909,28 +927,48 @@ static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
                  output = excluded.output, log = excluded.log, component = excluded.component,
                  fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
                  time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
-            vec![row; rows].join(", ")
+            values(rows, ATTEMPT_END_PARAMS)
         )
     };
     std::array::from_fn(|k| sql(k + 1))
 });
 
-/// Runs `insert`, an upsert of exactly `rows.len()` attempt ends, on `rows`.
-fn insert_attempt_ends(
-    insert: &mut rusqlite::CachedStatement<'_>,
-    rows: &[&AttemptEnd],
+/// Inserts `rows` with `sql[k]`, the statement of `k + 1` rows of `params`
+/// parameters each, which `bind` binds from one row. Full chunks share one
+/// statement (bindings are overwritten, never cleared); the rest goes in
+/// one statement of its own size.
+fn insert_rows<T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &[String; ROWS_PER_INSERT],
+    params: usize,
+    rows: &[T],
+    bind: fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
-    for (row, a) in rows.iter().enumerate() {
-        bind_attempt_end(insert, row * ATTEMPT_END_PARAMS, a)?;
+    let run = |insert: &mut rusqlite::CachedStatement<'_>, chunk: &[T]| {
+        for (row, value) in chunk.iter().enumerate() {
+            bind(insert, row * params, value)?;
+        }
+        insert.raw_execute().map(drop)
+    };
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut insert = tx.prepare_cached(&sql[ROWS_PER_INSERT - 1])?;
+        for chunk in &mut chunks {
+            run(&mut insert, chunk)?;
+        }
     }
-    insert.raw_execute().map(drop)
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        run(&mut tx.prepare_cached(&sql[rest.len() - 1])?, rest)?;
+    }
+    Ok(())
 }
 
 /// Binds `a` to the [`ATTEMPT_END_PARAMS`] parameters after `offset`.
 fn bind_attempt_end(
     stmt: &mut rusqlite::CachedStatement<'_>,
     offset: usize,
-    a: &AttemptEnd,
+    a: &&AttemptEnd,
 ) -> rusqlite::Result<()> {
     let at = |k: usize| offset + k;
     stmt.raw_bind_parameter(at(1), a.run as i64)?;

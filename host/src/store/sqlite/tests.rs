@@ -417,6 +417,51 @@ fn attempt_ends_written_many_rows_per_statement_each_land_in_their_own_row() {
 }
 
 #[test]
+fn runs_accepted_many_rows_per_statement_take_the_later_events_of_their_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    // Two full multi-row statements and a remainder; each run's start and
+    // end come after its acceptance in the same batch, as under load.
+    let mut batch = vec![Event::WorkflowDefined(workflow())];
+    for run in 1..=37 {
+        batch.push(accepted(run));
+        if run % 3 == 0 {
+            batch.push(Event::RunStarted {
+                run,
+                at: now_millis(),
+            });
+        }
+        if run % 2 == 0 {
+            batch.push(run_ended(run, RunState::Failed, Some("boom")));
+        }
+    }
+    store.write(&batch).unwrap();
+
+    let runs = store.runs(&RunFilter::default()).unwrap();
+    assert_eq!(runs.len(), 37);
+    for r in &runs {
+        let expected = match r.id {
+            id if id % 2 == 0 => RunState::Failed,
+            id if id % 3 == 0 => RunState::Running,
+            _ => RunState::Accepted,
+        };
+        assert_eq!(r.status, expected, "run {}", r.id);
+        assert_eq!(r.workflow, "docs");
+    }
+    let history = store.history(37).unwrap().unwrap();
+    assert_eq!(history.input.as_deref(), Some(&br#"{"text":"a b"}"#[..]));
+    // Runs 1, 3, 5... did not end: they come back for recovery, each once.
+    let mut incomplete: Vec<RunId> = store
+        .claim_incomplete("b:2", now_millis() + 1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    incomplete.sort_unstable();
+    assert_eq!(incomplete, (1..=37).step_by(2).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_journal_indexed_by_status_is_reindexed_and_keeps_its_incomplete_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
