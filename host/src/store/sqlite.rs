@@ -395,7 +395,8 @@ impl SqliteStore {
                          ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
         )?;
         let mut end_run = tx.prepare_cached(
-            "UPDATE runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL
+            "UPDATE runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL,
+                         started_at = coalesce(started_at, ?6)
                          WHERE id = ?1",
         )?;
         for event in events {
@@ -466,7 +467,16 @@ impl SqliteStore {
                     at,
                 } => {
                     let finished = (!status.is_incomplete()).then_some(*at);
-                    end_run.execute(params![*run as i64, status.as_str(), output, error, finished])?;
+                    // Started in this batch too: its start was not written.
+                    let started = ended_runs.get(run).copied().flatten();
+                    end_run.execute(params![
+                        *run as i64,
+                        status.as_str(),
+                        output,
+                        error,
+                        finished,
+                        started
+                    ])?;
                 }
             }
         }

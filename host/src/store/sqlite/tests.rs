@@ -447,6 +447,8 @@ fn runs_accepted_many_rows_per_statement_take_the_later_events_of_their_batch() 
         };
         assert_eq!(r.status, expected, "run {}", r.id);
         assert_eq!(r.workflow, "docs");
+        // A run started and ended in one batch keeps its start time.
+        assert_eq!(r.started_at.is_some(), r.id % 3 == 0, "run {}", r.id);
     }
     let history = store.history(37).unwrap().unwrap();
     assert_eq!(history.input.as_deref(), Some(&br#"{"text":"a b"}"#[..]));
