@@ -4,7 +4,11 @@
 //! journal appends.
 //!
 //! Run with `cargo bench -p stepbox --bench durability`. The journal lives
-//! in a temporary directory on the same disk as `/tmp`.
+//! in a temporary directory on the same disk as `/tmp`. For A/B comparisons
+//! of two builds, `STEPBOX_BENCH_MODES=memory,strict`,
+//! `STEPBOX_BENCH_ROUNDS=16` and `STEPBOX_BENCH_LATENCY=20` give a shorter
+//! run with more rounds; the CPU figure's percentage, paired per round like
+//! throughput, drifts less with the machine than throughput does.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,8 +27,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const THREE_STEPS: &str = "name: three\nsteps:\n  - id: a\n    component: T\n  - id: b\n    component: T\n    needs: [a]\n  - id: c\n    component: T\n    needs: [b]\n";
 
-/// Rounds of every mode, one after the other.
+/// Rounds of every mode, one after the other (`STEPBOX_BENCH_ROUNDS`).
 const ROUNDS: usize = 10;
+
+/// Runs one at a time per mode and round, for latency (`STEPBOX_BENCH_LATENCY`).
+const LATENCY_RUNS: usize = 200;
+
+/// A count from the environment, for longer or shorter A/B runs.
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 struct Mode {
     name: &'static str,
@@ -160,7 +175,9 @@ fn main() {
         for m in &modes {
             burst(m, 500).await; // warm up
         }
-        for round in 0..ROUNDS {
+        let rounds = knob("STEPBOX_BENCH_ROUNDS", ROUNDS).max(1);
+        let latency_runs = knob("STEPBOX_BENCH_LATENCY", LATENCY_RUNS).max(1);
+        for round in 0..rounds {
             // Every other round backwards, so no mode always follows another.
             let mut order: Vec<usize> = (0..modes.len()).collect();
             if round % 2 == 1 {
@@ -168,7 +185,7 @@ fn main() {
             }
             for &k in &order {
                 let m = &mut modes[k];
-                for _ in 0..200 {
+                for _ in 0..latency_runs {
                     let t = burst(m, 1).await.as_secs_f64() * 1e3;
                     m.latencies.push(t);
                 }
@@ -188,18 +205,22 @@ fn main() {
         // round: the machine's speed drifts by tens of percent over
         // minutes, and a round's modes run within a second or two.
         let baseline = modes[0].rates.clone();
+        let baseline_cpu = modes[0].cpu.clone();
         if !only.is_empty() {
             println!("(modes: {only}; percentages are against the first)");
         }
         println!(
-            "3-step workflows of trivial steps ({ROUNDS} rounds; latency: {} one at a time; throughput: 5,000 at once; vs memory: the median of the rounds' ratios)",
-            ROUNDS * 200
+            "3-step workflows of trivial steps ({rounds} rounds; latency: {} one at a time; throughput: 5,000 at once; vs memory: the median of the rounds' ratios)",
+            rounds * latency_runs
         );
         for m in &mut modes {
             let p50 = quantile(&mut m.latencies, 0.5);
             let p99 = quantile(&mut m.latencies, 0.99);
             // Paired before `quantile` sorts the rates.
             let mut paired: Vec<f64> = m.rates.iter().zip(&baseline).map(|(r, b)| (r / b - 1.0) * 100.0).collect();
+            let mut paired_cpu: Vec<f64> =
+                m.cpu.iter().zip(&baseline_cpu).map(|(c, b)| (c / b - 1.0) * 100.0).collect();
+            let cpu_vs = quantile(&mut paired_cpu, 0.5);
             let rate = quantile(&mut m.rates, 0.5);
             let (lo, hi) = (quantile(&mut m.rates, 0.0), quantile(&mut m.rates, 1.0));
             let vs = quantile(&mut paired, 0.5);
@@ -207,7 +228,7 @@ fn main() {
             let cpu = quantile(&mut m.cpu, 0.5);
             let writer = quantile(&mut m.writer_cpu, 0.5);
             println!(
-                "  {:<8} p50 {p50:.3} ms, p99 {p99:.3} ms; {rate:.0} workflows/s (range {lo:.0}-{hi:.0}), {vs:+.0}% vs memory (rounds {vs_lo:+.0}% to {vs_hi:+.0}%); CPU {cpu:.0} µs per workflow ({writer:.0} in the journal writer)",
+                "  {:<8} p50 {p50:.3} ms, p99 {p99:.3} ms; {rate:.0} workflows/s (range {lo:.0}-{hi:.0}), {vs:+.0}% vs memory (rounds {vs_lo:+.0}% to {vs_hi:+.0}%); CPU {cpu:.0} µs per workflow ({cpu_vs:+.0}%; {writer:.0} in the journal writer)",
                 m.name,
             );
         }
