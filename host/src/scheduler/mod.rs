@@ -172,8 +172,18 @@ impl Inner {
 pub struct PreparedWorkflow {
     workflow: Workflow,
     components: Vec<StepComponent>,
+    /// Per step, its component's file name, as journal events carry it:
+    /// shared by every attempt rather than copied into each.
+    component_names: Vec<Arc<str>>,
     /// How the journal knows it; `None` without a journal.
-    record: Option<Arc<WorkflowRecord>>,
+    record: Option<Recorded>,
+}
+
+/// What every run's acceptance says of its workflow's journal record:
+/// made once, shared by every run.
+struct Recorded {
+    digest: Arc<str>,
+    name: Arc<str>,
 }
 
 impl PreparedWorkflow {
@@ -371,10 +381,18 @@ impl Scheduler {
             names.insert(component.digest(), component.name().to_owned());
         }
         drop(names);
+        let component_names = components
+            .iter()
+            .map(|c| run::short_name(c.name()).into())
+            .collect();
         Arc::new(PreparedWorkflow {
             workflow,
             components,
-            record,
+            component_names,
+            record: record.map(|record| Recorded {
+                digest: record.digest.as_str().into(),
+                name: record.name.as_str().into(),
+            }),
         })
     }
 
@@ -427,8 +445,8 @@ impl Scheduler {
                     .expect("workflows prepared with a journal have a record");
                 Event::RunAccepted {
                     run: id,
-                    workflow: record.digest.as_str().into(),
-                    name: record.name.as_str().into(),
+                    workflow: Arc::clone(&record.digest),
+                    name: Arc::clone(&record.name),
                     owner: Arc::clone(journal.owner()),
                     lease_until,
                     input: serde_json::to_vec(input).unwrap_or_else(|_| b"null".to_vec()),

@@ -700,7 +700,7 @@ impl Shared {
                     step: Arc::clone(&step_name),
                     item,
                     attempt,
-                    component: short_name(component.name()).into(),
+                    component: Arc::clone(&self.wf.component_names[i]),
                     limits: attempt_limits,
                     status,
                     last,
@@ -877,7 +877,7 @@ fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
 }
 
 /// A component's file name: how metrics and reports name it.
-fn short_name(name: &str) -> &str {
+pub(super) fn short_name(name: &str) -> &str {
     name.rsplit(['/', '\\']).next().unwrap_or(name)
 }
 
