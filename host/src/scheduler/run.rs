@@ -21,8 +21,8 @@ use crate::policy::{
 };
 use crate::sandbox::{ChildCall, ChildResult, RunOptions, StepHost, add_to_json_integer};
 use crate::store::{
-    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Event, RunId, RunState, Ticket, now_micros,
-    now_millis,
+    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Event, Millis, RunId, RunState, Ticket,
+    now_micros, now_millis,
 };
 use crate::workflow::Scope;
 
@@ -162,12 +162,19 @@ impl Run {
         };
         let started = Instant::now();
         let Some(_slot) = slot else {
-            return shared.finish(reports, None, submitted, started).await;
+            return shared.finish(reports, None, submitted, started, None).await;
         };
-        if let Some(journal) = &shared.inner.journal {
+        let admitted_at = now_millis();
+        // A fresh run's start is no write of its own: its first attempt
+        // shows it running, and its end records when it started. A resumed
+        // run was recorded interrupted (or running, by a host now gone), so
+        // its status is set again.
+        if let Some(journal) = &shared.inner.journal
+            && shared.resume.is_some()
+        {
             journal.append(Event::RunStarted {
                 run: shared.id,
-                at: now_millis(),
+                at: admitted_at,
             });
         }
         let global = shared.inner.config.global_timeout.map(|d| Deadline {
@@ -224,6 +231,7 @@ impl Run {
                 output.map(|r| r.map_err(|e| e.to_string())),
                 submitted,
                 started,
+                Some(admitted_at),
             )
             .await
     }
@@ -239,6 +247,7 @@ pub(super) async fn fail_unresumable(inner: Arc<Inner>, id: RunId, message: Stri
             status: RunState::Failed,
             output: None,
             error: Some(message.clone()),
+            started: None,
             at: now_millis(),
         });
         if let Err(e) = journal.durable(ticket).await {
@@ -741,6 +750,7 @@ impl Shared {
         output: Option<Result<Value, String>>,
         submitted: Instant,
         started: Instant,
+        admitted_at: Option<Millis>,
     ) -> WorkflowReport {
         let mut report = self.report(steps, output, submitted, started);
         if let Some(journal) = &self.inner.journal {
@@ -755,6 +765,7 @@ impl Shared {
                 status,
                 output: report.output.as_ref().and_then(|o| serde_json::to_vec(o).ok()),
                 error: report.error.clone(),
+                started: admitted_at,
                 at: now_millis(),
             });
             if !self.durable(Some(ticket)).await && report.status != RunStatus::Interrupted {

@@ -28,7 +28,10 @@ pub enum Event {
         /// When.
         at: Millis,
     },
-    /// A run was admitted and started executing.
+    /// A run started executing again: resumed after its host stopped or
+    /// crashed. (A fresh run's start needs no event: its first attempt
+    /// shows it running, and [`Event::RunEnded`] records when it started.
+    /// Under load that spares the journal one write per run.)
     RunStarted {
         /// The run.
         run: RunId,
@@ -70,6 +73,8 @@ pub enum Event {
         output: Option<Vec<u8>>,
         /// Why it did not succeed.
         error: Option<String>,
+        /// When it was admitted and started executing, if it was.
+        started: Option<Millis>,
         /// When.
         at: Millis,
     },
@@ -160,7 +165,8 @@ pub enum AttemptStatus {
 pub enum RunState {
     /// Accepted, not yet admitted.
     Accepted,
-    /// Admitted and executing (or its host crashed).
+    /// Admitted and executing (or its host crashed): recorded for a
+    /// resumed run; for a fresh one, known from its attempts.
     Running,
     /// Its host shut down before it finished; it resumes on restart.
     Interrupted,

@@ -464,11 +464,12 @@ impl SqliteStore {
                     status,
                     output,
                     error,
+                    started,
                     at,
                 } => {
                     let finished = (!status.is_incomplete()).then_some(*at);
-                    // Started in this batch too: its start was not written.
-                    let started = ended_runs.get(run).copied().flatten();
+                    // Restarted in this batch too, its start was not written.
+                    let started = ended_runs.get(run).copied().flatten().or(*started);
                     end_run.execute(params![
                         *run as i64,
                         status.as_str(),
@@ -610,8 +611,25 @@ fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
     })
 }
 
-const SUMMARY_COLUMNS: &str =
-    "id, name, workflow, status, accepted_at, started_at, finished_at, error, collected";
+/// A run's status as the journal reports it. A fresh run's start is not
+/// written (it would cost every run a write of its own): an accepted run
+/// with attempts is running.
+macro_rules! status_sql {
+    () => {
+        "CASE WHEN status = 'accepted' AND EXISTS (SELECT 1 FROM attempts a WHERE a.run = runs.id)
+              THEN 'running' ELSE status END"
+    };
+}
+
+/// A run's summary, in the order [`summary`] reads it. A run still running
+/// started when its first attempt did; its end records its start.
+const SUMMARY_COLUMNS: &str = concat!(
+    "id, name, workflow, ",
+    status_sql!(),
+    ", accepted_at,
+     coalesce(started_at, (SELECT min(a.started_at) FROM attempts a WHERE a.run = runs.id)),
+     finished_at, error, collected"
+);
 
 fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     let status: String = r.get(3)?;
@@ -725,7 +743,7 @@ impl Store for SqliteStore {
         let mut args: Vec<String> = Vec::new();
         if !filter.status.is_empty() {
             let marks = vec!["?"; filter.status.len()].join(", ");
-            sql.push_str(&format!(" AND status IN ({marks})"));
+            sql.push_str(&format!(" AND ({}) IN ({marks})", status_sql!()));
             args.extend(filter.status.iter().map(|s| s.as_str().to_owned()));
         }
         if let Some(name) = &filter.workflow {
@@ -806,7 +824,11 @@ impl Store for SqliteStore {
 
     fn count_runs(&mut self) -> Result<Vec<(RunState, u64)>, StoreError> {
         self.conn
-            .prepare("SELECT status, count(*) FROM runs GROUP BY status")
+            .prepare(concat!(
+                "SELECT ",
+                status_sql!(),
+                " AS s, count(*) FROM runs GROUP BY s"
+            ))
             .and_then(|mut s| {
                 s.query_map([], |r| {
                     let status: String = r.get(0)?;

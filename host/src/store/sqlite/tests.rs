@@ -94,6 +94,7 @@ fn run_ended(run: RunId, status: RunState, error: Option<&str>) -> Event {
         status,
         output: None,
         error: error.map(Into::into),
+        started: None,
         at: now_millis(),
     }
 }
@@ -135,6 +136,7 @@ fn an_incomplete_run_comes_back_with_its_code_completed_units_and_state() {
                 status: RunState::Succeeded,
                 output: Some(b"1".to_vec()),
                 error: None,
+                started: None,
                 at: now_millis(),
             },
         ])
@@ -214,6 +216,7 @@ fn collecting_removes_payloads_keeps_the_audit_record_and_frees_space() {
             status: RunState::Succeeded,
             output: Some(vec![b'y'; 10_000]),
             error: None,
+            started: None,
             at: now_millis() - 10_000,
         });
     }
@@ -461,6 +464,61 @@ fn runs_accepted_many_rows_per_statement_take_the_later_events_of_their_batch() 
         .collect();
     incomplete.sort_unstable();
     assert_eq!(incomplete, (1..=37).step_by(2).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_fresh_run_is_running_once_an_attempt_started_and_its_end_records_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .write(&[Event::WorkflowDefined(workflow()), accepted(1), accepted(2)])
+        .unwrap();
+    let step_started = now_millis() - 500;
+    store
+        .write(&[Event::AttemptStarted {
+            run: 1,
+            step: "split".into(),
+            item: None,
+            attempt: 1,
+            at: step_started,
+        }])
+        .unwrap();
+    let by_status = |store: &mut SqliteStore, status: RunState| -> Vec<RunId> {
+        let filter = RunFilter {
+            status: vec![status],
+            ..RunFilter::default()
+        };
+        store.runs(&filter).unwrap().iter().map(|r| r.id).collect()
+    };
+    assert_eq!(by_status(&mut store, RunState::Running), [1]);
+    assert_eq!(by_status(&mut store, RunState::Accepted), [2]);
+    let mut counts = store.count_runs().unwrap();
+    counts.sort_by_key(|(s, _)| s.as_str());
+    assert_eq!(counts, [(RunState::Accepted, 1), (RunState::Running, 1)]);
+    let running = store.history(1).unwrap().unwrap().summary;
+    assert_eq!(running.status, RunState::Running);
+    assert_eq!(
+        running.started_at,
+        Some(step_started),
+        "its first attempt's start"
+    );
+    assert_eq!(store.history(2).unwrap().unwrap().summary.started_at, None);
+
+    let admitted = now_millis() - 600;
+    store
+        .write(&[Event::RunEnded {
+            run: 1,
+            status: RunState::Succeeded,
+            output: Some(b"1".to_vec()),
+            error: None,
+            started: Some(admitted),
+            at: now_millis(),
+        }])
+        .unwrap();
+    let done = store.history(1).unwrap().unwrap().summary;
+    assert_eq!(done.status, RunState::Succeeded);
+    assert_eq!(done.started_at, Some(admitted));
+    assert_eq!(by_status(&mut store, RunState::Running), Vec::<RunId>::new());
 }
 
 #[test]
