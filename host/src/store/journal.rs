@@ -28,8 +28,8 @@ const MAX_LINGER: Duration = Duration::from_millis(10);
 ///
 /// A commit's cost is mostly per page it rewrites, and the pages a batch
 /// dirties grow far slower than its events: under load, batches of a few
-/// thousand events cost the writer a third less per workflow than batches
-/// of 500. The price is latency under load only: a commit waits up to
+/// thousand events cost the writer about a fifth less per workflow than
+/// batches of 500. The price is latency under load only: a commit waits up to
 /// 10 ms while events keep coming, and a lone run commits at once.
 const LINGER_ENOUGH: usize = 8192;
 /// ...and only when the last batch had this many: a sign of load.

@@ -371,10 +371,7 @@ impl SqliteStore {
         // Runs are inserted first, many rows per statement: a batch that
         // accepts thousands of runs at once holds up all of them until it
         // is committed. Their other events, later in the batch, find them.
-        let accepted: Vec<&Event> = events
-            .iter()
-            .filter(|e| matches!(e, Event::RunAccepted { .. }))
-            .collect();
+        let accepted: Vec<Accepted<'_>> = events.iter().filter_map(Accepted::of).collect();
         insert_rows(&tx, &ACCEPT_RUN_SQL, RUN_PARAMS, &accepted, bind_run)?;
         // The hot statements, looked up once per batch rather than per event.
         let mut start_run = tx.prepare_cached(
@@ -897,7 +894,7 @@ const ROWS_PER_INSERT: usize = 16;
 
 /// `VALUES` of `rows` rows of `params` parameters each.
 fn values(rows: usize, params: usize) -> String {
-    let row = format!("({})", ["?"; 32][..params].join(", "));
+    let row = format!("({})", vec!["?"; params].join(", "));
     vec![row; rows].join(", ")
 }
 
@@ -915,27 +912,56 @@ static ACCEPT_RUN_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
     })
 });
 
+/// An accepted run's row.
+struct Accepted<'a> {
+    run: RunId,
+    workflow: &'a str,
+    name: &'a str,
+    owner: &'a str,
+    lease_until: Millis,
+    input: &'a [u8],
+    at: Millis,
+}
+
+impl<'a> Accepted<'a> {
+    /// The row `event` inserts, if it accepts a run.
+    fn of(event: &'a Event) -> Option<Accepted<'a>> {
+        match event {
+            Event::RunAccepted {
+                run,
+                workflow,
+                name,
+                owner,
+                lease_until,
+                input,
+                at,
+            } => Some(Accepted {
+                run: *run,
+                workflow,
+                name,
+                owner,
+                lease_until: *lease_until,
+                input,
+                at: *at,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Binds an accepted run's row to the [`RUN_PARAMS`] parameters after `offset`.
-fn bind_run(stmt: &mut rusqlite::CachedStatement<'_>, offset: usize, event: &&Event) -> rusqlite::Result<()> {
-    let Event::RunAccepted {
-        run,
-        workflow,
-        name,
-        owner,
-        lease_until,
-        input,
-        at,
-    } = event
-    else {
-        return Ok(());
-    };
-    stmt.raw_bind_parameter(offset + 1, *run as i64)?;
-    stmt.raw_bind_parameter(offset + 2, &**workflow)?;
-    stmt.raw_bind_parameter(offset + 3, &**name)?;
-    stmt.raw_bind_parameter(offset + 4, input)?;
-    stmt.raw_bind_parameter(offset + 5, at)?;
-    stmt.raw_bind_parameter(offset + 6, &**owner)?;
-    stmt.raw_bind_parameter(offset + 7, lease_until)?;
+fn bind_run(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    offset: usize,
+    a: &Accepted<'_>,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(offset + 1, a.run as i64)?;
+    stmt.raw_bind_parameter(offset + 2, a.workflow)?;
+    stmt.raw_bind_parameter(offset + 3, a.name)?;
+    stmt.raw_bind_parameter(offset + 4, a.input)?;
+    stmt.raw_bind_parameter(offset + 5, a.at)?;
+    stmt.raw_bind_parameter(offset + 6, a.owner)?;
+    stmt.raw_bind_parameter(offset + 7, a.lease_until)?;
     stmt.raw_bind_parameter(offset + 8, RunState::Accepted.as_str())?;
     Ok(())
 }
