@@ -381,10 +381,7 @@ impl Scheduler {
             names.insert(component.digest(), component.name().to_owned());
         }
         drop(names);
-        let component_names = components
-            .iter()
-            .map(|c| run::short_name(c.name()).into())
-            .collect();
+        let component_names = components.iter().map(|c| short_name(c.name()).into()).collect();
         Arc::new(PreparedWorkflow {
             workflow,
             components,
@@ -615,4 +612,9 @@ impl Scheduler {
             })
             .collect()
     }
+}
+
+/// A component's file name: how metrics, reports and the journal name it.
+fn short_name(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
 }

@@ -537,6 +537,7 @@ impl Shared {
         let inner = &self.inner;
         let def = &self.wf.workflow.steps[i];
         let component = &self.wf.components[i];
+        let component_name = &self.wf.component_names[i];
         let digest = component.digest();
         let defaults = inner.sandbox.default_limits();
         let journal = inner.journal.as_ref().filter(|_| unit.is_some());
@@ -677,7 +678,7 @@ impl Shared {
             usage.duration = now.elapsed();
             let kind = result.outcome.kind();
             inner.metrics.observe_attempt(&AttemptSample {
-                component: short_name(component.name()),
+                component: component_name,
                 outcome: kind.as_str(),
                 duration: usage.duration,
                 queue_wait: usage.queue_wait,
@@ -709,7 +710,7 @@ impl Shared {
                     step: Arc::clone(&step_name),
                     item,
                     attempt,
-                    component: Arc::clone(&self.wf.component_names[i]),
+                    component: Arc::clone(component_name),
                     limits: attempt_limits,
                     status,
                     last,
@@ -725,7 +726,7 @@ impl Shared {
             if !wants_retry || draining {
                 return result;
             }
-            inner.metrics.observe_retry(short_name(component.name()));
+            inner.metrics.observe_retry(component_name);
             tracing::debug!(run = self.id, step = %def.id, attempt, outcome = %kind, ?delay, "retrying");
             tokio::select! {
                 biased;
@@ -885,11 +886,6 @@ fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
     report.duration = done.usage.duration;
     report.queue_wait = done.usage.queue_wait;
     (report, done.output.clone())
-}
-
-/// A component's file name: how metrics and reports name it.
-pub(super) fn short_name(name: &str) -> &str {
-    name.rsplit(['/', '\\']).next().unwrap_or(name)
 }
 
 /// What an instance logged, as the journal keeps it (JSON records).

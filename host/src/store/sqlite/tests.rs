@@ -423,8 +423,8 @@ fn attempt_ends_written_many_rows_per_statement_each_land_in_their_own_row() {
 fn runs_accepted_many_rows_per_statement_take_the_later_events_of_their_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
-    // Two full multi-row statements and a remainder; each run's start and
-    // end come after its acceptance in the same batch, as under load.
+    // Two full multi-row statements and a remainder; each run's (re)start
+    // and end come after its acceptance in the same batch.
     let mut batch = vec![Event::WorkflowDefined(workflow())];
     for run in 1..=37 {
         batch.push(accepted(run));
