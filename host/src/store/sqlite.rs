@@ -367,6 +367,12 @@ impl SqliteStore {
                 started.get_or_insert(*at);
             }
         }
+        // The batch's writes say `OR FAIL`: a failing statement keeps the
+        // rows it wrote before it failed, and dropping the transaction undoes
+        // them with the rest of the batch. SQLite's default (`ABORT`) would
+        // undo the statement itself, and to be able to, copies every
+        // existing page the statement touches into a statement journal:
+        // on each of a batch's thousands of statements.
         let tx = self.conn.transaction()?;
         // Runs are inserted first, many rows per statement: a batch that
         // accepts thousands of runs at once holds up all of them until it
@@ -375,7 +381,7 @@ impl SqliteStore {
         insert_rows(&tx, &ACCEPT_RUN_SQL, RUN_PARAMS, &accepted, bind_run)?;
         // The hot statements, looked up once per batch rather than per event.
         let mut start_run = tx.prepare_cached(
-            "UPDATE runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
+            "UPDATE OR FAIL runs SET status = 'running', started_at = coalesce(started_at, ?2) WHERE id = ?1",
         )?;
         let mut start_attempt = tx.prepare_cached(
             "INSERT OR IGNORE INTO attempts (run, step, item, attempt, status, started_at)
@@ -388,11 +394,11 @@ impl SqliteStore {
         // ignored, in either order.
         let mut ends: Vec<&AttemptEnd> = Vec::new();
         let mut write_state = tx.prepare_cached(
-            "INSERT INTO state (run, key, value) VALUES (?1, ?2, ?3)
+            "INSERT OR FAIL INTO state (run, key, value) VALUES (?1, ?2, ?3)
                          ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
         )?;
         let mut end_run = tx.prepare_cached(
-            "UPDATE runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL,
+            "UPDATE OR FAIL runs SET status = ?2, output = ?3, error = ?4, finished_at = ?5, owner = NULL,
                          started_at = coalesce(started_at, ?6)
                          WHERE id = ?1",
         )?;
@@ -905,7 +911,7 @@ const RUN_PARAMS: usize = 8;
 static ACCEPT_RUN_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
     std::array::from_fn(|k| {
         format!(
-            "INSERT INTO runs (id, workflow, name, input, accepted_at, owner, lease_until, status)
+            "INSERT OR FAIL INTO runs (id, workflow, name, input, accepted_at, owner, lease_until, status)
              VALUES {}",
             values(k + 1, RUN_PARAMS)
         )
@@ -973,7 +979,7 @@ const ATTEMPT_END_PARAMS: usize = 21;
 static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
     let sql = |rows: usize| {
         format!(
-            "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
+            "INSERT OR FAIL INTO attempts (run, step, item, attempt, status, last, outcome, message,
                  started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
                  component, fuel_limit, memory_limit, time_limit_us, started_us)
              VALUES {}

@@ -330,6 +330,27 @@ fn a_full_disk_fails_the_write_and_keeps_what_was_committed() {
 }
 
 #[test]
+fn a_statement_failing_partway_leaves_nothing_of_its_batch() {
+    // The batch's statements fail without undoing their own earlier rows
+    // (`OR FAIL`): the transaction around them must undo the whole batch.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    store
+        .write(&[Event::WorkflowDefined(workflow()), accepted(10)])
+        .unwrap();
+    // Runs 1 to 9 go in before run 10's row, in the same statement, fails.
+    let batch: Vec<Event> = (1..=12).map(accepted).collect();
+    assert!(store.write(&batch).is_err());
+    let runs = store.runs(&RunFilter::default()).unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [10],
+        "the failed batch left nothing"
+    );
+    store.check_integrity().unwrap();
+}
+
+#[test]
 fn listing_filters_by_status_and_workflow() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(&dir);
