@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stepbox::scheduler::{RunStatus, Scheduler, SchedulerConfig};
 use stepbox::store::{
-    AttemptStatus, Durability, Journal, JournalConfig, RunFilter, RunHistory, RunState, SqliteStore, Store,
+    AttemptRecord, AttemptStatus, Definition, Durability, Event, GcStats, Journal, JournalConfig, Millis,
+    RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, SqliteStore, Store, StoreError,
+    now_micros,
 };
 use stepbox::workflow::Workflow;
 
@@ -482,6 +484,136 @@ steps:
             (3, AttemptStatus::Completed, true)
         ]
     );
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// A store whose commits of a chosen step's completion take a while, and
+/// that notes when each such commit ended.
+struct SlowCompletions {
+    inner: SqliteStore,
+    step: &'static str,
+    delay: Duration,
+    committed_us: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
+}
+
+impl Store for SlowCompletions {
+    fn next_run_id(&mut self) -> Result<RunId, StoreError> {
+        self.inner.next_run_id()
+    }
+
+    fn write(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        let slow = events
+            .iter()
+            .any(|e| matches!(e, Event::AttemptEnded(a) if &*a.step == self.step));
+        if slow {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.write(events)?;
+        if slow {
+            self.committed_us.lock().unwrap().push(now_micros());
+        }
+        Ok(())
+    }
+
+    fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<(), StoreError> {
+        self.inner.renew_leases(owner, until)
+    }
+
+    fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
+        self.inner.claim_incomplete(owner, until)
+    }
+
+    fn runs(&mut self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        self.inner.runs(filter)
+    }
+
+    fn history(&mut self, id: RunId) -> Result<Option<RunHistory>, StoreError> {
+        self.inner.history(id)
+    }
+
+    fn definition(&mut self, digest: &str) -> Result<Option<Definition>, StoreError> {
+        self.inner.definition(digest)
+    }
+
+    fn scan_attempts(
+        &mut self,
+        since: Millis,
+        visit: &mut dyn FnMut(&AttemptRecord),
+    ) -> Result<(), StoreError> {
+        self.inner.scan_attempts(since, visit)
+    }
+
+    fn count_runs(&mut self) -> Result<Vec<(RunState, u64)>, StoreError> {
+        self.inner.count_runs()
+    }
+
+    fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
+        self.inner.collect(before)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_strict_durability_no_dependent_starts_before_its_needs_completion_is_committed() {
+    let sb = TestSandbox::new();
+    let dir = tempfile::tempdir().unwrap();
+    let committed_us = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = SlowCompletions {
+        inner: SqliteStore::open(&dir.path().join("j.db"), Durability::Strict).unwrap(),
+        step: "first",
+        delay: Duration::from_millis(300),
+        committed_us: committed_us.clone(),
+    };
+    let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+    let scheduler = Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap();
+    let trivial = stepbox_tests::guest("trivial").display().to_string();
+    // A plain dependent and a fanned-out one, both needing `first`.
+    let yaml = format!(
+        "name: fenced
+steps:
+  - id: first
+    component: {trivial}
+  - id: then
+    component: {trivial}
+    needs: [first]
+  - id: each
+    component: {trivial}
+    needs: [first]
+    for_each: ${{input.items}}
+"
+    );
+    let file = dir.path().join("fenced.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let wf = scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap();
+    let report = scheduler
+        .submit(&wf, json!({"items": [1, 2, 3]}))
+        .unwrap()
+        .wait()
+        .await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+
+    let journal = scheduler.journal().unwrap().clone();
+    journal.flush().await.unwrap();
+    let committed = *committed_us
+        .lock()
+        .unwrap()
+        .first()
+        .expect("`first` ended in a commit");
+    let mut reader = SqliteStore::open_read_only(&dir.path().join("j.db")).unwrap();
+    let history = reader.history(report.run_id).unwrap().unwrap();
+    let dependents: Vec<&AttemptRecord> = history.attempts.iter().filter(|a| a.step != "first").collect();
+    assert_eq!(dependents.len(), 4, "{:?}", history.attempts);
+    for a in dependents {
+        assert!(
+            a.started_us >= committed,
+            "`{}` item {:?} started {} µs before `first`'s completion was committed",
+            a.step,
+            a.item,
+            committed - a.started_us
+        );
+    }
     tokio::task::spawn_blocking(move || journal.close())
         .await
         .unwrap()

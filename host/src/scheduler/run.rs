@@ -86,6 +86,10 @@ enum Work {
     Invalid(OutcomeKind, String),
 }
 
+/// What a step task gives back: the step, its report and output, and the
+/// journal position of its completion.
+type StepResult = (usize, StepReport, Option<Value>, Option<Ticket>);
+
 /// How the attempts at one instance's work ended.
 struct Attempts {
     outcome: Outcome,
@@ -190,17 +194,20 @@ impl Run {
         let plan = wf.plan();
         let mut waiting: Vec<usize> = (0..steps.len()).map(|i| plan.needs(i).len()).collect();
         let mut outputs: Vec<Option<Value>> = vec![None; steps.len()];
+        // Per finished step, the journal position of its completion.
+        let mut journaled: Vec<Option<Ticket>> = vec![None; steps.len()];
         let mut tasks = JoinSet::new();
         let mut failed: Option<usize> = None;
         for (i, _) in waiting.iter().enumerate().filter(|(_, n)| **n == 0) {
-            shared.start(i, &outputs, &mut tasks);
+            shared.start(i, &outputs, None, &mut tasks);
         }
         while let Some(joined) = tasks.join_next().await {
-            let (i, report, output) = match joined {
+            let (i, report, output, ticket) = match joined {
                 Ok(done) => done,
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(e) => unreachable!("step tasks are never aborted: {e}"),
             };
+            journaled[i] = ticket;
             let succeeded = report.status == StepStatus::Succeeded;
             let stopped = matches!(report.status, StepStatus::Cancelled | StepStatus::Interrupted);
             reports[i] = report;
@@ -211,7 +218,9 @@ impl Run {
                     for &next in plan.dependents(i) {
                         waiting[next] -= 1;
                         if waiting[next] == 0 {
-                            shared.start(next, &outputs, &mut tasks);
+                            // Tickets are positions: the latest covers every need.
+                            let fence = plan.needs(next).iter().filter_map(|&j| journaled[j]).max();
+                            shared.start(next, &outputs, fence, &mut tasks);
                         }
                     }
                 }
@@ -270,19 +279,21 @@ pub(super) async fn fail_unresumable(inner: Arc<Inner>, id: RunId, message: Stri
 }
 
 impl Shared {
-    /// Builds step `i`'s input from the outputs so far and spawns it.
+    /// Builds step `i`'s input from the outputs so far and spawns it. It
+    /// runs once `fence`, the completions of the steps it needs, is durable.
     fn start(
         self: &Arc<Self>,
         i: usize,
         outputs: &[Option<Value>],
-        tasks: &mut JoinSet<(usize, StepReport, Option<Value>)>,
+        fence: Option<Ticket>,
+        tasks: &mut JoinSet<StepResult>,
     ) {
         let def = &self.wf.workflow.steps[i];
         if def.for_each.is_none()
             && let Some(done) = self.resume.as_ref().and_then(|r| r.done((i, None)))
         {
             let (report, output) = restored(&def.id, done);
-            tasks.spawn(async move { (i, report, output) });
+            tasks.spawn(async move { (i, report, output, None) });
             return;
         }
         let lookup = |id: &str| self.wf.workflow.step_index(id).and_then(|j| outputs[j].as_ref());
@@ -320,18 +331,29 @@ impl Shared {
         // Step tasks stay inside the run's span, so their logs name the run.
         tasks.spawn(
             async move {
-                let (report, output) = shared.run_step(i, work).await;
-                (i, report, output)
+                // The wait is the dependent's, not its needs': they finish
+                // at once, on the thread and in the caches they ran in, and
+                // only this task is woken when the commit lands.
+                if !shared.durable(fence).await {
+                    let mut report = StepReport::pending(&shared.wf.workflow.steps[i].id, 0);
+                    report.status = StepStatus::Interrupted;
+                    return (i, report, None, None);
+                }
+                let (report, output, ticket) = shared.run_step(i, work).await;
+                (i, report, output, ticket)
             }
             .in_current_span(),
         );
     }
 
     /// Runs one step of the workflow: its single instance, or one per item.
-    async fn run_step(self: Arc<Self>, i: usize, work: Work) -> (StepReport, Option<Value>) {
+    /// Returns, with its report and output, the journal position of its
+    /// completion, which its dependents wait for.
+    async fn run_step(self: Arc<Self>, i: usize, work: Work) -> (StepReport, Option<Value>, Option<Ticket>) {
         let def = &self.wf.workflow.steps[i];
         let ready = Instant::now();
         let mut report = StepReport::pending(&def.id, 0);
+        let mut journaled = None;
         let output = match work {
             Work::Invalid(kind, message) => {
                 report.status = StepStatus::Failed;
@@ -344,19 +366,19 @@ impl Shared {
                 let attempts = self
                     .attempts(i, &input, Some((i, None)), key, 0, None, None, &self.steps_cancel)
                     .await;
-                let journaled = attempts.journaled;
+                journaled = attempts.journaled;
                 let output = attempts.output();
                 attempts.fill(&mut report);
-                if !self.durable_for_dependents(i, journaled).await {
+                if !self.journal_working() {
                     report.status = StepStatus::Interrupted;
-                    return (report, None);
+                    return (report, None, None);
                 }
                 output
             }
-            Work::Items(items) => self.run_items(i, items, &mut report).await,
+            Work::Items(items) => self.run_items(i, items, &mut report, &mut journaled).await,
         };
         report.duration = ready.elapsed();
-        (report, output)
+        (report, output, journaled)
     }
 
     /// Waits until the journal holds what `ticket` marks, as the durability
@@ -375,16 +397,13 @@ impl Shared {
         }
     }
 
-    /// Waits, as [`Shared::durable`], for step `i`'s completion to be
-    /// durable, if another step depends on it. A step nothing depends on
-    /// need not wait: the run's ending, appended after it, is awaited in
-    /// [`Shared::finish`], and a commit that holds the ending holds every
-    /// event before it. That spares a run one commit's wait per sink step.
-    async fn durable_for_dependents(&self, i: usize, ticket: Option<Ticket>) -> bool {
-        if self.wf.plan().dependents(i).is_empty() {
-            return self.inner.journal.as_ref().is_none_or(|j| j.status().is_ok());
-        }
-        self.durable(ticket).await
+    /// Whether the journal still records what the run does. A finished step
+    /// does not wait for its completion to be durable: its dependents do,
+    /// before they start (see [`Shared::start`]), and the run's ending,
+    /// appended after every step's, is awaited in [`Shared::finish`] (a
+    /// commit that holds the ending holds every event before it).
+    fn journal_working(&self) -> bool {
+        self.inner.journal.as_ref().is_none_or(|j| j.status().is_ok())
     }
 
     /// Whether the host, not the run's owner, is stopping it: a shutdown or
@@ -401,6 +420,7 @@ impl Shared {
         i: usize,
         items: Vec<Value>,
         report: &mut StepReport,
+        journaled: &mut Option<Ticket>,
     ) -> Option<Value> {
         let def = &self.wf.workflow.steps[i];
         report.items = Some(items.len());
@@ -420,7 +440,6 @@ impl Shared {
         let mut outputs: Vec<Value> = vec![Value::Null; total];
         let mut first_failure: Option<(usize, Attempts)> = None;
         let mut finished = 0;
-        let mut journaled: Option<Ticket> = None;
         let mut interrupted = false;
         report.status = StepStatus::Succeeded;
         report.outcome = Some(OutcomeKind::Completed);
@@ -461,7 +480,7 @@ impl Shared {
                 Err(e) => unreachable!("item tasks are never aborted: {e}"),
             };
             finished += 1;
-            journaled = journaled.max(attempts.journaled);
+            *journaled = (*journaled).max(attempts.journaled);
             interrupted |= attempts.interrupted;
             report.attempts = report.attempts.max(attempts.attempts);
             report.fuel += attempts.fuel;
@@ -486,7 +505,7 @@ impl Shared {
         let failed_for_real = first_failure
             .as_ref()
             .is_some_and(|(_, f)| f.outcome.kind() != OutcomeKind::Cancelled);
-        if !self.durable_for_dependents(i, journaled).await || (interrupted && !failed_for_real) {
+        if !self.journal_working() || (interrupted && !failed_for_real) {
             report.status = StepStatus::Interrupted;
             report.outcome = Some(OutcomeKind::Cancelled);
             report.message = Some(format!("interrupted after {finished} of {total} items"));
