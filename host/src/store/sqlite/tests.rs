@@ -338,7 +338,7 @@ fn a_statement_failing_partway_leaves_nothing_of_its_batch() {
     store
         .write(&[Event::WorkflowDefined(workflow()), accepted(10)])
         .unwrap();
-    // Runs 1 to 9 go in before run 10's row, in the same statement, fails.
+    // One statement inserts runs 1 to 9, then fails on run 10's row.
     let batch: Vec<Event> = (1..=12).map(accepted).collect();
     assert!(store.write(&batch).is_err());
     let runs = store.runs(&RunFilter::default()).unwrap();
