@@ -9,6 +9,8 @@
 //! `STEPBOX_BENCH_ROUNDS=16` and `STEPBOX_BENCH_LATENCY=20` give a shorter
 //! run with more rounds; the CPU figure's percentage, paired per round like
 //! throughput, drifts less with the machine than throughput does.
+//! `STEPBOX_BENCH_MAX_WORKFLOWS` sets how many runs are in flight at once:
+//! 10,000 (all of a burst) unless told; the default quota is 256.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,7 +95,7 @@ fn ticks_of(stat: &str) -> Duration {
 fn config() -> SchedulerConfig {
     SchedulerConfig {
         quotas: Quotas {
-            max_workflows: 10_000,
+            max_workflows: knob("STEPBOX_BENCH_MAX_WORKFLOWS", 10_000),
             max_queued: 100_000,
             ..Quotas::default()
         },
