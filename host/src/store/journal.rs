@@ -40,7 +40,9 @@ const LINGER_LOAD: usize = 16;
 /// when few runs are in flight (the default quota admits 256), every run
 /// soon waits on this very commit and a long linger only idles the
 /// workers: 256 runs at once went from half of in-memory throughput to two
-/// thirds with this bound, and 5,000 at once did not change.
+/// thirds with this bound. With 5,000 at once, batches shrank from about
+/// 1,600 events to about 650 and throughput stayed within the noise (a
+/// median of 23 % under in-memory over nine paired runs, against 22 %).
 const LINGER_PER_COMMIT: u32 = 2;
 
 /// How a [`Journal`] writes.
