@@ -96,6 +96,12 @@ impl Place {
     }
 }
 
+/// A scheduler journaling to `store` with the default journal settings.
+fn journaled(sb: &TestSandbox, store: impl Store + 'static) -> Scheduler {
+    let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+    Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -426,8 +432,7 @@ async fn the_idempotency_key_names_the_unit_and_survives_retries() {
     let sb = TestSandbox::new();
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("j.db"), Durability::Strict).unwrap();
-    let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
-    let scheduler = Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap();
+    let scheduler = journaled(&sb, store);
     let hostile = stepbox_tests::guest("hostile").display().to_string();
     let yaml = format!(
         "name: keys
@@ -566,8 +571,7 @@ async fn under_strict_durability_no_dependent_starts_before_its_needs_completion
         delay: Duration::from_millis(300),
         committed_us: committed_us.clone(),
     };
-    let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
-    let scheduler = Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap();
+    let scheduler = journaled(&sb, store);
     let trivial = stepbox_tests::guest("trivial").display().to_string();
     // A plain dependent and a fanned-out one, both needing `first`.
     let yaml = format!(
@@ -762,8 +766,7 @@ async fn a_full_disk_stops_the_host_without_dropping_an_accepted_run() {
     let pages = std::fs::metadata(&db).unwrap().len() / 4096;
     let mut store = SqliteStore::open(&db, Durability::Strict).unwrap();
     store.set_max_pages(pages + 300).unwrap();
-    let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
-    let scheduler = Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap();
+    let scheduler = journaled(&sb, store);
     let wf = scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap();
     let handles = scheduler
         .submit_all((0..3).map(|_| (std::sync::Arc::clone(&wf), json!({}))))

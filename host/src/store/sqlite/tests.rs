@@ -103,6 +103,16 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
     SqliteStore::open(&dir.path().join("s.db"), Durability::Strict).unwrap()
 }
 
+/// The ids of every run the store lists, newest first.
+fn run_ids(store: &mut SqliteStore) -> Vec<RunId> {
+    store
+        .runs(&RunFilter::default())
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect()
+}
+
 #[test]
 fn an_incomplete_run_comes_back_with_its_code_completed_units_and_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -320,12 +330,7 @@ fn a_full_disk_fails_the_write_and_keeps_what_was_committed() {
     };
     let err = store.write(&[accepted(2), big]).unwrap_err();
     assert!(matches!(err, StoreError::Full { .. }), "{err}");
-    let runs = store.runs(&RunFilter::default()).unwrap();
-    assert_eq!(
-        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
-        [1],
-        "the failed batch left nothing"
-    );
+    assert_eq!(run_ids(&mut store), [1], "the failed batch left nothing");
     store.check_integrity().unwrap();
 }
 
@@ -341,12 +346,7 @@ fn a_statement_failing_partway_leaves_nothing_of_its_batch() {
     // One statement inserts runs 1 to 9, then fails on run 10's row.
     let batch: Vec<Event> = (1..=12).map(accepted).collect();
     assert!(store.write(&batch).is_err());
-    let runs = store.runs(&RunFilter::default()).unwrap();
-    assert_eq!(
-        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
-        [10],
-        "the failed batch left nothing"
-    );
+    assert_eq!(run_ids(&mut store), [10], "the failed batch left nothing");
     store.check_integrity().unwrap();
 }
 
