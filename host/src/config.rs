@@ -27,6 +27,9 @@
 //! fuel = 10000000000
 //! memory = "64MiB"
 //! timeout = "30s"
+//! scratch = "64MiB"         # bytes in its /tmp
+//! scratch_entries = 10000   # files, directories and links in its /tmp
+//! handles = 512             # open files, streams, pollables at once
 //!
 //! [journal]
 //! db = ".stepbox/stepbox.db"
@@ -169,6 +172,9 @@ struct LimitKeys {
     fuel: Option<u64>,
     memory: Option<String>,
     timeout: Option<String>,
+    scratch: Option<String>,
+    scratch_entries: Option<u64>,
+    handles: Option<u32>,
 }
 
 impl HostConfig {
@@ -240,6 +246,9 @@ impl HostConfig {
             fuel: file.limits.fuel,
             memory: size("limits.memory", &file.limits.memory)?,
             timeout: duration("limits.timeout", &file.limits.timeout)?,
+            scratch: size("limits.scratch", &file.limits.scratch)?,
+            scratch_entries: file.limits.scratch_entries,
+            handles: file.limits.handles,
             ..LimitOverrides::default()
         };
         let j = &mut config.journal;
@@ -280,7 +289,7 @@ mod tests {
     #[test]
     fn every_key_reaches_its_setting() {
         let config = HostConfig::from_toml(
-            "[quotas]\nmax_workflows = 3\nmax_queued = 4\nmax_instances = 5\nmemory_budget = \"1GiB\"\nmax_steps = 6\nmax_fan_out = 7\nmax_state = \"2KiB\"\n[timeouts]\nglobal = \"1m\"\n[breaker]\nconsecutive_failures = 2\nfailure_ratio = 0.5\nwindow = 10\ncooldown = \"5s\"\n[limits]\nfuel = 9\nmemory = \"8MiB\"\ntimeout = \"2s\"\n[journal]\ndb = \"j.db\"\ndurability = \"batched\"\nbatch_window = \"5ms\"\nretention = \"7d\"\nshutdown_grace = \"3s\"\n",
+            "[quotas]\nmax_workflows = 3\nmax_queued = 4\nmax_instances = 5\nmemory_budget = \"1GiB\"\nmax_steps = 6\nmax_fan_out = 7\nmax_state = \"2KiB\"\n[timeouts]\nglobal = \"1m\"\n[breaker]\nconsecutive_failures = 2\nfailure_ratio = 0.5\nwindow = 10\ncooldown = \"5s\"\n[limits]\nfuel = 9\nmemory = \"8MiB\"\ntimeout = \"2s\"\nscratch = \"3MiB\"\nscratch_entries = 11\nhandles = 12\n[journal]\ndb = \"j.db\"\ndurability = \"batched\"\nbatch_window = \"5ms\"\nretention = \"7d\"\nshutdown_grace = \"3s\"\n",
         )
         .unwrap();
         let q = &config.scheduler.quotas;
@@ -295,6 +304,11 @@ mod tests {
         assert_eq!(config.scheduler.breaker.failure_ratio, Some(0.5));
         assert_eq!(config.limits.memory, Some(ByteSize::mib(8)));
         assert_eq!(config.limits.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(config.limits.scratch, Some(ByteSize::mib(3)));
+        assert_eq!(
+            (config.limits.scratch_entries, config.limits.handles),
+            (Some(11), Some(12))
+        );
         let j = &config.journal;
         assert_eq!(
             (j.db.as_path(), j.durability),

@@ -42,7 +42,7 @@ pub mod store;
 pub use limits::{LimitOverrides, Limits};
 pub use outcome::{
     GuestErrorKind, LogLevel, LogRecord, LogSource, MAX_GUEST_MESSAGE, Outcome, OutcomeKind, RunReport,
-    StepLog, Usage,
+    ScratchResource, StepLog, Usage,
 };
 pub use sandbox::{
     ChildCall, ChildResult, ComponentInfo, DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_WASM_STACK,

@@ -35,6 +35,22 @@ pub const DEFAULT_LOG: ByteSize = ByteSize::mib(1);
 /// unbounded recursion ends quickly in a stack-overflow outcome.
 pub const DEFAULT_STACK: ByteSize = ByteSize::kib(512);
 
+/// Default bytes a step may keep in its `/tmp`: the same as [`DEFAULT_MEMORY`],
+/// since the scratch directory usually lives on a memory file system and its
+/// files then take RAM like linear memory does.
+pub const DEFAULT_SCRATCH: ByteSize = ByteSize::mib(64);
+
+/// Default number of names (files, directories, links) a step may create in
+/// its `/tmp`: each costs the kernel an inode and a directory entry, whatever
+/// its size.
+pub const DEFAULT_SCRATCH_ENTRIES: u64 = 10_000;
+
+/// Default number of resources a step may hold at once: open files and
+/// directories, streams, pollables and every other WASI handle. Each may hold
+/// a host file descriptor or host memory, so the cap keeps one step from
+/// taking the host's; a few hundred is far more than a step needs.
+pub const DEFAULT_HANDLES: u32 = 512;
+
 /// The limits one step instance runs under.
 ///
 /// # Examples
@@ -67,11 +83,36 @@ pub struct Limits {
     /// size a sandbox runs with costs it an engine (see
     /// [`Sandbox::run`](crate::Sandbox::run)); most hosts use one.
     pub stack: ByteSize,
+    /// Bytes the step may keep in its `/tmp` (file contents and symlink
+    /// targets, counted by their logical size).
+    #[serde(default = "default_scratch")]
+    pub scratch: ByteSize,
+    /// Names (files, directories, links) the step may have in its `/tmp`.
+    #[serde(default = "default_scratch_entries")]
+    pub scratch_entries: u64,
+    /// Resources (open files, streams, pollables…) the step may hold at once.
+    #[serde(default = "default_handles")]
+    pub handles: u32,
+}
+
+// Journals written before these limits existed recorded none: they ran with
+// today's defaults' intent, unmetered, so reading them back gives the defaults.
+fn default_scratch() -> ByteSize {
+    DEFAULT_SCRATCH
+}
+
+fn default_scratch_entries() -> u64 {
+    DEFAULT_SCRATCH_ENTRIES
+}
+
+fn default_handles() -> u32 {
+    DEFAULT_HANDLES
 }
 
 impl Default for Limits {
     /// The documented defaults: [`DEFAULT_FUEL`], [`DEFAULT_MEMORY`],
-    /// [`DEFAULT_TIMEOUT`], [`DEFAULT_OUTPUT`], [`DEFAULT_LOG`] and [`DEFAULT_STACK`].
+    /// [`DEFAULT_TIMEOUT`], [`DEFAULT_OUTPUT`], [`DEFAULT_LOG`], [`DEFAULT_STACK`],
+    /// [`DEFAULT_SCRATCH`], [`DEFAULT_SCRATCH_ENTRIES`] and [`DEFAULT_HANDLES`].
     fn default() -> Self {
         Limits {
             fuel: DEFAULT_FUEL,
@@ -80,6 +121,9 @@ impl Default for Limits {
             output: DEFAULT_OUTPUT,
             log: DEFAULT_LOG,
             stack: DEFAULT_STACK,
+            scratch: DEFAULT_SCRATCH,
+            scratch_entries: DEFAULT_SCRATCH_ENTRIES,
+            handles: DEFAULT_HANDLES,
         }
     }
 }
@@ -105,6 +149,9 @@ impl Limits {
             output,
             log,
             stack,
+            scratch,
+            scratch_entries,
+            handles,
         } = *overrides;
         self.fuel = fuel.unwrap_or(self.fuel);
         self.memory = memory.unwrap_or(self.memory);
@@ -112,6 +159,9 @@ impl Limits {
         self.output = output.unwrap_or(self.output);
         self.log = log.unwrap_or(self.log);
         self.stack = stack.unwrap_or(self.stack);
+        self.scratch = scratch.unwrap_or(self.scratch);
+        self.scratch_entries = scratch_entries.unwrap_or(self.scratch_entries);
+        self.handles = handles.unwrap_or(self.handles);
         self
     }
 }
@@ -141,6 +191,44 @@ pub struct LimitOverrides {
     pub log: Option<ByteSize>,
     /// Replaces [`Limits::stack`].
     pub stack: Option<ByteSize>,
+    /// Replaces [`Limits::scratch`].
+    #[serde(default)]
+    pub scratch: Option<ByteSize>,
+    /// Replaces [`Limits::scratch_entries`].
+    #[serde(default)]
+    pub scratch_entries: Option<u64>,
+    /// Replaces [`Limits::handles`].
+    #[serde(default)]
+    pub handles: Option<u32>,
+}
+
+impl LimitOverrides {
+    /// These overrides, with each limit they leave unset taken from `below`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use stepbox::LimitOverrides;
+    ///
+    /// let step = LimitOverrides { fuel: Some(1), ..Default::default() };
+    /// let defaults = LimitOverrides { fuel: Some(2), handles: Some(64), ..Default::default() };
+    /// let merged = step.or(&defaults);
+    /// assert_eq!((merged.fuel, merged.handles), (Some(1), Some(64)));
+    /// ```
+    #[must_use]
+    pub fn or(&self, below: &LimitOverrides) -> LimitOverrides {
+        LimitOverrides {
+            fuel: self.fuel.or(below.fuel),
+            memory: self.memory.or(below.memory),
+            timeout: self.timeout.or(below.timeout),
+            output: self.output.or(below.output),
+            log: self.log.or(below.log),
+            stack: self.stack.or(below.stack),
+            scratch: self.scratch.or(below.scratch),
+            scratch_entries: self.scratch_entries.or(below.scratch_entries),
+            handles: self.handles.or(below.handles),
+        }
+    }
 }
 
 /// Parses a human duration such as `500ms`, `2s` or `1m 30s`.

@@ -69,6 +69,28 @@ pub enum Outcome {
         #[serde(with = "millis")]
         elapsed: Duration,
     },
+    /// The step tried to keep more in its `/tmp` than its scratch quota
+    /// allows. The guest saw the write fail as a full disk would make it fail
+    /// (`insufficient-space`, ENOSPC) and did not complete.
+    ScratchLimit {
+        /// Which part of the quota: bytes or entries.
+        resource: ScratchResource,
+        /// The quota it ran under (bytes, or entries).
+        limit: u64,
+        /// What the refused operation would have brought its use to.
+        requested: u64,
+    },
+    /// The step tried to hold more handles (open files and directories,
+    /// streams, pollables…) than it may. The guest saw the open fail
+    /// (`insufficient-memory`, like ENOMEM) or trapped, and did not complete.
+    HandleLimit {
+        /// The most handles it may hold at once (or, when `host_wide`, the
+        /// descriptors the whole host grants its steps).
+        limit: u64,
+        /// The host's descriptor budget for all steps was used up, not this
+        /// step's own cap: the host is overloaded, not the step at fault.
+        host_wide: bool,
+    },
     /// The step returned more output than its limit allows.
     OutputTooLarge {
         /// The output limit, in bytes.
@@ -121,6 +143,16 @@ pub enum Outcome {
 /// logs, and must not be a way around the output limit.
 pub const MAX_GUEST_MESSAGE: usize = 64 * 1024;
 
+/// The part of a step's scratch quota that was exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScratchResource {
+    /// Bytes of file contents (and symlink targets).
+    Bytes,
+    /// Names: files, directories and links.
+    Entries,
+}
+
 /// The kind of error a guest reported, mirroring the WIT `step-error` variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -166,6 +198,10 @@ pub enum OutcomeKind {
     OutputTooLarge,
     /// [`Outcome::StackOverflow`].
     StackOverflow,
+    /// [`Outcome::ScratchLimit`].
+    ScratchLimit,
+    /// [`Outcome::HandleLimit`].
+    HandleLimit,
     /// [`Outcome::Trap`].
     Trap,
     /// [`Outcome::Cancelled`].
@@ -184,7 +220,7 @@ impl OutcomeKind {
     /// ```
     /// assert!(stepbox::OutcomeKind::ALL.contains(&stepbox::OutcomeKind::Timeout));
     /// ```
-    pub const ALL: [OutcomeKind; 14] = [
+    pub const ALL: [OutcomeKind; 16] = [
         OutcomeKind::Completed,
         OutcomeKind::InvalidInput,
         OutcomeKind::Retryable,
@@ -194,6 +230,8 @@ impl OutcomeKind {
         OutcomeKind::Timeout,
         OutcomeKind::OutputTooLarge,
         OutcomeKind::StackOverflow,
+        OutcomeKind::ScratchLimit,
+        OutcomeKind::HandleLimit,
         OutcomeKind::Trap,
         OutcomeKind::Cancelled,
         OutcomeKind::HostFailure,
@@ -219,6 +257,8 @@ impl OutcomeKind {
             OutcomeKind::Timeout => "timeout",
             OutcomeKind::OutputTooLarge => "output-too-large",
             OutcomeKind::StackOverflow => "stack-overflow",
+            OutcomeKind::ScratchLimit => "scratch-limit",
+            OutcomeKind::HandleLimit => "handle-limit",
             OutcomeKind::Trap => "trap",
             OutcomeKind::Cancelled => "cancelled",
             OutcomeKind::HostFailure => "host-failure",
@@ -262,6 +302,8 @@ impl Outcome {
             Outcome::Timeout { .. } => OutcomeKind::Timeout,
             Outcome::OutputTooLarge { .. } => OutcomeKind::OutputTooLarge,
             Outcome::StackOverflow { .. } => OutcomeKind::StackOverflow,
+            Outcome::ScratchLimit { .. } => OutcomeKind::ScratchLimit,
+            Outcome::HandleLimit { .. } => OutcomeKind::HandleLimit,
             Outcome::Trap { .. } => OutcomeKind::Trap,
             Outcome::Cancelled { .. } => OutcomeKind::Cancelled,
             Outcome::HostFailure { .. } => OutcomeKind::HostFailure,
@@ -313,6 +355,38 @@ impl fmt::Display for Outcome {
                 "stack overflow: the step exhausted its {} wasm stack",
                 ByteSize(*limit).display().iec()
             ),
+            Outcome::ScratchLimit {
+                resource: ScratchResource::Bytes,
+                limit,
+                requested,
+            } => write!(
+                f,
+                "scratch limit: the step asked for {} in /tmp, over its limit of {}",
+                ByteSize(*requested).display().iec(),
+                ByteSize(*limit).display().iec()
+            ),
+            Outcome::ScratchLimit {
+                resource: ScratchResource::Entries,
+                limit,
+                requested,
+            } => write!(
+                f,
+                "scratch limit: the step asked for {requested} files, directories and links in /tmp, over its limit of {limit}"
+            ),
+            Outcome::HandleLimit {
+                limit,
+                host_wide: false,
+            } => write!(
+                f,
+                "handle limit: the step tried to hold more than {limit} open files, streams and other handles"
+            ),
+            Outcome::HandleLimit {
+                limit,
+                host_wide: true,
+            } => write!(
+                f,
+                "handle limit: the {limit} file descriptors this host grants its steps are all in use (raise the open-file limit or run fewer instances)"
+            ),
             Outcome::Trap { message, .. } => write!(f, "trap: {message}"),
             Outcome::Cancelled { elapsed } => write!(
                 f,
@@ -350,6 +424,9 @@ pub struct Usage {
     pub fuel_consumed: u64,
     /// The largest linear memory the instance held at any time, in bytes.
     pub peak_memory: u64,
+    /// The most bytes the instance kept in its `/tmp` at any time.
+    #[serde(default)]
+    pub peak_scratch: u64,
     /// Size of the returned output, in bytes (0 when there was none).
     pub output_bytes: u64,
 }
@@ -484,6 +561,24 @@ mod tests {
             },
             Outcome::OutputTooLarge { limit: 10, size: 20 },
             Outcome::StackOverflow { limit: 512 * 1024 },
+            Outcome::ScratchLimit {
+                resource: ScratchResource::Bytes,
+                limit: 1 << 20,
+                requested: 3 << 20,
+            },
+            Outcome::ScratchLimit {
+                resource: ScratchResource::Entries,
+                limit: 10,
+                requested: 11,
+            },
+            Outcome::HandleLimit {
+                limit: 512,
+                host_wide: false,
+            },
+            Outcome::HandleLimit {
+                limit: 512,
+                host_wide: true,
+            },
         ];
         for outcome in cases {
             let line = outcome.to_string();

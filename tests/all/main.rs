@@ -9,6 +9,7 @@ mod hostile;
 mod loading;
 mod observability;
 mod sandbox_escape;
+mod scratch_quota;
 mod well_behaved;
 mod workflows;
 

@@ -34,6 +34,8 @@ pub fn for_outcome(kind: OutcomeKind) -> u8 {
         OutcomeKind::Trap => 25,
         OutcomeKind::CircuitOpen => 26,
         OutcomeKind::QuotaExceeded => 27,
+        OutcomeKind::ScratchLimit => 28,
+        OutcomeKind::HandleLimit => 29,
         OutcomeKind::Cancelled => 130,
     }
 }
@@ -49,9 +51,9 @@ Exit codes:
     4  journal unusable (locked,          25  trap (guest panic, bad access...)
        read-only, full, corrupt, newer)   26  circuit open
     5  bench: slower than the baseline    27  quota exceeded
-   10  step error: invalid-input         130  cancelled (Ctrl-C)
-   11  step error: retryable
-   12  step error: failed
+   10  step error: invalid-input          28  scratch limit (/tmp bytes or entries)
+   11  step error: retryable              29  handle limit (open files, streams)
+   12  step error: failed                130  cancelled (Ctrl-C)
 For `run`, the code is that of the first step that failed the workflow;
 after a graceful shutdown (SIGINT/SIGTERM) it is 0.";
 

@@ -37,6 +37,15 @@ pub struct StepCommand {
     /// Wasm stack, 64KiB to 64MiB [default: 512KiB]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     stack: Option<ByteSize>,
+    /// Bytes the step may keep in its /tmp [default: 64MiB]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    scratch: Option<ByteSize>,
+    /// Files, directories and links the step may have in its /tmp [default: 10000]
+    #[arg(long, value_name = "N")]
+    scratch_entries: Option<u64>,
+    /// Open files, streams and other handles the step may hold at once [default: 512]
+    #[arg(long, value_name = "N")]
+    handles: Option<u32>,
     /// Print the full run report (outcome, usage, log) as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -79,6 +88,9 @@ impl StepCommand {
                 output: self.max_output,
                 log: self.max_log,
                 stack: self.stack,
+                scratch: self.scratch,
+                scratch_entries: self.scratch_entries,
+                handles: self.handles,
             })
             .cancel_token(cancel);
         let report = sandbox.run(&component, &input, options).await;
@@ -132,11 +144,12 @@ pub(super) fn describe_source(spec: &str) -> String {
 fn print_usage(report: &RunReport) {
     let usage = &report.usage;
     eprintln!(
-        "usage: {} wall, {} queued, {} fuel, {} peak memory, {} output",
+        "usage: {} wall, {} queued, {} fuel, {} peak memory, {} peak scratch, {} output",
         humantime::format_duration(Duration::from_micros(usage.wall_time.as_micros() as u64)),
         humantime::format_duration(Duration::from_micros(usage.queue_wait.as_micros() as u64)),
         usage.fuel_consumed,
         ByteSize(usage.peak_memory).display().iec(),
+        ByteSize(usage.peak_scratch).display().iec(),
         ByteSize(usage.output_bytes).display().iec(),
     );
 }

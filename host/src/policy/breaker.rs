@@ -102,8 +102,8 @@ impl Verdict {
     /// - Success: `completed`, and `invalid-input` (bad input is the caller's
     ///   fault; the component worked when it rejected it).
     /// - Failure: the guest's own `retryable` and `failed` errors, `trap`,
-    ///   `out-of-fuel`, `memory-limit`, `timeout`, `stack-overflow` and
-    ///   `output-too-large`.
+    ///   `out-of-fuel`, `memory-limit`, `timeout`, `stack-overflow`,
+    ///   `scratch-limit`, `handle-limit` and `output-too-large`.
     /// - Ignored: `cancelled` (stopped on purpose) and `host-failure` (the host
     ///   could not set the instance up; counting it would let one host problem
     ///   trip the breaker of every component).
@@ -126,6 +126,8 @@ impl Verdict {
             | OutcomeKind::Timeout
             | OutcomeKind::OutputTooLarge
             | OutcomeKind::StackOverflow
+            | OutcomeKind::ScratchLimit
+            | OutcomeKind::HandleLimit
             | OutcomeKind::Trap => Verdict::Failure,
             // The component did not run, or the host is at fault: no verdict on the component.
             OutcomeKind::Cancelled

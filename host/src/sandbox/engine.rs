@@ -86,8 +86,17 @@ pub(super) fn build(
 /// WASI is linked whole, but the context each instance gets denies what a
 /// step must not have: no environment, no arguments, no stdin, no sockets,
 /// no name lookup, and no directory but its own `/tmp`.
+///
+/// `wasi:filesystem/types` is then linked again, over wasmtime-wasi's own,
+/// as the metered layer that enforces the scratch quota and handle cap.
 fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
     wasmtime_wasi::p2::add_to_linker_async(linker)
+        .and_then(|()| {
+            linker.allow_shadowing(true);
+            let metered = super::scratch_fs::add_to_linker(linker);
+            linker.allow_shadowing(false);
+            metered
+        })
         .and_then(|()| super::step_host::add_to_linker(linker))
         .map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }

@@ -1,5 +1,6 @@
 //! The state of one step instance, and the host imports it can call.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,6 +9,8 @@ use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::capture::LogCapture;
+use super::meter::Meter;
+use super::scratch_fs::Held;
 use super::step_host::Imports;
 
 /// Everything a running instance's `Store` holds.
@@ -15,6 +18,10 @@ pub(crate) struct InstanceState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    /// What the step keeps in `/tmp` and which handles hold host descriptors.
+    pub(crate) meter: Meter,
+    /// The metered handles, by table index.
+    pub(crate) held: HashMap<u32, Held>,
     pub(crate) log: LogCapture,
     /// The effective deadline: `remaining-ms` counts down to it.
     pub(crate) deadline: Instant,

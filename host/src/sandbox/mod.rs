@@ -10,8 +10,10 @@ mod capture;
 mod component;
 mod engine;
 mod instance;
+mod meter;
 mod run;
 mod scratch;
+mod scratch_fs;
 use self::scratch::ScratchRoot;
 mod step_host;
 
@@ -94,6 +96,10 @@ struct Inner {
     max_instances: u32,
     max_memory: u64,
     scratch: ScratchRoot,
+    /// Whether `scratch` is on a memory file system (its files take RAM).
+    scratch_in_memory: bool,
+    /// The host descriptors all instances together may hold.
+    fds: Arc<meter::FdBudget>,
 }
 
 /// Configures a [`Sandbox`]. Everything is denied to guests by default; what
@@ -225,6 +231,8 @@ impl SandboxBuilder {
         let parent = self.scratch_parent.clone().unwrap_or_else(default_scratch_parent);
         let scratch = ScratchRoot::create(&parent)
             .map_err(|(path, source)| SandboxError::Directory { path, source })?;
+        let scratch_in_memory = scratch::is_memory_backed(scratch.path());
+        let fds = Arc::new(meter::FdBudget::new(guest_descriptors(self.max_instances)));
         Ok(Sandbox {
             inner: Arc::new(Inner {
                 engine,
@@ -237,6 +245,8 @@ impl SandboxBuilder {
                 stack_tiers: Mutex::new(HashMap::new()),
                 max_memory: self.max_memory_per_instance.as_u64(),
                 scratch,
+                scratch_in_memory,
+                fds,
                 settings: self,
             }),
         })
@@ -279,6 +289,22 @@ impl Sandbox {
     /// created; it is empty whenever no step is running.
     pub fn scratch_dir(&self) -> &Path {
         self.inner.scratch.path()
+    }
+
+    /// Whether the scratch directory is on a memory file system (`tmpfs`):
+    /// then what steps keep in `/tmp` takes RAM, and a scheduler should
+    /// count each step's [`Limits::scratch`] against its memory budget.
+    pub fn scratch_in_memory(&self) -> bool {
+        self.inner.scratch_in_memory
+    }
+
+    /// How many host file descriptors all steps together may hold (files
+    /// and directories they open). Past it, a step's open fails, and the
+    /// step ends in [`HandleLimit`](crate::Outcome::HandleLimit): the rest
+    /// of the process's descriptors stay for the host's journal, sockets and
+    /// the instances themselves.
+    pub fn guest_descriptors(&self) -> u64 {
+        self.inner.fds.limit()
     }
 
     /// Loads a component file; see [`Sandbox::load_bytes`].
@@ -457,6 +483,28 @@ struct StackTier {
     engine: Engine,
     linker: Linker<InstanceState>,
     components: moka::sync::Cache<Digest, StepPre<InstanceState>>,
+}
+
+/// Descriptors of the process kept for the host itself, whatever steps do:
+/// the journal and its lock files, listening and client sockets, the
+/// runtime's own, and one preopened directory per instance.
+const HOST_DESCRIPTOR_RESERVE: u64 = 1024;
+
+/// The descriptors steps may hold together: what the process may open, less
+/// the host's reserve (a quarter of the limit, at least
+/// [`HOST_DESCRIPTOR_RESERVE`]) and one per instance for its `/tmp`. The soft
+/// open-file limit is first raised to the hard one, as servers do, so steps
+/// get room without an embedder having to think of it.
+fn guest_descriptors(max_instances: u32) -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    let open = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20);
+    let reserve = HOST_DESCRIPTOR_RESERVE.max(open / 4) + u64::from(max_instances);
+    open.saturating_sub(reserve)
 }
 
 /// `/dev/shm` when it is a writable directory, else the system temp dir.

@@ -6,18 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use super::bindings::StepError;
 use super::capture::LogCapture;
 use super::instance::{InstanceState, MemoryLimitExceeded, MemoryLimiter, WorkId};
+use super::meter::{Exceeded, Meter};
 use super::scratch::ScratchDir;
 use super::step_host::{Imports, StepHost};
 use super::{Sandbox, StepComponent};
 use crate::limits::{LimitOverrides, Limits};
-use crate::outcome::{GuestErrorKind, LogSource, MAX_GUEST_MESSAGE, Outcome, RunReport, StepLog, Usage};
+use crate::outcome::{
+    GuestErrorKind, LogSource, MAX_GUEST_MESSAGE, Outcome, OutcomeKind, RunReport, StepLog, Usage,
+};
 
 /// How one run differs from the sandbox's defaults.
 ///
@@ -205,12 +208,21 @@ impl Sandbox {
             }
         };
         let memory_limit = limits.memory.as_u64().min(inner.max_memory);
+        let meter = Meter::new(
+            limits.scratch.as_u64(),
+            limits.scratch_entries,
+            Arc::clone(&inner.fds),
+        );
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.handles as usize);
         let mut store = Store::new(
             engine,
             InstanceState {
                 wasi,
-                table: ResourceTable::new(),
+                table,
                 limiter: MemoryLimiter::new(usize::try_from(memory_limit).unwrap_or(usize::MAX)),
+                meter: meter.clone(),
+                held: HashMap::new(),
                 log: log.clone(),
                 deadline,
                 imports: match options.host {
@@ -264,7 +276,9 @@ impl Sandbox {
         drop(permit);
 
         let log = log.finish();
+        let peak_scratch = meter.peak_bytes();
         let classify = Classify {
+            exceeded: meter.exceeded(),
             limits: &limits,
             allowed: deadline.saturating_duration_since(started),
             elapsed,
@@ -286,6 +300,7 @@ impl Sandbox {
                 wall_time: elapsed,
                 fuel_consumed: limits.fuel.saturating_sub(fuel_left),
                 peak_memory,
+                peak_scratch,
                 output_bytes,
             },
             log,
@@ -332,6 +347,9 @@ fn wasi_context(scratch: &ScratchDir, log: &LogCapture) -> wasmtime::Result<Wasi
 
 /// What is needed to name how a run ended.
 struct Classify<'a> {
+    /// The first scratch or handle refusal the step met: it names the
+    /// outcome of a run that then did not complete.
+    exceeded: Option<Exceeded>,
     limits: &'a Limits,
     allowed: Duration,
     elapsed: Duration,
@@ -341,6 +359,16 @@ struct Classify<'a> {
 
 impl Classify<'_> {
     fn ended(&self, ended: Ended) -> Outcome {
+        let outcome = self.ending(ended);
+        match (self.exceeded, outcome.kind()) {
+            // A step that met a refusal and still completed handled it; a
+            // cancelled one was stopped from outside.
+            (None, _) | (_, OutcomeKind::Completed | OutcomeKind::Cancelled) => outcome,
+            (Some(exceeded), _) => exceeded.outcome(),
+        }
+    }
+
+    fn ending(&self, ended: Ended) -> Outcome {
         match ended {
             Ended::Deadline => self.timeout(),
             Ended::Cancelled => Outcome::Cancelled {
@@ -387,6 +415,14 @@ impl Classify<'_> {
             return Outcome::MemoryLimit {
                 limit: hit.limit as u64,
                 requested: hit.requested as u64,
+            };
+        }
+        if let Some(ResourceTableError::Full) = error.downcast_ref::<ResourceTableError>() {
+            // A handle the filesystem layer could not refuse first (a
+            // pollable, a stream): the table's cap trapped.
+            return Outcome::HandleLimit {
+                limit: u64::from(self.limits.handles),
+                host_wide: false,
             };
         }
         let backtrace = error.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());

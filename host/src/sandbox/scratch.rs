@@ -114,6 +114,17 @@ fn remove_if_abandoned(root: &Path) -> bool {
     file.try_lock().is_ok() && std::fs::remove_dir_all(root).is_ok()
 }
 
+/// Whether `dir` is on a memory file system (tmpfs or ramfs), whose files
+/// take RAM.
+pub(crate) fn is_memory_backed(dir: &Path) -> bool {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    rustix::fs::statfs(dir).is_ok_and(|fs| {
+        let kind = fs.f_type as u64;
+        kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+    })
+}
+
 /// A fresh directory that is removed when this guard is dropped.
 ///
 /// Removal happens in `Drop`, so it runs whatever ends the instance: success,

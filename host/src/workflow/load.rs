@@ -22,8 +22,16 @@ type Res<T> = Result<T, (Location, WorkflowErrorKind)>;
 
 pub(super) const WORKFLOW_FIELDS: &[&str; 6] =
     &["name", "description", "timeout", "defaults", "output", "steps"];
-const DEFAULTS_FIELDS: &[&str; 4] = &["fuel", "memory", "timeout", "retry"];
-pub(super) const STEP_FIELDS: &[&str; 11] = &[
+const DEFAULTS_FIELDS: &[&str; 7] = &[
+    "fuel",
+    "memory",
+    "timeout",
+    "scratch",
+    "scratch_entries",
+    "handles",
+    "retry",
+];
+pub(super) const STEP_FIELDS: &[&str; 14] = &[
     "id",
     "component",
     "needs",
@@ -33,6 +41,9 @@ pub(super) const STEP_FIELDS: &[&str; 11] = &[
     "fuel",
     "memory",
     "timeout",
+    "scratch",
+    "scratch_entries",
+    "handles",
     "retry",
     "continue_on_error",
 ];
@@ -180,9 +191,13 @@ pub(super) fn defaults(node: Option<&Node>) -> Res<Defaults> {
     let Some(node) = node else {
         return Ok(Defaults::default());
     };
-    let [fuel, memory, timeout, retry] = fields(node, "defaults", &"`defaults`", DEFAULTS_FIELDS)?;
+    let [fuel, memory, timeout, scratch, scratch_entries, handles, retry] =
+        fields(node, "defaults", &"`defaults`", DEFAULTS_FIELDS)?;
     Ok(Defaults {
-        limits: limits(fuel, memory, timeout, "defaults.")?,
+        limits: limits(
+            [fuel, memory, timeout, scratch, scratch_entries, handles],
+            "defaults.",
+        )?,
         retry: Arc::new(retry.map(retry_policy).transpose()?.unwrap_or_default()),
     })
 }
@@ -455,6 +470,9 @@ fn read_step<'de>(
         fuel,
         memory,
         timeout,
+        scratch,
+        scratch_entries,
+        handles,
         retry,
         continue_on_error,
     ] = fields;
@@ -542,16 +560,7 @@ fn read_step<'de>(
         })
         .transpose()?;
 
-    let own = limits(fuel, memory, timeout, "")?;
-    let inherited = &defaults.limits;
-    let limits = LimitOverrides {
-        fuel: own.fuel.or(inherited.fuel),
-        memory: own.memory.or(inherited.memory),
-        timeout: own.timeout.or(inherited.timeout),
-        output: own.output.or(inherited.output),
-        log: own.log.or(inherited.log),
-        stack: own.stack.or(inherited.stack),
-    };
+    let limits = limits([fuel, memory, timeout, scratch, scratch_entries, handles], "")?.or(&defaults.limits);
     let retry = match retry {
         Some(n) => Arc::new(retry_policy(n)?),
         None => Arc::clone(&defaults.retry),
@@ -580,17 +589,25 @@ fn read_step<'de>(
     ))
 }
 
-fn limits(
-    fuel: Option<&Node>,
-    memory: Option<&Node>,
-    timeout: Option<&Node>,
-    prefix: &str,
-) -> Res<LimitOverrides> {
+/// The limits a step or the defaults set: `fuel`, `memory`, `timeout`,
+/// `scratch`, `scratch_entries` and `handles`, in that order.
+fn limits(nodes: [Option<&Node>; 6], prefix: &str) -> Res<LimitOverrides> {
+    let [fuel, memory, timeout, scratch, scratch_entries, handles] = nodes;
+    let field = |name: &str| format!("{prefix}{name}");
     Ok(LimitOverrides {
-        fuel: fuel.map(|n| uint(n, &format!("{prefix}fuel"))).transpose()?,
-        memory: memory.map(|n| size(n, &format!("{prefix}memory"))).transpose()?,
-        timeout: timeout
-            .map(|n| duration(n, &format!("{prefix}timeout")))
+        fuel: fuel.map(|n| uint(n, &field("fuel"))).transpose()?,
+        memory: memory.map(|n| size(n, &field("memory"))).transpose()?,
+        timeout: timeout.map(|n| duration(n, &field("timeout"))).transpose()?,
+        scratch: scratch.map(|n| size(n, &field("scratch"))).transpose()?,
+        scratch_entries: scratch_entries
+            .map(|n| uint(n, &field("scratch_entries")))
+            .transpose()?,
+        handles: handles
+            .map(|n| {
+                let name = field("handles");
+                let value = uint(n, &name)?;
+                u32::try_from(value).map_err(|_| wrong_type(n, &name, "an integer below 2^32"))
+            })
             .transpose()?,
         ..LimitOverrides::default()
     })

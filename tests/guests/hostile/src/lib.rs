@@ -73,6 +73,54 @@ enum Mode {
         #[serde(default)]
         again: bool,
     },
+    /// Writes `bytes` into its `/tmp`, `chunk` bytes a write, spread over
+    /// `files` files. A failed write fails the step with the error's kind,
+    /// or with `tolerate` ends the writing and is reported.
+    ScratchWrite {
+        bytes: u64,
+        #[serde(default = "sixty_four_kib")]
+        chunk: usize,
+        #[serde(default = "one")]
+        files: u64,
+        #[serde(default)]
+        tolerate: bool,
+    },
+    /// Writes `bytes` to a file and deletes it, `rounds` times: freed space
+    /// must count again.
+    ScratchChurn { bytes: u64, rounds: u32 },
+    /// Opens a file, removes its name while holding it open, then writes
+    /// `bytes` to it: the space stays taken while the file is open.
+    UnlinkedWrite { bytes: u64 },
+    /// Extends a file to `bytes` with `set_len`, without writing.
+    SetLen { bytes: u64 },
+    /// Creates up to `count` empty files (and as many directories with
+    /// `dirs`), reporting how many it made and what stopped it.
+    ScratchEntries {
+        count: u64,
+        #[serde(default)]
+        dirs: bool,
+    },
+    /// Opens up to `count` files and holds them all open, reporting how
+    /// many it held and what stopped it.
+    HoldFiles { count: u64 },
+    /// Opens up to `count` directory listings at once, the same way.
+    HoldListings { count: u64 },
+    /// Calls `log`, `remaining`, `state-add` and `idempotency-key` in a loop,
+    /// `times` times (forever without), and reports the count.
+    HostCalls {
+        #[serde(default)]
+        times: Option<u64>,
+    },
+    /// Sets the state's `key` to a fresh `bytes`-long string, `times` times.
+    StateFlood { key: String, bytes: usize, times: u64 },
+}
+
+fn sixty_four_kib() -> usize {
+    64 * 1024
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn hundred_mib() -> usize {
@@ -161,6 +209,103 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             let first = residue();
             Ok(if again { residue() } else { first })
         }
+        Mode::ScratchWrite {
+            bytes,
+            chunk,
+            files,
+            tolerate,
+        } => scratch_write(bytes, chunk.max(1), files.max(1), tolerate),
+        Mode::ScratchChurn { bytes, rounds } => {
+            for round in 0..rounds {
+                let path = format!("/tmp/churn-{round}");
+                write_bytes(&path, bytes, 64 * 1024).map_err(|e| io_failure("write", &e))?;
+                fs::remove_file(&path).map_err(|e| io_failure("remove", &e))?;
+            }
+            Ok(json!({"rounds": rounds}))
+        }
+        Mode::UnlinkedWrite { bytes } => {
+            use std::io::Write;
+            let mut file = fs::File::create("/tmp/unlinked").map_err(|e| io_failure("create", &e))?;
+            fs::remove_file("/tmp/unlinked").map_err(|e| io_failure("remove", &e))?;
+            let block = vec![7u8; 64 * 1024];
+            let mut written = 0;
+            while written < bytes {
+                let n = block.len().min((bytes - written) as usize);
+                file.write_all(&block[..n]).map_err(|e| io_failure("write", &e))?;
+                written += n as u64;
+            }
+            Ok(json!({"written": written}))
+        }
+        Mode::SetLen { bytes } => {
+            let file = fs::File::create("/tmp/sparse").map_err(|e| io_failure("create", &e))?;
+            file.set_len(bytes).map_err(|e| io_failure("set_len", &e))?;
+            Ok(json!({"len": bytes}))
+        }
+        Mode::ScratchEntries { count, dirs } => {
+            let mut made = 0;
+            let mut stopped = None;
+            for i in 0..count {
+                let made_one = if dirs {
+                    fs::create_dir(format!("/tmp/d{i}"))
+                } else {
+                    fs::File::create(format!("/tmp/f{i}")).map(drop)
+                };
+                match made_one {
+                    Ok(()) => made += 1,
+                    Err(e) => {
+                        stopped = Some(format!("{:?}", e.kind()));
+                        break;
+                    }
+                }
+            }
+            Ok(json!({"made": made, "stopped": stopped}))
+        }
+        Mode::HoldFiles { count } => {
+            let mut held = Vec::new();
+            let mut stopped = None;
+            for i in 0..count {
+                match fs::File::create(format!("/tmp/h{}", i % 64)) {
+                    Ok(file) => held.push(file),
+                    Err(e) => {
+                        stopped = Some(format!("{:?}", e.kind()));
+                        break;
+                    }
+                }
+            }
+            Ok(json!({"held": held.len(), "stopped": stopped}))
+        }
+        Mode::HoldListings { count } => {
+            let mut held = Vec::new();
+            let mut stopped = None;
+            for _ in 0..count {
+                match fs::read_dir("/tmp") {
+                    Ok(listing) => held.push(listing),
+                    Err(e) => {
+                        stopped = Some(format!("{:?}", e.kind()));
+                        break;
+                    }
+                }
+            }
+            Ok(json!({"held": held.len(), "stopped": stopped}))
+        }
+        Mode::HostCalls { times } => {
+            let mut n = 0u64;
+            while times.is_none_or(|t| n < t) {
+                stepbox_guest::trace("call");
+                black_box(stepbox_guest::remaining());
+                black_box(stepbox_guest::idempotency_key());
+                stepbox_guest::state::add("calls", 1)?;
+                n += 1;
+            }
+            Ok(json!({"calls": n}))
+        }
+        Mode::StateFlood { key, bytes, times } => {
+            for i in 0..times {
+                let value = format!("{i:0>width$}", width = bytes);
+                stepbox_guest::state::set(&key, &value)?;
+            }
+            Ok(json!({"set": times}))
+        }
         Mode::SpinFor { iterations } => {
             let mut x = 0u64;
             for i in 0..iterations {
@@ -201,6 +346,52 @@ fn residue() -> Value {
         dirty
     };
     json!({"dirty_static": dirty_static, "dirty_grown": dirty_grown})
+}
+
+/// A step error naming the I/O error's kind (`StorageFull`, `OutOfMemory`…).
+fn io_failure(what: &str, e: &std::io::Error) -> StepError {
+    StepError::failed(format!("{what}: {:?}: {e}", e.kind()))
+}
+
+fn write_bytes(path: &str, bytes: u64, chunk: usize) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut file = fs::File::create(path)?;
+    let block = vec![1u8; chunk];
+    let mut written = 0;
+    while written < bytes {
+        let n = chunk.min((bytes - written) as usize);
+        file.write_all(&block[..n])?;
+        written += n as u64;
+    }
+    Ok(written)
+}
+
+fn scratch_write(bytes: u64, chunk: usize, files: u64, tolerate: bool) -> Result<Value, StepError> {
+    use std::io::Write;
+    let mut handles = (0..files)
+        .map(|i| fs::File::create(format!("/tmp/fill-{i}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io_failure("create", &e))?;
+    let block = vec![1u8; chunk];
+    let mut written = 0u64;
+    let mut stopped = None;
+    'writing: while written < bytes {
+        for file in &mut handles {
+            let n = chunk.min((bytes - written) as usize);
+            if n == 0 {
+                break 'writing;
+            }
+            if let Err(e) = file.write_all(&block[..n]) {
+                if !tolerate {
+                    return Err(io_failure("write", &e));
+                }
+                stopped = Some(format!("{:?} {:?}", e.kind(), e.raw_os_error()));
+                break 'writing;
+            }
+            written += n as u64;
+        }
+    }
+    Ok(json!({"written": written, "stopped": stopped}))
 }
 
 fn echo(id: u64) -> Result<Value, StepError> {
