@@ -20,6 +20,7 @@
 //!     queue_wait: Duration::ZERO,
 //!     fuel: 1_000,
 //!     peak_memory: 1 << 20,
+//!     peak_scratch: 0,
 //! });
 //! let text = metrics.encode();
 //! assert!(text.contains(r#"stepbox_step_runs_total{component="hello.wasm",outcome="completed"} 1"#));
@@ -48,6 +49,7 @@ pub struct Metrics {
     queue_wait: Family<Labels, Histogram>,
     fuel: Family<Labels, Counter>,
     peak_memory: Family<Labels, Histogram>,
+    peak_scratch: Family<Labels, Histogram>,
     retries: Family<Labels, Counter>,
     breaker_state: Family<Labels, Gauge>,
     workflows: Family<Labels, Counter>,
@@ -67,6 +69,7 @@ struct ComponentSeries {
     queue_wait: Histogram,
     fuel: Counter,
     peak_memory: Histogram,
+    peak_scratch: Histogram,
     retries: Counter,
     outcomes: RwLock<HashMap<String, Counter>>,
 }
@@ -110,6 +113,8 @@ pub struct AttemptSample<'a> {
     pub fuel: u64,
     /// Peak linear memory, in bytes.
     pub peak_memory: u64,
+    /// Peak bytes kept in its `/tmp`.
+    pub peak_scratch: u64,
 }
 
 /// What the gauges show: a snapshot of the host.
@@ -159,6 +164,7 @@ impl Metrics {
             queue_wait: Family::new_with_constructor(seconds),
             fuel: Family::default(),
             peak_memory: Family::new_with_constructor(bytes),
+            peak_scratch: Family::new_with_constructor(bytes),
             retries: Family::default(),
             breaker_state: Family::default(),
             workflows: Family::default(),
@@ -195,6 +201,11 @@ impl Metrics {
             m.peak_memory.clone(),
         );
         r.register(
+            "step_peak_scratch_bytes",
+            "Peak bytes step attempts kept in their /tmp",
+            m.peak_scratch.clone(),
+        );
+        r.register(
             "step_retries",
             "Step attempts retried after failing",
             m.retries.clone(),
@@ -227,7 +238,7 @@ impl Metrics {
         );
         r.register(
             "memory_reserved_bytes",
-            "Memory limits of the running instances, reserved from the budget",
+            "Memory limits of the running instances (with their scratch quotas when /tmp is in memory), reserved from the budget",
             m.memory_reserved.clone(),
         );
         r.register(
@@ -251,6 +262,7 @@ impl Metrics {
         c.queue_wait.observe(a.queue_wait.as_secs_f64());
         c.fuel.inc_by(a.fuel);
         c.peak_memory.observe(a.peak_memory as f64);
+        c.peak_scratch.observe(a.peak_scratch as f64);
     }
 
     /// Counts a retry of `component`'s step.
@@ -273,6 +285,7 @@ impl Metrics {
             queue_wait: self.queue_wait.get_or_create(&labels).clone(),
             fuel: self.fuel.get_or_create(&labels).clone(),
             peak_memory: self.peak_memory.get_or_create(&labels).clone(),
+            peak_scratch: self.peak_scratch.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             outcomes: RwLock::new(HashMap::new()),
         });
@@ -314,6 +327,7 @@ impl Metrics {
                 queue_wait: a.usage.queue_wait,
                 fuel: a.usage.fuel,
                 peak_memory: a.usage.peak_memory,
+                peak_scratch: a.usage.peak_scratch,
             });
             if a.status == AttemptStatus::Failed && !a.last {
                 metrics.observe_retry(component);
@@ -383,6 +397,7 @@ mod tests {
             queue_wait: Duration::from_micros(100),
             fuel: 500,
             peak_memory: 1 << 20,
+            peak_scratch: 4096,
         }
     }
 

@@ -393,14 +393,23 @@ impl ShowCommand {
         }
         writeln!(
             out,
-            "\n{:<20} {:>5} {:>3}  {:<11} {:<15} {:>10} {:>9} {:>12} {:>10}  STARTED",
-            "STEP", "ITEM", "#", "STATUS", "OUTCOME", "DURATION", "QUEUED", "FUEL", "PEAK MEM"
+            "\n{:<20} {:>5} {:>3}  {:<11} {:<15} {:>10} {:>9} {:>12} {:>10} {:>21}  STARTED",
+            "STEP",
+            "ITEM",
+            "#",
+            "STATUS",
+            "OUTCOME",
+            "DURATION",
+            "QUEUED",
+            "FUEL",
+            "PEAK MEM",
+            "PEAK TMP/LIMIT"
         )
         .map_err(CliError::host)?;
         for a in &history.attempts {
             writeln!(
                 out,
-                "{:<20} {:>5} {:>3}  {:<11} {:<15} {:>10} {:>9} {:>12} {:>10}  {}",
+                "{:<20} {:>5} {:>3}  {:<11} {:<15} {:>10} {:>9} {:>12} {:>10} {:>21}  {}",
                 a.step,
                 a.item.map_or("-".into(), |i| i.to_string()),
                 a.attempt,
@@ -410,6 +419,15 @@ impl ShowCommand {
                 format!("{:.2}ms", a.usage.queue_wait.as_secs_f64() * 1e3),
                 a.usage.fuel,
                 ByteSize(a.usage.peak_memory).display().iec().to_string(),
+                match a.limits.scratch {
+                    // Journals from before the scratch quota recorded none.
+                    0 => "-".to_owned(),
+                    limit => format!(
+                        "{}/{}",
+                        ByteSize(a.usage.peak_scratch).display().iec(),
+                        ByteSize(limit).display().iec()
+                    ),
+                },
                 timestamp(a.started_at)
             )
             .map_err(CliError::host)?;

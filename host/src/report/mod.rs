@@ -355,8 +355,11 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             None => format!("`{}`", a.step),
         };
         let hit = a.outcome.as_deref();
+        // What is measured, the step field that sets its limit, use, limit,
+        // and whether the attempt ended on it.
         let checks = [
             (
+                "fuel",
                 "fuel",
                 a.usage.fuel as f64,
                 a.limits.fuel as f64,
@@ -364,18 +367,27 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             ),
             (
                 "memory",
+                "memory",
                 a.usage.peak_memory as f64,
                 a.limits.memory as f64,
                 hit == Some("memory-limit"),
             ),
             (
                 "time",
+                "timeout",
                 a.usage.duration.as_secs_f64(),
                 a.limits.time.as_secs_f64(),
                 hit == Some("timeout"),
             ),
+            (
+                "scratch",
+                "scratch",
+                a.usage.peak_scratch as f64,
+                a.limits.scratch as f64,
+                hit == Some("scratch-limit"),
+            ),
         ];
-        for (kind, used, limit, exceeded) in checks {
+        for (kind, field, used, limit, exceeded) in checks {
             if limit <= 0.0 {
                 continue;
             }
@@ -384,7 +396,7 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
                 continue;
             }
             let (used_text, limit_text) = match kind {
-                "memory" => (iec(used), iec(limit)),
+                "memory" | "scratch" => (iec(used), iec(limit)),
                 "time" => (
                     ms(Duration::from_secs_f64(used)),
                     ms(Duration::from_secs_f64(limit)),
@@ -393,12 +405,12 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             };
             let message = if exceeded {
                 format!(
-                    "{unit} hit its {kind} limit ({limit_text}): raise `{kind}` for this step if the work is legitimate, \
+                    "{unit} hit its {kind} limit ({limit_text}): raise `{field}` for this step if the work is legitimate, \
                      or look at the step"
                 )
             } else {
                 format!(
-                    "{unit} used {:.0}% of its {kind} limit ({used_text} of {limit_text}): raise `{kind}` for this step \
+                    "{unit} used {:.0}% of its {kind} limit ({used_text} of {limit_text}): raise `{field}` for this step \
                      before it fails, or look at why it needs so much",
                     share * 100.0
                 )

@@ -13,6 +13,7 @@ fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcom
             fuel: 1_000_000,
             memory: 10 << 20,
             time: Duration::from_secs(10),
+            scratch: 64 << 20,
         },
         status: if outcome == "completed" {
             AttemptStatus::Completed
@@ -30,6 +31,7 @@ fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcom
             queue_wait: Duration::from_millis(ms) / 10,
             fuel: 1000,
             peak_memory: 1 << 20,
+            peak_scratch: 0,
         },
         output: None,
         log: None,

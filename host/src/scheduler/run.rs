@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytesize::ByteSize;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -619,15 +620,23 @@ impl Shared {
                 Ok(permit) => {
                     let waited = Instant::now();
                     let memory = def.limits.memory.unwrap_or(defaults.memory);
+                    let scratch = def.limits.scratch.unwrap_or(defaults.scratch);
+                    // Files in a memory-backed /tmp take RAM like linear
+                    // memory does: admission counts both.
+                    let reserved = if inner.sandbox.scratch_in_memory() {
+                        ByteSize(memory.as_u64().saturating_add(scratch.as_u64()))
+                    } else {
+                        memory
+                    };
                     let slots = async {
                         if unit.is_none() {
                             // A child runs on its caller's slot, but its
                             // memory counts against the budget; it cannot
                             // wait for it (its caller holds some).
-                            return Ok((None, inner.admission.try_reserve_memory(memory)?));
+                            return Ok((None, inner.admission.try_reserve_memory(reserved)?));
                         }
                         let turn = inner.gate.acquire(self.id).await;
-                        let slot = inner.admission.reserve_instance(memory).await?;
+                        let slot = inner.admission.reserve_instance(reserved).await?;
                         Ok((Some(turn), slot))
                     };
                     let slots = tokio::select! {
@@ -653,6 +662,7 @@ impl Shared {
                             }
                             attempt_limits.fuel = limits.fuel.unwrap_or(defaults.fuel);
                             attempt_limits.memory = memory.as_u64();
+                            attempt_limits.scratch = scratch.as_u64();
                             let host: Arc<dyn StepHost> = Arc::new(RunHost {
                                 shared: Arc::clone(self),
                                 depth,
@@ -686,6 +696,7 @@ impl Shared {
                             usage.queue_wait += report.usage.queue_wait;
                             usage.fuel = report.usage.fuel_consumed;
                             usage.peak_memory = report.usage.peak_memory;
+                            usage.peak_scratch = report.usage.peak_scratch;
                             if journal.is_some() {
                                 log = log_text(&report);
                             }
@@ -703,6 +714,7 @@ impl Shared {
                 queue_wait: usage.queue_wait,
                 fuel: usage.fuel,
                 peak_memory: usage.peak_memory,
+                peak_scratch: usage.peak_scratch,
             });
             if kind == OutcomeKind::Timeout {
                 result.timeout_level = Some(deadline.level);

@@ -129,6 +129,8 @@ pub struct AttemptUsage {
     pub fuel: u64,
     /// Peak linear memory, in bytes.
     pub peak_memory: u64,
+    /// Peak bytes kept in its `/tmp`.
+    pub peak_scratch: u64,
 }
 
 /// The limits an attempt ran under: what its usage is measured against.
@@ -141,6 +143,8 @@ pub struct AttemptLimits {
     /// Time, from the attempt's start to its effective deadline.
     #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub time: Duration,
+    /// Bytes it may keep in its `/tmp` (0 in journals from before the quota).
+    pub scratch: u64,
 }
 
 /// How an attempt stands.

@@ -86,7 +86,9 @@ CREATE TABLE attempts (
     fuel_limit INTEGER NOT NULL DEFAULT 0,
     memory_limit INTEGER NOT NULL DEFAULT 0,
     time_limit_us INTEGER NOT NULL DEFAULT 0,
-    started_us INTEGER NOT NULL DEFAULT 0
+    started_us INTEGER NOT NULL DEFAULT 0,
+    peak_scratch INTEGER NOT NULL DEFAULT 0,
+    scratch_limit INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX attempts_key ON attempts (run, step, item, attempt);
 CREATE TABLE state (
@@ -112,6 +114,13 @@ DROP INDEX IF EXISTS runs_incomplete;
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 ";
 
+/// Files written before attempts recorded their scratch use. Same format:
+/// the columns have defaults, so older builds still read and write the file.
+const MIGRATE_SCRATCH_COLUMNS: &str = "
+ALTER TABLE attempts ADD COLUMN peak_scratch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE attempts ADD COLUMN scratch_limit INTEGER NOT NULL DEFAULT 0;
+";
+
 /// A journal in a SQLite database file.
 ///
 /// [`SqliteStore::open`] takes the file for one process (a lock file beside
@@ -128,6 +137,9 @@ pub struct SqliteStore {
     /// Digests already in the file, so definitions are written once.
     known_workflows: HashSet<String>,
     known_components: HashSet<String>,
+    /// The attempt columns queries read: a file opened read-only before a
+    /// writer added the scratch columns reads zeros for them.
+    attempt_columns: &'static str,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -165,6 +177,7 @@ impl SqliteStore {
             _lock: Some(lock),
             known_workflows: HashSet::new(),
             known_components: HashSet::new(),
+            attempt_columns: ATTEMPT_COLUMNS,
         };
         store.prepare(durability)?;
         Ok(store)
@@ -185,14 +198,18 @@ impl SqliteStore {
         }
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| sql_error(path, e))?;
-        let store = SqliteStore {
+        let mut store = SqliteStore {
             conn,
             path: path.to_owned(),
             _lock: None,
             known_workflows: HashSet::new(),
             known_components: HashSet::new(),
+            attempt_columns: ATTEMPT_COLUMNS,
         };
         store.check_format()?;
+        if !store.has_scratch_columns()? {
+            store.attempt_columns = ATTEMPT_COLUMNS_BEFORE_SCRATCH;
+        }
         store
             .conn
             .busy_timeout(Duration::from_secs(5))
@@ -299,8 +316,25 @@ impl SqliteStore {
                 tx.execute_batch(MIGRATE_INCOMPLETE_INDEX).map_err(err)?;
                 tx.commit().map_err(err)?;
             }
+            if !self.has_scratch_columns()? {
+                let tx = self.conn.transaction().map_err(err)?;
+                tx.execute_batch(MIGRATE_SCRATCH_COLUMNS).map_err(err)?;
+                tx.commit().map_err(err)?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether `attempts` has the scratch columns (files from before them do not).
+    fn has_scratch_columns(&self) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('attempts') WHERE name = 'peak_scratch'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| sql_error(&self.path, e))
     }
 
     /// The file's format version (0 for a new, empty file), or why it cannot be used.
@@ -545,7 +579,8 @@ impl SqliteStore {
 
     fn attempts_of(&self, run: RunId, filter: &str) -> Result<Vec<AttemptRecord>, StoreError> {
         let sql = format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run = ?1 {filter} ORDER BY started_at, step, item, attempt"
+            "SELECT {} FROM attempts WHERE run = ?1 {filter} ORDER BY started_at, step, item, attempt",
+            self.attempt_columns
         );
         self.conn
             .prepare_cached(&sql)
@@ -578,7 +613,13 @@ impl SqliteStore {
 
 const ATTEMPT_COLUMNS: &str = "step, item, attempt, status, last, outcome, message, started_at, finished_at,
      duration_us, queue_wait_us, fuel, peak_memory, output, log,
-     component, fuel_limit, memory_limit, time_limit_us, started_us";
+     component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch, scratch_limit";
+
+/// [`ATTEMPT_COLUMNS`] of a file whose attempts have no scratch columns yet.
+const ATTEMPT_COLUMNS_BEFORE_SCRATCH: &str =
+    "step, item, attempt, status, last, outcome, message, started_at, finished_at,
+     duration_us, queue_wait_us, fuel, peak_memory, output, log,
+     component, fuel_limit, memory_limit, time_limit_us, started_us, 0, 0";
 
 fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
     let status: String = r.get(3)?;
@@ -602,6 +643,7 @@ fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
             queue_wait: Duration::from_micros(r.get::<_, i64>(10)? as u64),
             fuel: r.get::<_, i64>(11)? as u64,
             peak_memory: r.get::<_, i64>(12)? as u64,
+            peak_scratch: r.get::<_, i64>(20)? as u64,
         },
         output: r.get(13)?,
         log: r.get(14)?,
@@ -610,6 +652,7 @@ fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
             fuel: r.get::<_, i64>(16)? as u64,
             memory: r.get::<_, i64>(17)? as u64,
             time: Duration::from_micros(r.get::<_, i64>(18)? as u64),
+            scratch: r.get::<_, i64>(21)? as u64,
         },
     })
 }
@@ -813,7 +856,7 @@ impl Store for SqliteStore {
         since: Millis,
         visit: &mut dyn FnMut(&AttemptRecord),
     ) -> Result<(), StoreError> {
-        let columns = ATTEMPT_COLUMNS.replace("output, log", "NULL, NULL");
+        let columns = self.attempt_columns.replace("output, log", "NULL, NULL");
         let sql = format!("SELECT {columns} FROM attempts WHERE finished_at >= ?1");
         let mut stmt = self.conn.prepare(&sql).map_err(|e| sql_error(&self.path, e))?;
         let rows = stmt
@@ -973,7 +1016,7 @@ fn bind_run(
 }
 
 /// Parameters of one attempt-end row.
-const ATTEMPT_END_PARAMS: usize = 21;
+const ATTEMPT_END_PARAMS: usize = 23;
 
 /// The upserts of 1 to [`ROWS_PER_INSERT`] attempt-end rows.
 static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
@@ -981,7 +1024,8 @@ static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
         format!(
             "INSERT OR FAIL INTO attempts (run, step, item, attempt, status, last, outcome, message,
                  started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
-                 component, fuel_limit, memory_limit, time_limit_us, started_us)
+                 component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch,
+                 scratch_limit)
              VALUES {}
              ON CONFLICT (run, step, item, attempt) DO UPDATE SET
                  status = excluded.status, last = excluded.last, outcome = excluded.outcome,
@@ -990,7 +1034,8 @@ static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
                  fuel = excluded.fuel, peak_memory = excluded.peak_memory,
                  output = excluded.output, log = excluded.log, component = excluded.component,
                  fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
-                 time_limit_us = excluded.time_limit_us, started_us = excluded.started_us",
+                 time_limit_us = excluded.time_limit_us, started_us = excluded.started_us,
+                 peak_scratch = excluded.peak_scratch, scratch_limit = excluded.scratch_limit",
             values(rows, ATTEMPT_END_PARAMS)
         )
     };
@@ -1056,6 +1101,8 @@ fn bind_attempt_end(
     stmt.raw_bind_parameter(at(19), a.limits.memory as i64)?;
     stmt.raw_bind_parameter(at(20), micros(a.limits.time))?;
     stmt.raw_bind_parameter(at(21), a.started_us)?;
+    stmt.raw_bind_parameter(at(22), a.usage.peak_scratch as i64)?;
+    stmt.raw_bind_parameter(at(23), a.limits.scratch as i64)?;
     Ok(())
 }
 

@@ -992,6 +992,27 @@ steps:
     }
 
     #[test]
+    fn scratch_and_handle_limits_are_read_per_step_over_the_defaults() {
+        let wf = load_ok(
+            "name: w\ndefaults: {scratch: 8MiB, scratch_entries: 100, handles: 32}\nsteps:\n  - {id: a, component: a.wasm}\n  - {id: b, component: b.wasm, scratch: 1GiB, scratch_entries: 5, handles: 600}\n",
+        );
+        let a = &wf.step("a").unwrap().limits;
+        assert_eq!(
+            (a.scratch, a.scratch_entries, a.handles),
+            (Some(ByteSize::mib(8)), Some(100), Some(32))
+        );
+        let b = &wf.step("b").unwrap().limits;
+        assert_eq!(
+            (b.scratch, b.scratch_entries, b.handles),
+            (Some(ByteSize::gib(1)), Some(5), Some(600))
+        );
+        let (err, line) = load_err("name: w\nsteps:\n  - {id: a, component: a.wasm, handles: 5000000000}\n");
+        assert!(matches!(err.kind, WorkflowErrorKind::WrongType { .. }), "{line}");
+        let (_, line) = load_err("name: w\nsteps:\n  - {id: a, component: a.wasm, scratch: lots}\n");
+        assert!(line.contains("scratch"), "{line}");
+    }
+
+    #[test]
     fn retry_defaults_to_one_attempt_on_retryable() {
         let wf = load_ok(
             "name: w\nsteps:\n  - id: a\n    component: a.wasm\n    retry: {max_attempts: 4}\n  - id: b\n    component: b.wasm\n",

@@ -56,6 +56,7 @@ fn ended(
             fuel: 2000,
             memory: 1 << 20,
             time: Duration::from_secs(1),
+            scratch: 1 << 20,
         },
         status,
         last,
@@ -72,6 +73,7 @@ fn ended(
             queue_wait: Duration::from_millis(1),
             fuel: 1000,
             peak_memory: 65536,
+            peak_scratch: 4096,
         },
         started_us: now_millis() * 1000 - 3000,
         at: now_millis(),
@@ -246,6 +248,10 @@ fn collecting_removes_payloads_keeps_the_audit_record_and_frees_space() {
     assert_eq!((attempt.output.as_ref(), attempt.log.as_ref()), (None, None));
     assert_eq!(attempt.outcome.as_deref(), Some("completed"));
     assert_eq!((attempt.usage.fuel, attempt.usage.peak_memory), (1000, 65536));
+    assert_eq!(
+        (attempt.usage.peak_scratch, attempt.limits.scratch),
+        (4096, 1 << 20)
+    );
     assert_eq!(attempt.usage.duration, Duration::from_millis(3));
     // The incomplete run keeps everything, its component included.
     let open_run = store.claim_incomplete("x", 0).unwrap();
@@ -577,4 +583,40 @@ fn a_journal_indexed_by_status_is_reindexed_and_keeps_its_incomplete_runs() {
     let runs = store.claim_incomplete("b:2", now_millis() + 1000).unwrap();
     assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
     store.check_integrity().unwrap();
+}
+
+#[test]
+fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let mut store = open(&dir);
+        store
+            .write(&[
+                Event::WorkflowDefined(workflow()),
+                accepted(1),
+                ended(1, "split", None, 1, AttemptStatus::Completed, true),
+            ])
+            .unwrap();
+    }
+    // What a journal written before the scratch columns looks like.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE attempts DROP COLUMN peak_scratch; ALTER TABLE attempts DROP COLUMN scratch_limit;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let mut reader = SqliteStore::open_read_only(&path).unwrap();
+    let attempt = &reader.history(1).unwrap().unwrap().attempts[0];
+    assert_eq!((attempt.usage.fuel, attempt.usage.peak_scratch), (1000, 0));
+    drop(reader);
+
+    let mut store = SqliteStore::open(&path, Durability::Strict).unwrap();
+    store
+        .write(&[ended(1, "count", None, 1, AttemptStatus::Completed, true)])
+        .unwrap();
+    let history = store.history(1).unwrap().unwrap();
+    let count = history.attempts.iter().find(|a| a.step == "count").unwrap();
+    assert_eq!((count.usage.peak_scratch, count.limits.scratch), (4096, 1 << 20));
 }
