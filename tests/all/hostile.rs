@@ -73,6 +73,31 @@ async fn a_loop_calling_host_imports_is_stopped_by_fuel_and_by_time() {
 }
 
 #[tokio::test]
+async fn a_tight_loop_over_every_host_import_is_stopped_by_fuel_and_by_its_deadline() {
+    let sb = TestSandbox::new();
+    let report = hostile(&sb, json!({"mode": "host-calls"}), fuel(30_000_000)).await;
+    assert_eq!(report.outcome.kind(), OutcomeKind::OutOfFuel);
+    let started = Instant::now();
+    let report = hostile(
+        &sb,
+        json!({"mode": "host-calls"}),
+        LimitOverrides {
+            timeout: Some(Duration::from_millis(300)),
+            log: Some(ByteSize::kib(8)),
+            ..limits()
+        },
+    )
+    .await;
+    assert_eq!(report.outcome.kind(), OutcomeKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let kept: usize = report.log.records.iter().map(|r| r.message.len()).sum();
+    assert!(kept <= 8 * 1024, "kept {kept} bytes of log");
+    // Every iteration is four host calls; none of them kept anything but
+    // the capped log (the state is one key).
+    assert!(report.log.dropped_bytes > 0);
+}
+
+#[tokio::test]
 async fn a_memory_bomb_hits_the_memory_limit_with_the_request_named() {
     let sb = TestSandbox::new();
     let report = hostile(&sb, json!({"mode": "memory-bomb"}), memory(ByteSize::mib(32))).await;

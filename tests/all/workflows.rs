@@ -279,6 +279,38 @@ steps:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_calling_children_in_a_loop_is_cut_off_at_its_call_limit() {
+    let host = Host::with(SchedulerConfig {
+        max_child_calls: 50,
+        ..SchedulerConfig::default()
+    });
+    let wf = host.workflow(
+        r#"
+name: caller
+output: ${steps.loop}
+steps:
+  - id: loop
+    component: hostile
+    input: {mode: call-loop, step: child, input: {mode: echo, id: 1}}
+  - id: child
+    component: hostile
+    needs: [loop]
+    input: {mode: echo, id: 2}
+"#,
+    );
+    let report = host.run(&wf, json!({})).await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+    let output = report.output.unwrap();
+    assert_eq!(output["calls"], 50, "{output}");
+    assert!(
+        output["stopped"].as_str().unwrap().contains("at most 50 calls"),
+        "{output}"
+    );
+    // What the run keeps of its children is bounded by the calls made.
+    assert_eq!(report.children.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_step_succeeds_on_retry_and_backs_off() {
     let host = Host::new();
     let wf = host.workflow(

@@ -60,6 +60,15 @@ use crate::workflow::{Plan, Workflow, WorkflowError};
 /// Default bound on nested child calls (`call` from a step, from its child...).
 pub const DEFAULT_MAX_CALL_DEPTH: u32 = 4;
 
+/// Default bound on the child calls one attempt of a step may make. Each
+/// costs the host an instance and an entry in the run's report; fan-out
+/// belongs in a `for_each`, whose items are journaled and resumed.
+pub const DEFAULT_MAX_CHILD_CALLS: u32 = 10_000;
+
+/// The child calls a run's report keeps (the first ones): a run whose steps
+/// make millions of calls must not grow its report without end.
+pub const MAX_CHILD_REPORTS: usize = 10_000;
+
 /// How a [`Scheduler`] shares the host between workflow runs.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -72,6 +81,9 @@ pub struct SchedulerConfig {
     pub breaker: BreakerConfig,
     /// How deeply child calls may nest.
     pub max_call_depth: u32,
+    /// How many child calls one attempt of a step may make; past it `call`
+    /// fails in the guest.
+    pub max_child_calls: u32,
 }
 
 impl Default for SchedulerConfig {
@@ -81,6 +93,7 @@ impl Default for SchedulerConfig {
             global_timeout: None,
             breaker: BreakerConfig::default(),
             max_call_depth: DEFAULT_MAX_CALL_DEPTH,
+            max_child_calls: DEFAULT_MAX_CHILD_CALLS,
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct StepReport {
     pub fuel: u64,
     /// The largest linear memory any of its instances held, in bytes.
     pub peak_memory: u64,
+    /// The most bytes any of its instances kept in `/tmp`.
+    pub peak_scratch: u64,
     /// Call depth: 0 for the workflow's own steps, 1 for their children...
     pub depth: u32,
 }
@@ -131,6 +133,7 @@ impl StepReport {
             queue_wait: Duration::ZERO,
             fuel: 0,
             peak_memory: 0,
+            peak_scratch: 0,
             depth,
         }
     }

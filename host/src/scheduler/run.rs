@@ -97,6 +97,7 @@ struct Attempts {
     attempts: u32,
     fuel: u64,
     peak_memory: u64,
+    peak_scratch: u64,
     queue_wait: Duration,
     timeout_level: Option<TimeoutLevel>,
     /// The host stopped it (shutdown, or a journal failure): it runs again on resume.
@@ -458,6 +459,7 @@ impl Shared {
                     report.attempts = report.attempts.max(done.attempt);
                     report.fuel += done.usage.fuel;
                     report.peak_memory = report.peak_memory.max(done.usage.peak_memory);
+                    report.peak_scratch = report.peak_scratch.max(done.usage.peak_scratch);
                     continue;
                 }
                 let (shared, cancel) = (Arc::clone(self), cancel.clone());
@@ -486,6 +488,7 @@ impl Shared {
             report.attempts = report.attempts.max(attempts.attempts);
             report.fuel += attempts.fuel;
             report.peak_memory = report.peak_memory.max(attempts.peak_memory);
+            report.peak_scratch = report.peak_scratch.max(attempts.peak_scratch);
             report.queue_wait += attempts.queue_wait;
             match attempts.output() {
                 Some(output) => outputs[index] = output,
@@ -579,6 +582,7 @@ impl Shared {
             attempts: 0,
             fuel: 0,
             peak_memory: 0,
+            peak_scratch: 0,
             queue_wait: Duration::ZERO,
             timeout_level: None,
             interrupted: false,
@@ -692,6 +696,7 @@ impl Shared {
                                 *cap = cap.saturating_sub(report.usage.fuel_consumed);
                             }
                             result.peak_memory = result.peak_memory.max(report.usage.peak_memory);
+                            result.peak_scratch = result.peak_scratch.max(report.usage.peak_scratch);
                             result.queue_wait += report.usage.queue_wait;
                             usage.queue_wait += report.usage.queue_wait;
                             usage.fuel = report.usage.fuel_consumed;
@@ -914,6 +919,7 @@ fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
     report.attempts = done.attempt;
     report.fuel = done.usage.fuel;
     report.peak_memory = done.usage.peak_memory;
+    report.peak_scratch = done.usage.peak_scratch;
     report.duration = done.usage.duration;
     report.queue_wait = done.usage.queue_wait;
     (report, done.output.clone())
@@ -951,6 +957,7 @@ impl Attempts {
         report.timeout_level = self.timeout_level;
         report.fuel = self.fuel;
         report.peak_memory = self.peak_memory;
+        report.peak_scratch = self.peak_scratch;
         report.queue_wait = self.queue_wait;
     }
 }
@@ -1003,6 +1010,16 @@ impl StepHost for RunHost {
         // when every slot is held by a caller), reserve their memory from the
         // budget without waiting, and die with the caller.
         let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let max_calls = shared.inner.config.max_child_calls;
+        if n > max_calls {
+            return ChildResult::error(
+                GuestErrorKind::Failed,
+                format!(
+                    "cannot call `{}`: a step may make at most {max_calls} calls",
+                    call.step
+                ),
+            );
+        }
         let key: Arc<str> = format!("{}/{}#{n}", self.key, call.step).into();
         let attempts = shared
             .attempts(
@@ -1025,7 +1042,11 @@ impl StepHost for RunHost {
         let mut report = StepReport::pending(&call.step, depth);
         attempts.fill(&mut report);
         report.duration = started.elapsed();
-        lock(&shared.children).push(report);
+        let mut children = lock(&shared.children);
+        if children.len() < super::MAX_CHILD_REPORTS {
+            children.push(report);
+        }
+        drop(children);
         ChildResult {
             output,
             fuel_consumed,
