@@ -6,6 +6,7 @@ mod cli;
 mod concurrency;
 mod durability;
 mod hostile;
+mod hostile_suite;
 mod loading;
 mod observability;
 mod sandbox_escape;

@@ -111,7 +111,15 @@ enum Mode {
         #[serde(default)]
         times: Option<u64>,
     },
-    /// Sets the state's `key` to a fresh `bytes`-long string, `times` times.
+    /// Calls the workflow's step `step` on `input` until a call fails (or
+    /// `times` calls), reporting how many succeeded and the failure.
+    CallLoop {
+        step: String,
+        input: Value,
+        #[serde(default)]
+        times: Option<u64>,
+    },
+    /// Sets `times` state keys (`key` with a number) to `bytes`-long strings.
     StateFlood { key: String, bytes: usize, times: u64 },
 }
 
@@ -299,10 +307,24 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             }
             Ok(json!({"calls": n}))
         }
+        Mode::CallLoop { step, input, times } => {
+            let mut calls = 0u64;
+            let mut stopped = None;
+            while times.is_none_or(|t| calls < t) {
+                match stepbox_guest::call::<Value, Value>(&step, &input) {
+                    Ok(_) => calls += 1,
+                    Err(e) => {
+                        stopped = Some(format!("{e:?}"));
+                        break;
+                    }
+                }
+            }
+            Ok(json!({"calls": calls, "stopped": stopped}))
+        }
         Mode::StateFlood { key, bytes, times } => {
             for i in 0..times {
-                let value = format!("{i:0>width$}", width = bytes);
-                stepbox_guest::state::set(&key, &value)?;
+                let value = "s".repeat(bytes);
+                stepbox_guest::state::set(&format!("{key}{i}"), &value)?;
             }
             Ok(json!({"set": times}))
         }
