@@ -191,16 +191,7 @@ impl Meter {
 
     /// Asks whether `more` bytes would still fit, without charging them.
     pub(crate) fn check_bytes(&self, more: u64) -> Result<(), Exceeded> {
-        let mut s = self.state();
-        let requested = s.bytes.saturating_add(more);
-        if requested > s.bytes_limit {
-            let why = Exceeded::Bytes {
-                limit: s.bytes_limit,
-                requested,
-            };
-            return Err(s.refuse(why));
-        }
-        Ok(())
+        self.state().fits(more).map(drop)
     }
 
     /// Whether `/tmp` holds as many names as it may.
@@ -336,7 +327,8 @@ impl State {
         why
     }
 
-    fn charge(&mut self, more: u64) -> Result<(), Exceeded> {
+    /// The bytes in use with `more` on top, if that fits the quota.
+    fn fits(&mut self, more: u64) -> Result<u64, Exceeded> {
         let requested = self.bytes.saturating_add(more);
         if requested > self.bytes_limit {
             let why = Exceeded::Bytes {
@@ -345,8 +337,12 @@ impl State {
             };
             return Err(self.refuse(why));
         }
-        self.bytes = requested;
-        self.peak_bytes = self.peak_bytes.max(requested);
+        Ok(requested)
+    }
+
+    fn charge(&mut self, more: u64) -> Result<(), Exceeded> {
+        self.bytes = self.fits(more)?;
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
         Ok(())
     }
 
