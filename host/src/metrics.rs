@@ -21,6 +21,7 @@
 //!     fuel: 1_000,
 //!     peak_memory: 1 << 20,
 //!     peak_scratch: 0,
+//!     timeout_level: None,
 //! });
 //! let text = metrics.encode();
 //! assert!(text.contains(r#"stepbox_step_runs_total{component="hello.wasm",outcome="completed"} 1"#));
@@ -37,6 +38,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::policy::TimeoutLevel;
 use crate::store::{AttemptStatus, Millis, Store, StoreError};
 
 type Labels = Vec<(&'static str, String)>;
@@ -51,6 +53,7 @@ pub struct Metrics {
     peak_memory: Family<Labels, Histogram>,
     peak_scratch: Family<Labels, Histogram>,
     retries: Family<Labels, Counter>,
+    timeouts: Family<Labels, Counter>,
     breaker_state: Family<Labels, Gauge>,
     workflows: Family<Labels, Counter>,
     rejections: Counter,
@@ -115,6 +118,8 @@ pub struct AttemptSample<'a> {
     pub peak_memory: u64,
     /// Peak bytes kept in its `/tmp`.
     pub peak_scratch: u64,
+    /// For a timeout, the level of the timeout hierarchy that fired.
+    pub timeout_level: Option<TimeoutLevel>,
 }
 
 /// What the gauges show: a snapshot of the host.
@@ -166,6 +171,7 @@ impl Metrics {
             peak_memory: Family::new_with_constructor(bytes),
             peak_scratch: Family::new_with_constructor(bytes),
             retries: Family::default(),
+            timeouts: Family::default(),
             breaker_state: Family::default(),
             workflows: Family::default(),
             rejections: Counter::default(),
@@ -209,6 +215,11 @@ impl Metrics {
             "step_retries",
             "Step attempts retried after failing",
             m.retries.clone(),
+        );
+        r.register(
+            "step_timeouts",
+            "Step attempts that timed out, by component and the level of the timeout hierarchy that fired",
+            m.timeouts.clone(),
         );
         r.register(
             "breaker_state",
@@ -263,6 +274,13 @@ impl Metrics {
         c.fuel.inc_by(a.fuel);
         c.peak_memory.observe(a.peak_memory as f64);
         c.peak_scratch.observe(a.peak_scratch as f64);
+        if let Some(level) = a.timeout_level {
+            let labels = vec![
+                ("component", a.component.to_owned()),
+                ("level", level.as_str().to_owned()),
+            ];
+            self.timeouts.get_or_create(&labels).inc();
+        }
     }
 
     /// Counts a retry of `component`'s step.
@@ -328,6 +346,7 @@ impl Metrics {
                 fuel: a.usage.fuel,
                 peak_memory: a.usage.peak_memory,
                 peak_scratch: a.usage.peak_scratch,
+                timeout_level: a.timeout_level,
             });
             if a.status == AttemptStatus::Failed && !a.last {
                 metrics.observe_retry(component);
@@ -398,6 +417,7 @@ mod tests {
             fuel: 500,
             peak_memory: 1 << 20,
             peak_scratch: 4096,
+            timeout_level: None,
         }
     }
 

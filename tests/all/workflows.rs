@@ -191,6 +191,8 @@ async fn each_timeout_level_fires_and_is_named() {
     let report = host.run(&wf, json!({})).await;
     assert_eq!(step(&report, "nap").outcome, Some(OutcomeKind::Timeout));
     assert_eq!(step(&report, "nap").timeout_level, Some(TimeoutLevel::Step));
+    let error = report.error.unwrap();
+    assert!(error.contains("the step's own 200ms timeout fired"), "{error}");
 
     // The workflow's timeout, earlier than the step's.
     let wf = host.workflow(&sleepy("timeout: 300ms"));
@@ -198,6 +200,11 @@ async fn each_timeout_level_fires_and_is_named() {
     let report = host.run(&wf, json!({})).await;
     assert_eq!(step(&report, "nap").timeout_level, Some(TimeoutLevel::Workflow));
     assert!(started.elapsed() < Duration::from_secs(5));
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("step `nap` failed: timeout: the workflow's 300ms timeout fired"),
+        "{error}"
+    );
 
     // The host's global limit, earlier than both.
     let host = Host::with(SchedulerConfig {
@@ -208,6 +215,8 @@ async fn each_timeout_level_fires_and_is_named() {
     let report = host.run(&wf, json!({})).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(step(&report, "nap").timeout_level, Some(TimeoutLevel::Global));
+    let error = report.error.unwrap();
+    assert!(error.contains("the host's global 300ms timeout fired"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,6 +202,7 @@ pub fn append_bench_event(i: u64, step: &Arc<str>) -> Event {
         last: true,
         outcome: "completed",
         message: None,
+        timeout_level: None,
         output: Some(b"{}".to_vec()),
         log: None,
         usage: AttemptUsage::default(),

@@ -42,6 +42,24 @@ impl TimeoutLevel {
         }
     }
 
+    /// The level named `name` (as [`TimeoutLevel::as_str`] writes it).
+    ///
+    /// ```
+    /// use stepbox::policy::TimeoutLevel;
+    /// assert_eq!(TimeoutLevel::from_name("workflow"), Some(TimeoutLevel::Workflow));
+    /// assert_eq!(TimeoutLevel::from_name("lunch"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<TimeoutLevel> {
+        [
+            TimeoutLevel::Global,
+            TimeoutLevel::Workflow,
+            TimeoutLevel::Step,
+            TimeoutLevel::Parent,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == name)
+    }
+
     /// How broad the level is: ties between equal deadlines go to the broadest.
     fn breadth(self) -> u8 {
         match self {

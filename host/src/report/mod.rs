@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Serialize;
 
+use crate::policy::TimeoutLevel;
 use crate::store::{AttemptRecord, AttemptStatus, Definition, RunHistory};
 use crate::workflow::Workflow;
 
@@ -355,33 +356,40 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             None => format!("`{}`", a.step),
         };
         let hit = a.outcome.as_deref();
-        // What is measured, the step field that sets its limit, use, limit,
-        // and whether the attempt ended on it.
+        // What is measured, the setting that limits it, use, limit, and
+        // whether the attempt ended on it. Time is limited by whichever
+        // level of the timeout hierarchy came first.
+        let time_setting = match a.timeout_level {
+            Some(TimeoutLevel::Workflow) => "the workflow's `timeout`",
+            Some(TimeoutLevel::Global) => "`global` in the `[timeouts]` of stepbox.toml",
+            Some(TimeoutLevel::Parent) => "the calling step's `timeout`",
+            Some(TimeoutLevel::Step) | None => "`timeout` for this step",
+        };
         let checks = [
             (
                 "fuel",
-                "fuel",
+                "`fuel` for this step",
                 a.usage.fuel as f64,
                 a.limits.fuel as f64,
                 hit == Some("out-of-fuel"),
             ),
             (
                 "memory",
-                "memory",
+                "`memory` for this step",
                 a.usage.peak_memory as f64,
                 a.limits.memory as f64,
                 hit == Some("memory-limit"),
             ),
             (
                 "time",
-                "timeout",
+                time_setting,
                 a.usage.duration.as_secs_f64(),
                 a.limits.time.as_secs_f64(),
                 hit == Some("timeout"),
             ),
             (
                 "scratch",
-                "scratch",
+                "`scratch` for this step",
                 a.usage.peak_scratch as f64,
                 a.limits.scratch as f64,
                 hit == Some("scratch-limit"),
@@ -405,12 +413,12 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             };
             let message = if exceeded {
                 format!(
-                    "{unit} hit its {kind} limit ({limit_text}): raise `{field}` for this step if the work is legitimate, \
+                    "{unit} hit its {kind} limit ({limit_text}): raise {field} if the work is legitimate, \
                      or look at the step"
                 )
             } else {
                 format!(
-                    "{unit} used {:.0}% of its {kind} limit ({used_text} of {limit_text}): raise `{field}` for this step \
+                    "{unit} used {:.0}% of its {kind} limit ({used_text} of {limit_text}): raise {field} \
                      before it fails, or look at why it needs so much",
                     share * 100.0
                 )

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::policy::TimeoutLevel;
 use crate::store::{AttemptLimits, AttemptUsage, RunState, RunSummary};
 
 fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcome: &str) -> AttemptRecord {
@@ -23,6 +24,7 @@ fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcom
         last: true,
         outcome: Some(outcome.into()),
         message: None,
+        timeout_level: None,
         started_at: start_ms,
         started_us: start_ms * 1000,
         finished_at: Some(start_ms + ms as i64),
@@ -114,6 +116,23 @@ fn limits_used_past_eighty_percent_and_limits_hit_become_insights() {
         "{}",
         memory.message
     );
+}
+
+#[test]
+fn a_timeout_insight_advises_the_setting_of_the_level_that_fired() {
+    let advice = |level: Option<TimeoutLevel>| {
+        let mut hit = attempt("nap", None, 1, 0, 1000, "timeout");
+        hit.timeout_level = level;
+        let analysis = RunAnalysis::new(&history(vec![hit]), None);
+        let time = analysis.insights.iter().find(|i| i.kind == "time").unwrap();
+        time.message.clone()
+    };
+    assert!(advice(Some(TimeoutLevel::Step)).contains("raise `timeout` for this step"));
+    assert!(advice(None).contains("raise `timeout` for this step"));
+    let workflow = advice(Some(TimeoutLevel::Workflow));
+    assert!(workflow.contains("raise the workflow's `timeout`"), "{workflow}");
+    assert!(advice(Some(TimeoutLevel::Global)).contains("`[timeouts]`"));
+    assert!(advice(Some(TimeoutLevel::Parent)).contains("the calling step's `timeout`"));
 }
 
 #[test]

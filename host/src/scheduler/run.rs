@@ -100,6 +100,9 @@ struct Attempts {
     peak_scratch: u64,
     queue_wait: Duration,
     timeout_level: Option<TimeoutLevel>,
+    /// The outcome in one line, when it did not complete: a timeout names
+    /// the level that fired, which the sandbox's outcome cannot know.
+    message: Option<String>,
     /// The host stopped it (shutdown, or a journal failure): it runs again on resume.
     interrupted: bool,
     /// The journal position of its last event, for durability waits.
@@ -585,6 +588,7 @@ impl Shared {
             peak_scratch: 0,
             queue_wait: Duration::ZERO,
             timeout_level: None,
+            message: None,
             interrupted: false,
             journaled: None,
         };
@@ -720,10 +724,24 @@ impl Shared {
                 fuel: usage.fuel,
                 peak_memory: usage.peak_memory,
                 peak_scratch: usage.peak_scratch,
+                timeout_level: (kind == OutcomeKind::Timeout).then_some(deadline.level),
             });
             if kind == OutcomeKind::Timeout {
                 result.timeout_level = Some(deadline.level);
             }
+            result.message = match &result.outcome {
+                Outcome::Completed { .. } => None,
+                Outcome::Timeout { elapsed, .. } => {
+                    let configured = match deadline.level {
+                        TimeoutLevel::Step => Some(timeout),
+                        TimeoutLevel::Workflow => self.wf.workflow.timeout,
+                        TimeoutLevel::Global => inner.config.global_timeout,
+                        TimeoutLevel::Parent => None,
+                    };
+                    Some(timeout_message(deadline.level, configured, *elapsed))
+                }
+                other => Some(other.to_string()),
+            };
             result.interrupted = kind == OutcomeKind::Cancelled && self.host_stopping();
             let delay = def.retry.delay(result.attempts, fastrand::f64());
             // A retry that could not start before the run's deadline is not made.
@@ -751,7 +769,8 @@ impl Shared {
                     status,
                     last,
                     outcome: kind.as_str(),
-                    message: (kind != OutcomeKind::Completed).then(|| result.outcome.to_string()),
+                    message: result.message.clone(),
+                    timeout_level: result.timeout_level,
                     output: result.outcome.output().map(<[u8]>::to_vec),
                     log,
                     usage,
@@ -925,6 +944,25 @@ fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
     (report, done.output.clone())
 }
 
+/// A timeout in one line, naming the level that fired and its setting
+/// (`configured`, when the level has one of its own).
+fn timeout_message(level: TimeoutLevel, configured: Option<Duration>, elapsed: Duration) -> String {
+    let ms =
+        |d: Duration| humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string();
+    let setting = configured.map(|d| format!("{} ", ms(d))).unwrap_or_default();
+    let ran = ms(elapsed);
+    match level {
+        TimeoutLevel::Step => format!("timeout: the step's own {setting}timeout fired after {ran}"),
+        TimeoutLevel::Workflow => {
+            format!("timeout: the workflow's {setting}timeout fired after the step ran {ran}")
+        }
+        TimeoutLevel::Global => {
+            format!("timeout: the host's global {setting}timeout fired after the step ran {ran}")
+        }
+        TimeoutLevel::Parent => format!("timeout: its calling step's deadline fired after it ran {ran}"),
+    }
+}
+
 /// What an instance logged, as the journal keeps it (JSON records).
 fn log_text(report: &RunReport) -> Option<String> {
     if report.log.records.is_empty() {
@@ -952,7 +990,9 @@ impl Attempts {
             _ => StepStatus::Failed,
         };
         report.outcome = Some(kind);
-        report.message = (kind != OutcomeKind::Completed).then(|| self.outcome.to_string());
+        report.message = self
+            .message
+            .or_else(|| (kind != OutcomeKind::Completed).then(|| self.outcome.to_string()));
         report.attempts = self.attempts;
         report.timeout_level = self.timeout_level;
         report.fuel = self.fuel;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Millis, RunId};
+use crate::policy::TimeoutLevel;
 
 /// Something that happened to a run, as the journal records it.
 #[derive(Debug, Clone)]
@@ -103,6 +104,8 @@ pub struct AttemptEnd {
     pub outcome: &'static str,
     /// The outcome in one line, when it did not complete.
     pub message: Option<String>,
+    /// Which level of the timeout hierarchy fired, for a timeout.
+    pub timeout_level: Option<TimeoutLevel>,
     /// Its output, when it completed.
     pub output: Option<Vec<u8>>,
     /// What it logged, if anything.

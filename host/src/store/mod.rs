@@ -161,6 +161,9 @@ pub struct AttemptRecord {
     pub outcome: Option<String>,
     /// The outcome in one line, when it did not complete.
     pub message: Option<String>,
+    /// Which level of the timeout hierarchy fired, for a timeout (none in
+    /// journals from before levels were recorded).
+    pub timeout_level: Option<crate::policy::TimeoutLevel>,
     /// When it started.
     pub started_at: Millis,
     /// When it started, in microseconds since the Unix epoch.

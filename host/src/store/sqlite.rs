@@ -88,7 +88,8 @@ CREATE TABLE attempts (
     time_limit_us INTEGER NOT NULL DEFAULT 0,
     started_us INTEGER NOT NULL DEFAULT 0,
     peak_scratch INTEGER NOT NULL DEFAULT 0,
-    scratch_limit INTEGER NOT NULL DEFAULT 0
+    scratch_limit INTEGER NOT NULL DEFAULT 0,
+    timeout_level TEXT
 );
 CREATE UNIQUE INDEX attempts_key ON attempts (run, step, item, attempt);
 CREATE TABLE state (
@@ -114,12 +115,15 @@ DROP INDEX IF EXISTS runs_incomplete;
 CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 ";
 
-/// Files written before attempts recorded their scratch use. Same format:
-/// the columns have defaults, so older builds still read and write the file.
-const MIGRATE_SCRATCH_COLUMNS: &str = "
-ALTER TABLE attempts ADD COLUMN peak_scratch INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE attempts ADD COLUMN scratch_limit INTEGER NOT NULL DEFAULT 0;
-";
+/// Attempt columns added since the format's first files, with their
+/// declarations and what a reader of an older file reads instead. Files
+/// without them get them in place; the format stays the same, since every
+/// column has a default and older builds name the columns they write.
+const ADDED_ATTEMPT_COLUMNS: &[(&str, &str, &str)] = &[
+    ("peak_scratch", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("scratch_limit", "INTEGER NOT NULL DEFAULT 0", "0"),
+    ("timeout_level", "TEXT", "NULL"),
+];
 
 /// A journal in a SQLite database file.
 ///
@@ -138,8 +142,8 @@ pub struct SqliteStore {
     known_workflows: HashSet<String>,
     known_components: HashSet<String>,
     /// The attempt columns queries read: a file opened read-only before a
-    /// writer added the scratch columns reads zeros for them.
-    attempt_columns: &'static str,
+    /// writer added [`ADDED_ATTEMPT_COLUMNS`] reads their defaults instead.
+    attempt_columns: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -177,7 +181,7 @@ impl SqliteStore {
             _lock: Some(lock),
             known_workflows: HashSet::new(),
             known_components: HashSet::new(),
-            attempt_columns: ATTEMPT_COLUMNS,
+            attempt_columns: attempt_columns(&[]),
         };
         store.prepare(durability)?;
         Ok(store)
@@ -204,12 +208,10 @@ impl SqliteStore {
             _lock: None,
             known_workflows: HashSet::new(),
             known_components: HashSet::new(),
-            attempt_columns: ATTEMPT_COLUMNS,
+            attempt_columns: String::new(),
         };
         store.check_format()?;
-        if !store.has_scratch_columns()? {
-            store.attempt_columns = ATTEMPT_COLUMNS_BEFORE_SCRATCH;
-        }
+        store.attempt_columns = attempt_columns(&store.missing_attempt_columns()?);
         store
             .conn
             .busy_timeout(Duration::from_secs(5))
@@ -316,25 +318,37 @@ impl SqliteStore {
                 tx.execute_batch(MIGRATE_INCOMPLETE_INDEX).map_err(err)?;
                 tx.commit().map_err(err)?;
             }
-            if !self.has_scratch_columns()? {
+            let missing = self.missing_attempt_columns()?;
+            if !missing.is_empty() {
                 let tx = self.conn.transaction().map_err(err)?;
-                tx.execute_batch(MIGRATE_SCRATCH_COLUMNS).map_err(err)?;
+                for (name, declaration, _) in ADDED_ATTEMPT_COLUMNS {
+                    if missing.contains(name) {
+                        tx.execute_batch(&format!("ALTER TABLE attempts ADD COLUMN {name} {declaration};"))
+                            .map_err(err)?;
+                    }
+                }
                 tx.commit().map_err(err)?;
             }
         }
         Ok(())
     }
 
-    /// Whether `attempts` has the scratch columns (files from before them do not).
-    fn has_scratch_columns(&self) -> Result<bool, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT count(*) FROM pragma_table_info('attempts') WHERE name = 'peak_scratch'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| sql_error(&self.path, e))
+    /// Which of [`ADDED_ATTEMPT_COLUMNS`] the file's `attempts` lacks.
+    fn missing_attempt_columns(&self) -> Result<Vec<&'static str>, StoreError> {
+        let err = |e| sql_error(&self.path, e);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('attempts')")
+            .map_err(err)?;
+        let present = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<HashSet<String>, _>>())
+            .map_err(err)?;
+        Ok(ADDED_ATTEMPT_COLUMNS
+            .iter()
+            .map(|(name, _, _)| *name)
+            .filter(|name| !present.contains(*name))
+            .collect())
     }
 
     /// The file's format version (0 for a new, empty file), or why it cannot be used.
@@ -613,13 +627,27 @@ impl SqliteStore {
 
 const ATTEMPT_COLUMNS: &str = "step, item, attempt, status, last, outcome, message, started_at, finished_at,
      duration_us, queue_wait_us, fuel, peak_memory, output, log,
-     component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch, scratch_limit";
+     component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch, scratch_limit,
+     timeout_level";
 
-/// [`ATTEMPT_COLUMNS`] of a file whose attempts have no scratch columns yet.
-const ATTEMPT_COLUMNS_BEFORE_SCRATCH: &str =
-    "step, item, attempt, status, last, outcome, message, started_at, finished_at,
-     duration_us, queue_wait_us, fuel, peak_memory, output, log,
-     component, fuel_limit, memory_limit, time_limit_us, started_us, 0, 0";
+/// [`ATTEMPT_COLUMNS`], with what an older file reads instead of each
+/// `missing` one.
+fn attempt_columns(missing: &[&str]) -> String {
+    ATTEMPT_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .map(|column| {
+            match ADDED_ATTEMPT_COLUMNS
+                .iter()
+                .find(|(name, _, _)| *name == column && missing.contains(name))
+            {
+                Some((_, _, instead)) => instead,
+                None => column,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
     let status: String = r.get(3)?;
@@ -632,6 +660,10 @@ fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
         last: r.get(4)?,
         outcome: r.get(5)?,
         message: r.get(6)?,
+        timeout_level: r
+            .get::<_, Option<String>>(22)?
+            .as_deref()
+            .and_then(crate::policy::TimeoutLevel::from_name),
         started_at: r.get(7)?,
         started_us: match r.get::<_, i64>(19)? {
             0 => r.get::<_, i64>(7)? * 1000,
@@ -1016,7 +1048,7 @@ fn bind_run(
 }
 
 /// Parameters of one attempt-end row.
-const ATTEMPT_END_PARAMS: usize = 23;
+const ATTEMPT_END_PARAMS: usize = 24;
 
 /// The upserts of 1 to [`ROWS_PER_INSERT`] attempt-end rows.
 static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
@@ -1025,7 +1057,7 @@ static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
             "INSERT OR FAIL INTO attempts (run, step, item, attempt, status, last, outcome, message,
                  started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
                  component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch,
-                 scratch_limit)
+                 scratch_limit, timeout_level)
              VALUES {}
              ON CONFLICT (run, step, item, attempt) DO UPDATE SET
                  status = excluded.status, last = excluded.last, outcome = excluded.outcome,
@@ -1035,7 +1067,8 @@ static END_ATTEMPT_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
                  output = excluded.output, log = excluded.log, component = excluded.component,
                  fuel_limit = excluded.fuel_limit, memory_limit = excluded.memory_limit,
                  time_limit_us = excluded.time_limit_us, started_us = excluded.started_us,
-                 peak_scratch = excluded.peak_scratch, scratch_limit = excluded.scratch_limit",
+                 peak_scratch = excluded.peak_scratch, scratch_limit = excluded.scratch_limit,
+                 timeout_level = excluded.timeout_level",
             values(rows, ATTEMPT_END_PARAMS)
         )
     };
@@ -1103,6 +1136,7 @@ fn bind_attempt_end(
     stmt.raw_bind_parameter(at(21), a.started_us)?;
     stmt.raw_bind_parameter(at(22), a.usage.peak_scratch as i64)?;
     stmt.raw_bind_parameter(at(23), a.limits.scratch as i64)?;
+    stmt.raw_bind_parameter(at(24), a.timeout_level.map(|l| l.as_str()))?;
     Ok(())
 }
 

@@ -66,6 +66,7 @@ fn ended(
             "retryable"
         },
         message: None,
+        timeout_level: None,
         output: (status == AttemptStatus::Completed).then(|| b"42".to_vec()),
         log: Some("hello".into()),
         usage: AttemptUsage {
@@ -602,7 +603,8 @@ fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() 
     // What a journal written before the scratch columns looks like.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "ALTER TABLE attempts DROP COLUMN peak_scratch; ALTER TABLE attempts DROP COLUMN scratch_limit;",
+        "ALTER TABLE attempts DROP COLUMN peak_scratch; ALTER TABLE attempts DROP COLUMN scratch_limit;
+         ALTER TABLE attempts DROP COLUMN timeout_level;",
     )
     .unwrap();
     drop(conn);
@@ -613,10 +615,15 @@ fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() 
     drop(reader);
 
     let mut store = SqliteStore::open(&path, Durability::Strict).unwrap();
-    store
-        .write(&[ended(1, "count", None, 1, AttemptStatus::Completed, true)])
-        .unwrap();
+    let mut timed_out = ended(1, "count", None, 1, AttemptStatus::Failed, true);
+    if let Event::AttemptEnded(end) = &mut timed_out {
+        end.timeout_level = Some(crate::policy::TimeoutLevel::Workflow);
+    }
+    store.write(&[timed_out]).unwrap();
     let history = store.history(1).unwrap().unwrap();
     let count = history.attempts.iter().find(|a| a.step == "count").unwrap();
     assert_eq!((count.usage.peak_scratch, count.limits.scratch), (4096, 1 << 20));
+    assert_eq!(count.timeout_level, Some(crate::policy::TimeoutLevel::Workflow));
+    let split = history.attempts.iter().find(|a| a.step == "split").unwrap();
+    assert_eq!(split.timeout_level, None);
 }
