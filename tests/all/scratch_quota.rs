@@ -130,6 +130,88 @@ async fn a_sparse_extension_counts_its_whole_length() {
     assert_eq!(report.usage.peak_scratch, 1 << 19);
 }
 
+/// Runs `ops` under a `bytes`, 10-entry quota and returns each one's result.
+async fn script_under(sb: &TestSandbox, bytes: ByteSize, ops: Value) -> Vec<String> {
+    let report = hostile(
+        sb,
+        json!({"mode": "scratch-script", "ops": ops}),
+        LimitOverrides {
+            scratch: Some(bytes),
+            scratch_entries: Some(10),
+            ..limits()
+        },
+    )
+    .await;
+    serde_json::from_value(output(&report)).unwrap()
+}
+
+async fn script(sb: &TestSandbox, ops: Value) -> Vec<String> {
+    script_under(sb, ByteSize::mib(1), ops).await
+}
+
+const K600: u64 = 600 << 10;
+
+#[tokio::test]
+async fn a_file_renamed_over_another_frees_the_one_it_replaced() {
+    let sb = TestSandbox::new();
+    let results = script(
+        &sb,
+        json!([
+            {"op": "write", "path": "a", "bytes": K600},
+            {"op": "rename", "from": "a", "to": "b"},
+            {"op": "write", "path": "c", "bytes": 300 << 10},
+            {"op": "rename", "from": "c", "to": "b"},
+            {"op": "write", "path": "d", "bytes": K600},
+            {"op": "write", "path": "e", "bytes": K600},
+        ]),
+    )
+    .await;
+    // b's 600 KiB went with the rename over it, so d fits, and then e does
+    // not (a stream write: EIO, as on a full disk).
+    assert_eq!(results, ["ok", "ok", "ok", "ok", "ok", "Uncategorized"]);
+}
+
+#[tokio::test]
+async fn a_hard_linked_file_keeps_its_space_until_its_last_name_goes() {
+    let sb = TestSandbox::new();
+    let results = script(
+        &sb,
+        json!([
+            {"op": "write", "path": "a", "bytes": K600},
+            {"op": "link", "from": "a", "to": "l"},
+            {"op": "remove", "path": "a"},
+            {"op": "write", "path": "b", "bytes": K600},
+            {"op": "remove", "path": "b"},
+            {"op": "remove", "path": "l"},
+            {"op": "write", "path": "b", "bytes": K600},
+        ]),
+    )
+    .await;
+    // The failed write leaves `b` behind; its removal is what the fourth op
+    // made, and the space comes back only with `l`.
+    assert_eq!(results, ["ok", "ok", "ok", "Uncategorized", "ok", "ok", "ok"]);
+}
+
+#[tokio::test]
+async fn symlink_targets_count_as_bytes_and_links_as_entries() {
+    let sb = TestSandbox::new();
+    let ops: Vec<Value> = (0..4)
+        .map(|i| json!({"op": "symlink", "path": format!("s{i}"), "target_len": 3000}))
+        .collect();
+    let results = script_under(&sb, ByteSize::b(10_000), json!(ops)).await;
+    assert_eq!(results, ["ok", "ok", "ok", "StorageFull"]);
+    // Names: ten in all, whatever they are; a removed one counts again.
+    let mut ops: Vec<Value> = (0..5)
+        .map(|i| json!({"op": "mkdir", "path": format!("d{i}")}))
+        .collect();
+    ops.extend((0..5).map(|i| json!({"op": "symlink", "path": format!("s{i}"), "target_len": 1})));
+    ops.push(json!({"op": "mkdir", "path": "over"}));
+    ops.push(json!({"op": "rmdir", "path": "d0"}));
+    ops.push(json!({"op": "mkdir", "path": "over"}));
+    let results = script(&sb, json!(ops)).await;
+    assert_eq!(&results[10..], ["StorageFull", "ok", "ok"], "{results:?}");
+}
+
 #[tokio::test]
 async fn files_and_directories_past_the_entry_quota_are_refused() {
     let sb = TestSandbox::new();

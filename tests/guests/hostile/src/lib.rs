@@ -111,6 +111,10 @@ enum Mode {
         #[serde(default)]
         times: Option<u64>,
     },
+    /// Runs file operations in `/tmp` in order and reports each one's
+    /// result (`ok`, or the error's kind): a script for the quota's
+    /// bookkeeping of renames, links and removals.
+    ScratchScript { ops: Vec<FileOp> },
     /// Calls the workflow's step `step` on `input` until a call fails (or
     /// `times` calls), reporting how many succeeded and the failure.
     CallLoop {
@@ -121,6 +125,33 @@ enum Mode {
     },
     /// Sets `times` state keys (`key` with a number) to `bytes`-long strings.
     StateFlood { key: String, bytes: usize, times: u64 },
+}
+
+/// One step of a [`Mode::ScratchScript`]; paths are relative to `/tmp`.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+enum FileOp {
+    Write { path: String, bytes: u64 },
+    Remove { path: String },
+    Rename { from: String, to: String },
+    Link { from: String, to: String },
+    Symlink { path: String, target_len: usize },
+    Mkdir { path: String },
+    Rmdir { path: String },
+}
+
+fn run_op(op: &FileOp) -> std::io::Result<()> {
+    let at = |p: &str| format!("/tmp/{p}");
+    match op {
+        FileOp::Write { path, bytes } => write_bytes(&at(path), *bytes, 64 * 1024).map(drop),
+        FileOp::Remove { path } => fs::remove_file(at(path)),
+        FileOp::Rename { from, to } => fs::rename(at(from), at(to)),
+        FileOp::Link { from, to } => fs::hard_link(at(from), at(to)),
+        #[allow(deprecated)] // the portable spelling; std::os::wasi::fs is unstable
+        FileOp::Symlink { path, target_len } => fs::soft_link("t".repeat(*target_len), at(path)),
+        FileOp::Mkdir { path } => fs::create_dir(at(path)),
+        FileOp::Rmdir { path } => fs::remove_dir(at(path)),
+    }
 }
 
 fn sixty_four_kib() -> usize {
@@ -306,6 +337,16 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
                 n += 1;
             }
             Ok(json!({"calls": n}))
+        }
+        Mode::ScratchScript { ops } => {
+            let results: Vec<String> = ops
+                .iter()
+                .map(|op| match run_op(op) {
+                    Ok(()) => "ok".to_owned(),
+                    Err(e) => format!("{:?}", e.kind()),
+                })
+                .collect();
+            Ok(json!(results))
         }
         Mode::CallLoop { step, input, times } => {
             let mut calls = 0u64;
