@@ -299,34 +299,8 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             }
             Ok(json!({"made": made, "stopped": stopped}))
         }
-        Mode::HoldFiles { count } => {
-            let mut held = Vec::new();
-            let mut stopped = None;
-            for i in 0..count {
-                match fs::File::create(format!("/tmp/h{}", i % 64)) {
-                    Ok(file) => held.push(file),
-                    Err(e) => {
-                        stopped = Some(format!("{:?}", e.kind()));
-                        break;
-                    }
-                }
-            }
-            Ok(json!({"held": held.len(), "stopped": stopped}))
-        }
-        Mode::HoldListings { count } => {
-            let mut held = Vec::new();
-            let mut stopped = None;
-            for _ in 0..count {
-                match fs::read_dir("/tmp") {
-                    Ok(listing) => held.push(listing),
-                    Err(e) => {
-                        stopped = Some(format!("{:?}", e.kind()));
-                        break;
-                    }
-                }
-            }
-            Ok(json!({"held": held.len(), "stopped": stopped}))
-        }
+        Mode::HoldFiles { count } => Ok(hold(count, |i| fs::File::create(format!("/tmp/h{}", i % 64)))),
+        Mode::HoldListings { count } => Ok(hold(count, |_| fs::read_dir("/tmp"))),
         Mode::HostCalls { times } => {
             let mut n = 0u64;
             while times.is_none_or(|t| n < t) {
@@ -414,6 +388,23 @@ fn residue() -> Value {
 /// A step error naming the I/O error's kind (`StorageFull`, `OutOfMemory`…).
 fn io_failure(what: &str, e: &std::io::Error) -> StepError {
     StepError::failed(format!("{what}: {:?}: {e}", e.kind()))
+}
+
+/// Opens up to `count` handles with `open` and holds them all, reporting
+/// how many it held and the kind of the error that stopped it.
+fn hold<T>(count: u64, open: impl Fn(u64) -> std::io::Result<T>) -> Value {
+    let mut held = Vec::new();
+    let mut stopped = None;
+    for i in 0..count {
+        match open(i) {
+            Ok(handle) => held.push(handle),
+            Err(e) => {
+                stopped = Some(format!("{:?}", e.kind()));
+                break;
+            }
+        }
+    }
+    json!({"held": held.len(), "stopped": stopped})
 }
 
 fn write_bytes(path: &str, bytes: u64, chunk: usize) -> std::io::Result<u64> {
