@@ -332,4 +332,97 @@ mod tests {
         };
         good.validate().unwrap();
     }
+
+    mod proptests {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Any policy, sensible or not: durations up to about three years,
+        /// multipliers from below 1 to infinity and NaN.
+        fn any_policy() -> impl Strategy<Value = RetryPolicy> {
+            let duration = prop_oneof![
+                (0..2_000u64).prop_map(Duration::from_millis),
+                (0..100_000_000u64).prop_map(Duration::from_secs),
+                Just(Duration::ZERO),
+                Just(Duration::MAX),
+            ];
+            let multiplier = prop_oneof![
+                1.0..10.0f64,
+                Just(1.0),
+                any::<f64>(),
+                Just(f64::INFINITY),
+                Just(f64::NAN),
+            ];
+            (1..10u32, duration.clone(), duration, multiplier, any::<bool>()).prop_map(
+                |(max_attempts, backoff, max_backoff, multiplier, jitter)| RetryPolicy {
+                    max_attempts,
+                    backoff,
+                    max_backoff,
+                    multiplier,
+                    jitter,
+                    retry_on: vec![OutcomeKind::Retryable],
+                },
+            )
+        }
+
+        /// Mostly the first few attempts, where the edge cases are.
+        fn attempt() -> impl Strategy<Value = u32> {
+            prop_oneof![0..12u32, 0..100u32, any::<u32>()]
+        }
+
+        fn unit_random() -> impl Strategy<Value = f64> {
+            prop_oneof![0.0..1.0f64, any::<f64>()]
+        }
+
+        proptest! {
+            #[test]
+            fn no_delay_is_longer_than_max_backoff(policy in any_policy(), attempt in attempt(), r in unit_random()) {
+                prop_assert!(policy.delay(attempt, r) <= policy.max_backoff);
+            }
+
+            #[test]
+            fn without_jitter_delays_start_at_backoff_and_never_shrink(
+                policy in any_policy().prop_filter("a valid multiplier", |p| p.validate().is_ok()),
+                attempt in 0..200u32,
+            ) {
+                let policy = RetryPolicy { jitter: false, ..policy };
+                let first = policy.backoff.min(policy.max_backoff);
+                let delay = policy.delay(attempt, 0.5);
+                prop_assert!(delay >= first, "{:?} < {:?}", delay, first);
+                prop_assert!(policy.delay(attempt + 1, 0.5) >= delay);
+                // And follow `min(max_backoff, backoff * multiplier^(attempt - 1))`.
+                let exact = policy.backoff.as_secs_f64() * policy.multiplier.powi(attempt.max(1) as i32 - 1);
+                let expected = exact.min(policy.max_backoff.as_secs_f64());
+                let got = delay.as_secs_f64();
+                prop_assert!((got - expected).abs() <= expected * 1e-9 + 1e-9, "{} against {}", got, expected);
+            }
+
+            #[test]
+            fn jitter_takes_the_callers_fraction_of_the_delay(
+                policy in any_policy(),
+                attempt in attempt(),
+                r in 0.0..=1.0f64,
+            ) {
+                let full = RetryPolicy { jitter: false, ..policy.clone() }.delay(attempt, r);
+                let jittered = RetryPolicy { jitter: true, ..policy }.delay(attempt, r);
+                prop_assert!(jittered <= full);
+                let expected = full.as_secs_f64() * r;
+                let got = jittered.as_secs_f64();
+                prop_assert!((got - expected).abs() <= expected * 1e-9 + 1e-9, "{} against {}", got, expected);
+            }
+
+            #[test]
+            fn a_kind_is_retried_only_if_listed_retryable_and_attempts_are_left(
+                policy in any_policy(),
+                listed in proptest::sample::subsequence(OutcomeKind::ALL.to_vec(), 0..OutcomeKind::ALL.len()),
+                attempt in attempt(),
+                kind in proptest::sample::select(OutcomeKind::ALL.to_vec()),
+            ) {
+                let policy = RetryPolicy { retry_on: listed.clone(), ..policy };
+                let expected = listed.contains(&kind) && !NEVER_RETRIED.contains(&kind) && attempt < policy.max_attempts;
+                prop_assert_eq!(policy.should_retry(attempt, kind), expected);
+            }
+        }
+    }
 }
