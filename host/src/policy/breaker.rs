@@ -855,3 +855,6 @@ mod tests {
         assert_eq!(breakers.map.read().unwrap().len(), 3);
     }
 }
+
+#[cfg(test)]
+mod proptests;
