@@ -707,3 +707,6 @@ mod tests {
         assert!(quotas(0, 5).validate().is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests;
