@@ -113,7 +113,9 @@ impl Plan {
 
     /// The longest chain of steps, first to last, by step count. Ties are
     /// broken by weight (each step weighs its timeout in milliseconds if one
-    /// is set, else 1), then by file order.
+    /// is set, else 1), then by file order: the chain whose last step comes
+    /// first in the file, then the one whose step before it does, and so
+    /// on back (whatever order each step's needs are written in).
     pub fn critical_path(&self) -> &[usize] {
         &self.critical_path
     }
@@ -206,7 +208,9 @@ pub(crate) fn order(needs: Lists, weights: &[u64]) -> Ordered {
         let mut top = (0, 0, usize::MAX);
         for &need in needs.get(step) {
             let (count, weight, _) = best[need];
-            if (count, weight) > (top.0, top.1) {
+            // A tie goes to the need first in the file, whatever order the
+            // needs are written in.
+            if (count, weight, std::cmp::Reverse(need)) > (top.0, top.1, std::cmp::Reverse(top.2)) {
                 top = (count, weight, need);
             }
         }
@@ -305,6 +309,15 @@ mod tests {
     fn critical_path_ties_are_broken_by_weight() {
         let p = plan(vec![vec![], vec![0], vec![0], vec![1, 2]], &[1, 1, 500, 1]);
         assert_eq!(p.critical_path(), [0, 2, 3]);
+    }
+
+    #[test]
+    fn critical_path_ties_go_to_the_step_first_in_the_file_whatever_the_order_of_needs() {
+        // 2 needs 1 and 0, written in that order; both chains weigh the same.
+        let p = plan(vec![vec![], vec![], vec![1, 0]], &[1; 3]);
+        assert_eq!(p.critical_path(), [0, 2]);
+        let p = plan(vec![vec![], vec![], vec![0, 1]], &[1; 3]);
+        assert_eq!(p.critical_path(), [0, 2]);
     }
 
     #[test]
