@@ -339,4 +339,146 @@ mod tests {
         assert_eq!(p.level_count(), n);
         assert_eq!(p.critical_path().len(), n);
     }
+
+    mod proptests {
+        use std::collections::HashSet;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A random DAG of `1..=max` steps written in a random file order:
+        /// each step's needs (in a random written order, maybe repeated
+        /// by the caller's dedup) point anywhere in the file, and weights.
+        fn dag(max: usize) -> impl Strategy<Value = (Vec<Vec<usize>>, Vec<u64>)> {
+            (1..=max)
+                .prop_flat_map(|n| {
+                    (
+                        // In topological order, step t may need any step before it.
+                        (0..n)
+                            .map(|t| proptest::sample::subsequence((0..t).collect::<Vec<_>>(), 0..=t))
+                            .collect::<Vec<_>>(),
+                        Just((0..n).collect::<Vec<usize>>()).prop_shuffle(),
+                        // Few weights, so that chains often tie.
+                        proptest::collection::vec(prop_oneof![1..3u64, 1..1_000u64], n),
+                        any::<u64>(),
+                    )
+                })
+                .prop_map(|(topo_needs, file_position, weights, seed)| {
+                    let n = topo_needs.len();
+                    let mut needs = vec![Vec::new(); n];
+                    for (t, list) in topo_needs.into_iter().enumerate() {
+                        let mut list: Vec<usize> = list.into_iter().map(|j| file_position[j]).collect();
+                        // The order the needs are written in, independent of the file's.
+                        let mut rng = seed.wrapping_add(t as u64);
+                        for k in (1..list.len()).rev() {
+                            rng = rng
+                                .wrapping_mul(6_364_136_223_846_793_005)
+                                .wrapping_add(1_442_695_040_888_963_407);
+                            list.swap(k, (rng >> 33) as usize % (k + 1));
+                        }
+                        needs[file_position[t]] = list;
+                    }
+                    (needs, weights)
+                })
+        }
+
+        /// Every chain of needs (first to last) that ends at `end`, the slow way.
+        fn chains_to(needs: &[Vec<usize>], end: usize, out: &mut Vec<Vec<usize>>) {
+            let mut stack = vec![vec![end]];
+            while let Some(chain) = stack.pop() {
+                let first = chain[0];
+                if needs[first].is_empty() {
+                    out.push(chain);
+                    continue;
+                }
+                for &need in &needs[first] {
+                    let mut longer = vec![need];
+                    longer.extend(&chain);
+                    stack.push(longer);
+                }
+            }
+        }
+
+        /// The critical path as documented: the longest chain by step count,
+        /// then by total weight, then by file order (the chain whose last
+        /// step comes first in the file, then the one whose step before it
+        /// does, and so on back), found among every chain of the graph.
+        fn reference_critical_path(needs: &[Vec<usize>], weights: &[u64]) -> Vec<usize> {
+            let mut chains = Vec::new();
+            for end in 0..needs.len() {
+                chains_to(needs, end, &mut chains);
+            }
+            let key = |c: &Vec<usize>| (c.len(), c.iter().map(|&s| weights[s]).sum::<u64>());
+            let best = chains.iter().map(key).max().unwrap();
+            chains
+                .into_iter()
+                .filter(|c| key(c) == best)
+                .min_by(|a, b| a.iter().rev().cmp(b.iter().rev()))
+                .unwrap()
+        }
+
+        proptest! {
+            #[test]
+            fn every_step_is_at_a_later_level_than_each_of_its_needs((needs, weights) in dag(24)) {
+                let p = plan(needs.clone(), &weights);
+                let mut level = vec![usize::MAX; needs.len()];
+                for (k, steps) in p.levels().enumerate() {
+                    prop_assert!(!steps.is_empty());
+                    prop_assert!(steps.windows(2).all(|w| w[0] < w[1]), "level {k} is not in file order");
+                    for &s in steps {
+                        prop_assert_eq!(level[s], usize::MAX, "step {} is in two levels", s);
+                        level[s] = k;
+                    }
+                }
+                for (s, list) in needs.iter().enumerate() {
+                    prop_assert!(level[s] != usize::MAX, "step {} is in no level", s);
+                    for &j in list {
+                        prop_assert!(level[s] > level[j], "step {} is not after its need {}", s, j);
+                    }
+                    // And no later than it must be: one level after its deepest need.
+                    let deepest = list.iter().map(|&j| level[j] + 1).max().unwrap_or(0);
+                    prop_assert_eq!(level[s], deepest);
+                    prop_assert_eq!(p.needs(s), &list[..]);
+                    let dependents: Vec<usize> = (0..needs.len()).filter(|&d| needs[d].contains(&s)).collect();
+                    prop_assert_eq!(p.dependents(s), &dependents[..]);
+                }
+            }
+
+            #[test]
+            fn the_critical_path_is_the_slow_references((needs, weights) in dag(11)) {
+                let p = plan(needs.clone(), &weights);
+                prop_assert_eq!(p.critical_path(), &reference_critical_path(&needs, &weights)[..]);
+                prop_assert_eq!(p.critical_path().len(), p.level_count());
+            }
+
+            #[test]
+            fn a_graph_with_a_loop_is_refused_with_one_of_its_loops(
+                needs in (1..10usize).prop_flat_map(|n| {
+                    proptest::collection::vec(proptest::sample::subsequence((0..n).collect::<Vec<_>>(), 0..=n.min(3)), n)
+                }),
+            ) {
+                let n = needs.len();
+                // Acyclic exactly when some order puts every need first (the slow way: peel sources).
+                let mut left: HashSet<usize> = (0..n).collect();
+                while let Some(&s) = left.iter().find(|&&s| needs[s].iter().all(|j| !left.contains(j))) {
+                    left.remove(&s);
+                }
+                match order(lists(needs.clone()), &vec![1; n]) {
+                    Ordered::Plan(_) => prop_assert!(left.is_empty(), "a cyclic graph was planned"),
+                    Ordered::Cycle(cycle) => {
+                        prop_assert!(!left.is_empty(), "an acyclic graph was refused");
+                        prop_assert!(!cycle.is_empty());
+                        let unique: HashSet<_> = cycle.iter().collect();
+                        prop_assert_eq!(unique.len(), cycle.len());
+                        for (k, &s) in cycle.iter().enumerate() {
+                            let next = cycle[(k + 1) % cycle.len()];
+                            prop_assert!(needs[s].contains(&next), "{} does not need {} in {:?}", s, next, cycle);
+                        }
+                        prop_assert_eq!(cycle[0], *cycle.iter().min().unwrap());
+                    }
+                }
+            }
+        }
+    }
 }
