@@ -1,5 +1,6 @@
 //! Positioned errors for workflow files.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -63,7 +64,9 @@ impl fmt::Display for WorkflowError {
     }
 }
 
-/// What is wrong with a workflow file. Every message is one line.
+/// What is wrong with a workflow file. Every message is one line: the
+/// file's text it quotes (a field name, an id, an expression) is written
+/// with its control characters escaped, a newline as `\n`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WorkflowErrorKind {
@@ -71,7 +74,7 @@ pub enum WorkflowErrorKind {
     #[error("cannot read the workflow file: {0}")]
     Read(#[source] std::io::Error),
     /// The file is not valid YAML (or JSON).
-    #[error("invalid YAML: {0}")]
+    #[error("invalid YAML: {}", one_line(.0))]
     Syntax(String),
     /// A value has the wrong type.
     #[error("`{field}` must be {expected}, found {found}")]
@@ -84,7 +87,7 @@ pub enum WorkflowErrorKind {
         found: &'static str,
     },
     /// A mapping has a field this format does not know.
-    #[error("unknown field `{field}` in {context} (expected one of: {expected})")]
+    #[error("unknown field `{}` in {} (expected one of: {expected})", one_line(.field), one_line(.context))]
     UnknownField {
         /// The unknown field.
         field: String,
@@ -94,7 +97,7 @@ pub enum WorkflowErrorKind {
         expected: String,
     },
     /// A mapping names the same field twice.
-    #[error("field `{field}` is given twice in {context}")]
+    #[error("field `{}` is given twice in {}", one_line(.field), one_line(.context))]
     DuplicateField {
         /// The repeated field.
         field: String,
@@ -102,7 +105,7 @@ pub enum WorkflowErrorKind {
         context: String,
     },
     /// A required field is missing.
-    #[error("missing field `{field}` in {context}")]
+    #[error("missing field `{field}` in {}", one_line(.context))]
     MissingField {
         /// The missing field.
         field: &'static str,
@@ -110,10 +113,10 @@ pub enum WorkflowErrorKind {
         context: String,
     },
     /// A step id has characters other than `A-Z a-z 0-9 _ -`, or is empty.
-    #[error("invalid step id `{0}`: use only letters, digits, `_` and `-`")]
+    #[error("invalid step id `{}`: use only letters, digits, `_` and `-`", one_line(.0))]
     BadId(String),
     /// Two steps have the same id.
-    #[error("duplicate step id `{id}` (first defined at {first})")]
+    #[error("duplicate step id `{}` (first defined at {first})", one_line(.id))]
     DuplicateId {
         /// The repeated id.
         id: String,
@@ -121,7 +124,7 @@ pub enum WorkflowErrorKind {
         first: Location,
     },
     /// A step needs a step that does not exist.
-    #[error("step `{step}` needs `{need}`, which is not a step of this workflow")]
+    #[error("step `{}` needs `{}`, which is not a step of this workflow", one_line(.step), one_line(.need))]
     UnknownNeed {
         /// The step.
         step: String,
@@ -130,19 +133,19 @@ pub enum WorkflowErrorKind {
     },
     /// Steps need each other in a cycle. The path starts and ends at the same
     /// step; each step needs the next one.
-    #[error("dependency cycle: {} (each step needs the next)", .path.join(" -> "))]
+    #[error("dependency cycle: {} (each step needs the next)", one_line(&.path.join(" -> ")))]
     Cycle {
         /// The steps of the cycle, first step repeated at the end.
         path: Vec<String>,
     },
     /// An expression refers to a step that does not exist.
-    #[error("`steps.{id}` refers to no step of this workflow")]
+    #[error("`steps.{}` refers to no step of this workflow", one_line(.id))]
     UnknownStepInExpression {
         /// The unknown step id.
         id: String,
     },
     /// A step's template uses a step that is not among its (transitive) needs.
-    #[error("step `{step}` uses `steps.{used}` but does not need it (add it to `needs`)")]
+    #[error("step `{}` uses `steps.{}` but does not need it (add it to `needs`)", one_line(.step), one_line(.used))]
     NotNeeded {
         /// The step whose template it is.
         step: String,
@@ -150,13 +153,13 @@ pub enum WorkflowErrorKind {
         used: String,
     },
     /// A template or expression is malformed.
-    #[error("bad expression: {0}")]
+    #[error("bad expression: {}", one_line(.0))]
     BadExpression(String),
     /// `item` or `index` is used outside the input template of a `for_each` step.
-    #[error("`{0}` is only available in the `input` of a step with `for_each`")]
+    #[error("`{}` is only available in the `input` of a step with `for_each`", one_line(.0))]
     ItemOutsideForEach(String),
     /// A size could not be parsed.
-    #[error("bad size for `{field}`: {message}")]
+    #[error("bad size for `{}`: {}", one_line(.field), one_line(.message))]
     BadSize {
         /// The field.
         field: String,
@@ -164,7 +167,7 @@ pub enum WorkflowErrorKind {
         message: String,
     },
     /// A duration could not be parsed.
-    #[error("bad duration for `{field}`: {message}")]
+    #[error("bad duration for `{}`: {}", one_line(.field), one_line(.message))]
     BadDuration {
         /// The field.
         field: String,
@@ -172,10 +175,10 @@ pub enum WorkflowErrorKind {
         message: String,
     },
     /// A retry policy is invalid.
-    #[error("bad retry policy: {0}")]
+    #[error("bad retry policy: {}", one_line(.0))]
     BadRetry(String),
     /// A value is of the right type but out of range.
-    #[error("bad value for `{field}`: {message}")]
+    #[error("bad value for `{}`: {}", one_line(.field), one_line(.message))]
     BadValue {
         /// The field.
         field: String,
@@ -183,12 +186,66 @@ pub enum WorkflowErrorKind {
         message: String,
     },
     /// `max_parallel` is set on a step without `for_each`.
-    #[error("step `{0}` sets `max_parallel` but has no `for_each`")]
+    #[error("step `{}` sets `max_parallel` but has no `for_each`", one_line(.0))]
     MaxParallelWithoutForEach(String),
     /// The workflow has no steps.
     #[error("the workflow has no steps")]
     EmptyWorkflow,
     /// A step's component failed its check (see `Workflow::check_components`).
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Component(String),
+}
+
+/// `text` with its control characters escaped (a newline as `\n`), so that
+/// a message quoting a file's text stays one line, and a terminal shows it
+/// as written rather than obeying it.
+fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::workflow::Workflow;
+
+    #[test]
+    fn messages_quoting_the_file_stay_one_line_whatever_it_holds() {
+        let step = |extra: &str| format!("name: w\nsteps:\n  - id: a\n    component: a.wasm\n{extra}");
+        let files = [
+            step("    \"com\\npo\\rnent\": x\n"),
+            "name: w\nsteps:\n  - id: \"a\\nb\"\n    component: a.wasm\n".to_owned(),
+            step("    needs: \"b\\n\\u001b[31mc\"\n"),
+            step("    input: \"${in\\nput}\"\n"),
+            step("    input: \"${input\\n\"\n"),
+            step("    memory: \"lots\\nof\"\n"),
+            step("    timeout: \"a\\nwhile\"\n"),
+            step("    retry: {retry_on: [\"time\\nout\"]}\n"),
+            step("    retry: {\"max\\tattempts\": 2}\n"),
+        ];
+        for text in files {
+            let err = Workflow::from_str(&text, Path::new("w.yaml")).expect_err(&text);
+            let line = err.to_string();
+            assert!(!line.contains(char::is_control), "{line:?}");
+            assert!(
+                line.contains("\\n") || line.contains("\\t"),
+                "{line:?} does not show the escape"
+            );
+            assert!(!err.kind.to_string().contains(char::is_control));
+        }
+        assert_eq!(one_line("plain `text`"), "plain `text`");
+        assert_eq!(one_line("a\r\nb\u{1b}"), "a\\r\\nb\\u{1b}");
+    }
 }
