@@ -238,9 +238,16 @@ impl SqliteStore {
         if found == ["ok"] {
             Ok(())
         } else {
+            // SQLite's findings span lines ("*** in database main ***\n..."):
+            // the error is one line.
+            let detail = found
+                .iter()
+                .map(|f| f.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join("; ");
             Err(StoreError::Corrupt {
                 path: self.path.clone(),
-                detail: found.join("; "),
+                detail,
             })
         }
     }

@@ -299,6 +299,37 @@ fn a_file_that_is_not_a_journal_is_refused_clearly() {
 }
 
 #[test]
+fn an_integrity_failure_is_reported_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = open(&dir);
+    store
+        .write(&[Event::WorkflowDefined(workflow()), accepted(1)])
+        .unwrap();
+    let root: i64 = store
+        .conn
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'runs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(store);
+    // The header of the `runs` table's page claims a fragmented byte that is not there.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let at = (root as usize - 1) * page_size + 7;
+    bytes[at] = bytes[at].wrapping_add(1);
+    std::fs::write(&path, bytes).unwrap();
+    let mut store = SqliteStore::open_read_only(&path).unwrap();
+    let err = store.check_integrity().unwrap_err();
+    let line = err.to_string();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{line}");
+    assert!(line.contains("*** in database main *** "), "{line}");
+    assert!(!line.contains('\n'), "{line:?}");
+}
+
+#[test]
 fn a_journal_from_a_newer_stepbox_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(&dir));
@@ -627,3 +658,4 @@ fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() 
     let split = history.attempts.iter().find(|a| a.step == "split").unwrap();
     assert_eq!(split.timeout_level, None);
 }
+
