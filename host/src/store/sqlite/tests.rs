@@ -658,4 +658,3 @@ fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() 
     let split = history.attempts.iter().find(|a| a.step == "split").unwrap();
     assert_eq!(split.timeout_level, None);
 }
-
