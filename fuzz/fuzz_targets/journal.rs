@@ -76,6 +76,7 @@ fn attempt_end(run: u64, step: &str, item: Option<u32>, attempt: u32, ok: bool, 
         last,
         outcome: if ok { "completed" } else { "retryable" },
         message: (!ok).then(|| "try again".to_owned()),
+        timeout_level: None,
         output: ok.then(|| format!(r#"{{"run":{run},"step":"{step}"}}"#).into_bytes()),
         log: Some(format!("log of {step} #{attempt}")),
         usage: AttemptUsage {
