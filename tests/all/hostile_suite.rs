@@ -189,3 +189,41 @@ async fn the_whole_hostile_repertoire_beside_good_runs_leaves_them_and_the_host_
     );
     assert_eq!(scheduler.stats().memory_in_use, bytesize::ByteSize::b(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_backed_scratch_quota_counts_against_the_memory_budget() {
+    let config = SchedulerConfig {
+        quotas: stepbox::policy::Quotas {
+            memory_budget: bytesize::ByteSize::mib(100),
+            ..Default::default()
+        },
+        ..SchedulerConfig::default()
+    };
+    let yaml = "name: big\nsteps:\n  - id: a\n    component: hostile\n    memory: 64MiB\n    scratch: 64MiB\n    input: {mode: echo, id: 1}\n";
+    let dir = tempfile::tempdir().unwrap();
+    // On a disk, /tmp takes no RAM: 64 MiB of memory fit the 100 MiB budget.
+    let on_disk = TestSandbox::new();
+    assert!(!on_disk.sandbox.scratch_in_memory());
+    let scheduler = Scheduler::new(on_disk.sandbox.clone(), config.clone()).unwrap();
+    let wf = prepare(&scheduler, dir.path(), "disk", yaml);
+    let report = scheduler.submit(&wf, json!({})).unwrap().wait().await;
+    assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+    // In memory, the step may take 64 + 64 MiB of RAM: more than the budget.
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return;
+    }
+    let parent = tempfile::tempdir_in(shm).unwrap();
+    let in_memory = TestSandbox::with(|b| b.scratch_dir(parent.path()));
+    assert!(in_memory.sandbox.scratch_in_memory());
+    let scheduler = Scheduler::new(in_memory.sandbox.clone(), config).unwrap();
+    let wf = prepare(&scheduler, dir.path(), "shm", yaml);
+    let report = scheduler.submit(&wf, json!({})).unwrap().wait().await;
+    assert_eq!(
+        report.failed_kind,
+        Some(OutcomeKind::QuotaExceeded),
+        "{:?}",
+        report.error
+    );
+    assert!(report.error.unwrap().contains("128.0 MiB"));
+}
