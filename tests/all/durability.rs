@@ -226,8 +226,15 @@ fn a_killed_host_loses_no_accepted_run_and_reruns_no_completed_step() {
             again.kill().unwrap();
             let _ = again.wait();
         }
-        if !place.db().exists() {
-            continue; // killed before the journal existed: nothing was accepted
+        // Killed before the journal existed (or before its tables were
+        // laid out): nothing was accepted.
+        let laid_out = place.db().exists()
+            && !matches!(
+                SqliteStore::open_read_only(&place.db()),
+                Err(StoreError::Other { detail, .. }) if detail.starts_with("no journal here yet")
+            );
+        if !laid_out {
+            continue;
         }
         let before = place.store().runs(&RunFilter::default()).unwrap();
         if before.iter().any(|r| r.status.is_incomplete()) {

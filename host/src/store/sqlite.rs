@@ -210,7 +210,14 @@ impl SqliteStore {
             known_components: HashSet::new(),
             attempt_columns: String::new(),
         };
-        store.check_format()?;
+        if store.check_format()? == 0 {
+            // A writer made the file and has not laid out the journal yet
+            // (or died before it could): nothing was recorded.
+            return Err(StoreError::Other {
+                path: path.to_owned(),
+                detail: "no journal here yet (no run has been recorded); check --db".into(),
+            });
+        }
         store.attempt_columns = attempt_columns(&store.missing_attempt_columns()?);
         store
             .conn

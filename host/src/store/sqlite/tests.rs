@@ -658,3 +658,12 @@ fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() 
     let split = history.attempts.iter().find(|a| a.step == "split").unwrap();
     assert_eq!(split.timeout_level, None);
 }
+
+#[test]
+fn an_empty_file_a_writer_has_not_laid_out_reads_as_no_journal_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    std::fs::write(&path, b"").unwrap();
+    let err = SqliteStore::open_read_only(&path).unwrap_err();
+    assert!(err.to_string().contains("no journal here yet"), "{err}");
+}
