@@ -231,7 +231,7 @@ impl HostConfig {
         if let Some(state) = size("quotas.max_state", &k.max_state)? {
             q.max_state_bytes = usize::try_from(state.as_u64()).unwrap_or(usize::MAX);
         }
-        q.validate().map_err(invalid)?;
+        q.validate().map_err(|e| invalid(e.to_string()))?;
         config.scheduler.global_timeout = duration("timeouts.global", &file.timeouts.global)?;
         let b = &mut config.scheduler.breaker;
         let k = &file.breaker;
@@ -241,7 +241,7 @@ impl HostConfig {
         if let Some(cooldown) = duration("breaker.cooldown", &k.cooldown)? {
             b.cooldown = cooldown;
         }
-        b.validate().map_err(invalid)?;
+        b.validate().map_err(|e| invalid(e.to_string()))?;
         config.limits = LimitOverrides {
             fuel: file.limits.fuel,
             memory: size("limits.memory", &file.limits.memory)?,

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::OutcomeKind;
 
+use super::InvalidSetting;
+
 /// When a breaker opens, and for how long.
 ///
 /// # Examples
@@ -67,19 +69,29 @@ impl BreakerConfig {
     ///
     /// `consecutive_failures` and `window` must be at least 1, and
     /// `failure_ratio`, when set, must be in `(0, 1]`.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidSetting`] naming the setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let too_small = |setting| InvalidSetting::TooSmall {
+            setting,
+            min: 1,
+            note: "",
+        };
         if self.consecutive_failures < 1 {
-            return Err("consecutive-failures must be at least 1".to_owned());
+            return Err(too_small("consecutive-failures"));
         }
         if self.window < 1 {
-            return Err("window must be at least 1".to_owned());
+            return Err(too_small("window"));
         }
         if let Some(ratio) = self.failure_ratio
             && !(ratio > 0.0 && ratio <= 1.0)
         {
-            return Err(format!(
-                "failure-ratio must be above 0 and at most 1, not {ratio}"
-            ));
+            return Err(InvalidSetting::Ratio {
+                setting: "failure-ratio",
+                value: ratio,
+            });
         }
         Ok(())
     }
@@ -801,7 +813,7 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            let error = config.validate().unwrap_err();
+            let error = config.validate().unwrap_err().to_string();
             assert!(!error.contains('\n'), "{error}");
         }
     }

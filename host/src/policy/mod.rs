@@ -34,6 +34,7 @@
 
 pub mod breaker;
 pub mod deadline;
+mod invalid;
 pub mod quota;
 pub mod retry;
 
@@ -41,5 +42,6 @@ pub use breaker::{
     BreakerConfig, BreakerState, Breakers, CircuitBreaker, Permit, Rejected, Verdict, counts_as_failure,
 };
 pub use deadline::{Deadline, TimeoutLevel, effective, step_deadline};
+pub use invalid::InvalidSetting;
 pub use quota::{Admission, AdmissionStats, InstanceSlot, QueueTicket, QuotaError, Quotas, WorkflowSlot};
 pub use retry::RetryPolicy;

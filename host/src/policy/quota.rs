@@ -13,6 +13,8 @@ use bytesize::ByteSize;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::InvalidSetting;
+
 /// The host-wide quotas.
 ///
 /// # Examples
@@ -62,14 +64,21 @@ impl Default for Quotas {
 impl Quotas {
     /// Checks that nothing would wait forever, with a one-line reason when it would:
     /// `max_workflows` and `max_instances` must be at least 1.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_workflows < 1 {
-            return Err("max-workflows must be at least 1".to_owned());
-        }
-        if self.max_instances < 1 {
-            return Err("max-instances must be at least 1".to_owned());
-        }
-        Ok(())
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidSetting::TooSmall`] naming the setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let at_least_one = |setting, value: usize| match value {
+            0 => Err(InvalidSetting::TooSmall {
+                setting,
+                min: 1,
+                note: "",
+            }),
+            _ => Ok(()),
+        };
+        at_least_one("max-workflows", self.max_workflows)?;
+        at_least_one("max-instances", self.max_instances)
     }
 }
 

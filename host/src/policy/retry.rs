@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::InvalidSetting;
 use crate::OutcomeKind;
 
 /// When and how a step's failed attempts are retried.
@@ -121,22 +122,30 @@ impl RetryPolicy {
     ///
     /// let policy = RetryPolicy { retry_on: vec![OutcomeKind::InvalidInput], ..RetryPolicy::default() };
     /// assert_eq!(
-    ///     policy.validate().unwrap_err(),
+    ///     policy.validate().unwrap_err().to_string(),
     ///     "retry-on must not name invalid-input: it is never retried"
     /// );
     /// ```
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidSetting`] naming the setting.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
         if self.max_attempts < 1 {
-            return Err("max-attempts must be at least 1 (1 means no retries)".to_owned());
+            return Err(InvalidSetting::TooSmall {
+                setting: "max-attempts",
+                min: 1,
+                note: " (1 means no retries)",
+            });
         }
         if !self.multiplier.is_finite() || self.multiplier < 1.0 {
-            return Err(format!(
-                "multiplier must be a finite number of at least 1.0, not {}",
-                self.multiplier
-            ));
+            return Err(InvalidSetting::Factor {
+                setting: "multiplier",
+                value: self.multiplier,
+            });
         }
-        if let Some(kind) = self.retry_on.iter().find(|kind| NEVER_RETRIED.contains(kind)) {
-            return Err(format!("retry-on must not name {kind}: it is never retried"));
+        if let Some(&kind) = self.retry_on.iter().find(|kind| NEVER_RETRIED.contains(kind)) {
+            return Err(InvalidSetting::NeverRetried(kind));
         }
         Ok(())
     }
@@ -322,7 +331,7 @@ mod tests {
             },
         ];
         for policy in bad {
-            let error = policy.validate().unwrap_err();
+            let error = policy.validate().unwrap_err().to_string();
             assert!(!error.contains('\n') && !error.is_empty(), "{error}");
         }
         let good = RetryPolicy {
