@@ -10,17 +10,20 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use stepbox::Usage;
 //! use stepbox::metrics::{AttemptSample, Metrics};
 //!
 //! let metrics = Metrics::new();
+//! let usage = Usage {
+//!     wall_time: Duration::from_millis(2),
+//!     fuel_consumed: 1_000,
+//!     peak_memory: 1 << 20,
+//!     ..Usage::default()
+//! };
 //! metrics.observe_attempt(&AttemptSample {
 //!     component: "hello.wasm",
 //!     outcome: "completed",
-//!     duration: Duration::from_millis(2),
-//!     queue_wait: Duration::ZERO,
-//!     fuel: 1_000,
-//!     peak_memory: 1 << 20,
-//!     peak_scratch: 0,
+//!     usage: &usage,
 //!     timeout_level: None,
 //! });
 //! let text = metrics.encode();
@@ -38,6 +41,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::outcome::Usage;
 use crate::policy::TimeoutLevel;
 use crate::store::{AttemptStatus, Millis, Store, StoreError};
 
@@ -108,16 +112,8 @@ pub struct AttemptSample<'a> {
     pub component: &'a str,
     /// The outcome kind, such as `completed` or `timeout`.
     pub outcome: &'a str,
-    /// From start to end, including the wait for a slot.
-    pub duration: Duration,
-    /// Waiting for an instance slot.
-    pub queue_wait: Duration,
-    /// Fuel consumed.
-    pub fuel: u64,
-    /// Peak linear memory, in bytes.
-    pub peak_memory: u64,
-    /// Peak bytes kept in its `/tmp`.
-    pub peak_scratch: u64,
+    /// What it used.
+    pub usage: &'a Usage,
     /// For a timeout, the level of the timeout hierarchy that fired.
     pub timeout_level: Option<TimeoutLevel>,
 }
@@ -269,11 +265,12 @@ impl Metrics {
     pub fn observe_attempt(&self, a: &AttemptSample<'_>) {
         let c = self.component(a.component);
         c.outcome(a.outcome, &self.step_runs, a.component).inc();
-        c.duration.observe(a.duration.as_secs_f64());
-        c.queue_wait.observe(a.queue_wait.as_secs_f64());
-        c.fuel.inc_by(a.fuel);
-        c.peak_memory.observe(a.peak_memory as f64);
-        c.peak_scratch.observe(a.peak_scratch as f64);
+        let u = a.usage;
+        c.duration.observe(u.total().as_secs_f64());
+        c.queue_wait.observe(u.queue_wait.as_secs_f64());
+        c.fuel.inc_by(u.fuel_consumed);
+        c.peak_memory.observe(u.peak_memory as f64);
+        c.peak_scratch.observe(u.peak_scratch as f64);
         if let Some(level) = a.timeout_level {
             let labels = vec![
                 ("component", a.component.to_owned()),
@@ -338,14 +335,18 @@ impl Metrics {
             let (Some(component), Some(outcome)) = (&a.component, &a.outcome) else {
                 return;
             };
+            let usage = Usage {
+                queue_wait: a.usage.queue_wait,
+                wall_time: a.usage.duration.saturating_sub(a.usage.queue_wait),
+                fuel_consumed: a.usage.fuel,
+                peak_memory: a.usage.peak_memory,
+                peak_scratch: a.usage.peak_scratch,
+                output_bytes: 0,
+            };
             metrics.observe_attempt(&AttemptSample {
                 component,
                 outcome,
-                duration: a.usage.duration,
-                queue_wait: a.usage.queue_wait,
-                fuel: a.usage.fuel,
-                peak_memory: a.usage.peak_memory,
-                peak_scratch: a.usage.peak_scratch,
+                usage: &usage,
                 timeout_level: a.timeout_level,
             });
             if a.status == AttemptStatus::Failed && !a.last {
@@ -408,15 +409,20 @@ impl crate::store::CommitObserver for Metrics {
 mod tests {
     use super::*;
 
+    const USAGE: Usage = Usage {
+        queue_wait: Duration::from_micros(100),
+        wall_time: Duration::from_micros(2900),
+        fuel_consumed: 500,
+        peak_memory: 1 << 20,
+        peak_scratch: 4096,
+        output_bytes: 0,
+    };
+
     fn sample(outcome: &str) -> AttemptSample<'_> {
         AttemptSample {
             component: "c.wasm",
             outcome,
-            duration: Duration::from_millis(3),
-            queue_wait: Duration::from_micros(100),
-            fuel: 500,
-            peak_memory: 1 << 20,
-            peak_scratch: 4096,
+            usage: &USAGE,
             timeout_level: None,
         }
     }

@@ -431,6 +431,33 @@ pub struct Usage {
     pub output_bytes: u64,
 }
 
+impl Usage {
+    /// From start to end: the wait for a slot and the run.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stepbox::Usage;
+    ///
+    /// let usage = Usage { queue_wait: Duration::from_millis(2), wall_time: Duration::from_millis(5), ..Usage::default() };
+    /// assert_eq!(usage.total(), Duration::from_millis(7));
+    /// ```
+    pub fn total(&self) -> Duration {
+        self.queue_wait + self.wall_time
+    }
+
+    /// Adds `other`'s usage to this one, as several attempts at one unit of
+    /// work add up: waits, time, fuel and output bytes are summed, peaks
+    /// are the highest.
+    pub fn add(&mut self, other: &Usage) {
+        self.queue_wait += other.queue_wait;
+        self.wall_time += other.wall_time;
+        self.fuel_consumed = self.fuel_consumed.saturating_add(other.fuel_consumed);
+        self.peak_memory = self.peak_memory.max(other.peak_memory);
+        self.peak_scratch = self.peak_scratch.max(other.peak_scratch);
+        self.output_bytes = self.output_bytes.saturating_add(other.output_bytes);
+    }
+}
+
 /// The captured log of one run: host log records, stdout and stderr lines.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepLog {

@@ -35,13 +35,19 @@
 //! # Ok(()) }
 //! ```
 
+mod attempt;
+mod calls;
 mod fair;
+mod items;
 mod record;
 mod report;
 mod run;
+mod runner;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,9 +57,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::report::{RunStatus, StepReport, StepStatus, WorkflowReport};
+pub use self::runner::{Component, StepRunner};
 use crate::metrics::{HostGauges, Metrics};
-use crate::policy::{Admission, AdmissionStats, BreakerConfig, BreakerState, Breakers, QuotaError, Quotas};
-use crate::sandbox::{Digest, Sandbox, StepComponent};
+use crate::policy::{
+    Admission, AdmissionStats, BreakerConfig, BreakerState, Breakers, InvalidSetting, QuotaError, Quotas,
+};
+use crate::sandbox::{Digest, Sandbox};
 use crate::store::{Event, Journal, RecoveredRun, RunId, StoreError, WorkflowRecord, now_millis};
 use crate::workflow::{Plan, Workflow, WorkflowError};
 
@@ -101,9 +110,26 @@ impl Default for SchedulerConfig {
 /// Why a [`Scheduler`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
-    /// A setting is out of range.
-    #[error("invalid scheduler configuration: {0}")]
-    Config(String),
+    /// A quota is out of range.
+    #[error("invalid quotas: {0}")]
+    Quotas(InvalidSetting),
+    /// The circuit breaker settings are out of range.
+    #[error("invalid breaker settings: {0}")]
+    Breaker(InvalidSetting),
+    /// The runner's instance pool cannot hold every step slot's nested calls.
+    #[error(
+        "the sandbox pools {pooled} instances; {slots} step slots with calls nested {depth} deep need {needed}"
+    )]
+    PoolTooSmall {
+        /// Instances the runner pools.
+        pooled: u32,
+        /// Step slots ([`Quotas::max_instances`]).
+        slots: usize,
+        /// [`SchedulerConfig::max_call_depth`].
+        depth: u32,
+        /// Instances they need: one per slot and per level of nesting.
+        needed: u64,
+    },
 }
 
 /// Why a workflow could not be prepared to run.
@@ -139,14 +165,22 @@ pub enum SubmitError {
     Journal(#[from] StoreError),
 }
 
-/// Runs workflows on one [`Sandbox`]; clones share everything.
-#[derive(Clone)]
-pub struct Scheduler {
-    inner: Arc<Inner>,
+/// Runs workflows on one [`StepRunner`] (a [`Sandbox`] unless told
+/// otherwise); clones share everything.
+pub struct Scheduler<R: StepRunner = Sandbox> {
+    inner: Arc<Inner<R>>,
 }
 
-pub(crate) struct Inner {
-    sandbox: Sandbox,
+impl<R: StepRunner> Clone for Scheduler<R> {
+    fn clone(&self) -> Self {
+        Scheduler {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+pub(crate) struct Inner<R: StepRunner> {
+    runner: R,
     admission: Admission,
     breakers: Breakers<Digest>,
     gate: Arc<fair::FairGate>,
@@ -165,11 +199,11 @@ pub(crate) struct Inner {
     /// The journal failure that stopped the scheduler.
     fatal: OnceLock<StoreError>,
     /// Workflows rebuilt from the journal, by digest, for resumed runs.
-    recorded: Mutex<HashMap<String, Arc<PreparedWorkflow>>>,
+    recorded: Mutex<HashMap<String, Arc<PreparedWorkflow<R>>>>,
     metrics: Arc<Metrics>,
 }
 
-impl Inner {
+impl<R: StepRunner> Inner<R> {
     /// Stops the scheduler for good after a journal failure: runs cannot be
     /// recorded, so none may go on. They stay incomplete in the journal.
     fn stop_on(&self, error: StoreError) {
@@ -182,9 +216,9 @@ impl Inner {
 }
 
 /// A workflow with its plan and its components loaded, ready to run many times.
-pub struct PreparedWorkflow {
+pub struct PreparedWorkflow<R: StepRunner = Sandbox> {
     workflow: Workflow,
-    components: Vec<StepComponent>,
+    components: Vec<R::Component>,
     /// Per step, its component's file name, as journal events carry it:
     /// shared by every attempt rather than copied into each.
     component_names: Vec<Arc<str>>,
@@ -199,7 +233,7 @@ struct Recorded {
     name: Arc<str>,
 }
 
-impl PreparedWorkflow {
+impl<R: StepRunner> PreparedWorkflow<R> {
     /// The definition.
     pub fn workflow(&self) -> &Workflow {
         &self.workflow
@@ -216,6 +250,7 @@ impl PreparedWorkflow {
 pub struct RunHandle {
     id: RunId,
     cancel: CancellationToken,
+    admitted: Arc<AtomicBool>,
     task: JoinHandle<WorkflowReport>,
 }
 
@@ -237,6 +272,16 @@ impl RunHandle {
         self.cancel.clone()
     }
 
+    /// A flag that turns true once the run is admitted (it left the queue).
+    pub fn admitted_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.admitted)
+    }
+
+    /// Whether the run has ended (its report is ready for [`RunHandle::wait`]).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Waits for the run to end and returns its report.
     ///
     /// # Panics
@@ -251,17 +296,18 @@ impl RunHandle {
     }
 }
 
-impl Scheduler {
-    /// A scheduler running steps on `sandbox` under `config`.
+impl<R: StepRunner> Scheduler<R> {
+    /// A scheduler running steps on `runner` (a [`Sandbox`]) under `config`.
     ///
     /// # Errors
     ///
-    /// [`SchedulerError::Config`] when a quota or the breaker settings are out
-    /// of range, or the sandbox's instance pool is too small for
-    /// `max_instances` steps that each make nested child calls (children run
-    /// on their caller's slot, but each needs a pool instance).
-    pub fn new(sandbox: Sandbox, config: SchedulerConfig) -> Result<Scheduler, SchedulerError> {
-        Scheduler::build(sandbox, config, None)
+    /// [`SchedulerError::Quotas`] or [`SchedulerError::Breaker`] when a
+    /// setting is out of range; [`SchedulerError::PoolTooSmall`] when the
+    /// runner's instance pool is too small for `max_instances` steps that
+    /// each make nested child calls (children run on their caller's slot,
+    /// but each needs a pool instance).
+    pub fn new(runner: R, config: SchedulerConfig) -> Result<Scheduler<R>, SchedulerError> {
+        Scheduler::build(runner, config, None)
     }
 
     /// A scheduler that records every run in `journal`: accepted before it
@@ -273,28 +319,28 @@ impl Scheduler {
     ///
     /// As [`Scheduler::new`].
     pub fn with_journal(
-        sandbox: Sandbox,
+        runner: R,
         config: SchedulerConfig,
         journal: Journal,
-    ) -> Result<Scheduler, SchedulerError> {
-        Scheduler::build(sandbox, config, Some(journal))
+    ) -> Result<Scheduler<R>, SchedulerError> {
+        Scheduler::build(runner, config, Some(journal))
     }
 
     fn build(
-        sandbox: Sandbox,
+        runner: R,
         config: SchedulerConfig,
         journal: Option<Journal>,
-    ) -> Result<Scheduler, SchedulerError> {
-        config.quotas.validate().map_err(SchedulerError::Config)?;
-        config.breaker.validate().map_err(SchedulerError::Config)?;
+    ) -> Result<Scheduler<R>, SchedulerError> {
+        config.quotas.validate().map_err(SchedulerError::Quotas)?;
+        config.breaker.validate().map_err(SchedulerError::Breaker)?;
         let needed = config.quotas.max_instances as u64 * (1 + u64::from(config.max_call_depth));
-        if u64::from(sandbox.max_instances()) < needed {
-            return Err(SchedulerError::Config(format!(
-                "the sandbox pools {} instances; {} step slots with calls nested {} deep need {needed}",
-                sandbox.max_instances(),
-                config.quotas.max_instances,
-                config.max_call_depth
-            )));
+        if u64::from(runner.max_instances()) < needed {
+            return Err(SchedulerError::PoolTooSmall {
+                pooled: runner.max_instances(),
+                slots: config.quotas.max_instances,
+                depth: config.max_call_depth,
+                needed,
+            });
         }
         let metrics = Arc::new(Metrics::new());
         if let Some(journal) = &journal {
@@ -305,7 +351,7 @@ impl Scheduler {
                 admission: Admission::new(config.quotas.clone()),
                 breakers: Breakers::new(config.breaker.clone()),
                 gate: fair::FairGate::new(config.quotas.max_instances),
-                sandbox,
+                runner,
                 config,
                 next_run: AtomicU64::new(1),
                 names: Mutex::new(HashMap::new()),
@@ -354,9 +400,9 @@ impl Scheduler {
         self.inner.fatal.get()
     }
 
-    /// The sandbox steps run in.
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.inner.sandbox
+    /// The runner steps run on: the sandbox.
+    pub fn runner(&self) -> &R {
+        &self.inner.runner
     }
 
     /// Loads every component of `workflow` (compiled once, cached) and checks
@@ -367,11 +413,11 @@ impl Scheduler {
     /// [`PrepareError::Workflow`] naming the step's `component` line when a
     /// component is missing or not a step; [`PrepareError::Quota`] when the
     /// workflow has more steps than allowed.
-    pub fn prepare(&self, workflow: Workflow) -> Result<Arc<PreparedWorkflow>, PrepareError> {
+    pub fn prepare(&self, workflow: Workflow) -> Result<Arc<PreparedWorkflow<R>>, PrepareError> {
         self.inner.admission.check_steps(workflow.steps.len())?;
-        let sandbox = &self.inner.sandbox;
-        let components = workflow
-            .check_components(|step| sandbox.load_file(&step.component).map_err(|e| e.to_string()))?;
+        let runner = &self.inner.runner;
+        let components =
+            workflow.check_components(|step| runner.load_file(&step.component).map_err(|e| e.to_string()))?;
         let record = match &self.inner.journal {
             None => None,
             Some(journal) => {
@@ -386,9 +432,9 @@ impl Scheduler {
     fn assemble(
         &self,
         workflow: Workflow,
-        components: Vec<StepComponent>,
+        components: Vec<R::Component>,
         record: Option<Arc<WorkflowRecord>>,
-    ) -> Arc<PreparedWorkflow> {
+    ) -> Arc<PreparedWorkflow<R>> {
         let mut names = self.inner.names.lock().unwrap_or_else(PoisonError::into_inner);
         for component in &components {
             names.insert(component.digest(), component.name().to_owned());
@@ -413,7 +459,11 @@ impl Scheduler {
     ///
     /// [`SubmitError::Quota`] at once when `max_queued` runs already wait;
     /// [`SubmitError::ShuttingDown`] once [`Scheduler::shutdown`] began.
-    pub fn submit(&self, workflow: &Arc<PreparedWorkflow>, input: Value) -> Result<RunHandle, SubmitError> {
+    pub fn submit(
+        &self,
+        workflow: &Arc<PreparedWorkflow<R>>,
+        input: Value,
+    ) -> Result<RunHandle, SubmitError> {
         let mut handles = self.submit_all([(Arc::clone(workflow), input)])?;
         Ok(handles.remove(0))
     }
@@ -427,7 +477,7 @@ impl Scheduler {
     /// As [`Scheduler::submit`]; when one is refused, none is submitted.
     pub fn submit_all(
         &self,
-        runs: impl IntoIterator<Item = (Arc<PreparedWorkflow>, Value)>,
+        runs: impl IntoIterator<Item = (Arc<PreparedWorkflow<R>>, Value)>,
     ) -> Result<Vec<RunHandle>, SubmitError> {
         if self.inner.draining.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
@@ -473,6 +523,7 @@ impl Scheduler {
                     ticket,
                     submitted: Instant::now(),
                     accepted,
+                    admitted: Arc::default(),
                 };
                 self.spawn(wf, id, input, start, None)
             })
@@ -512,6 +563,7 @@ impl Scheduler {
             ticket,
             submitted: Instant::now(),
             accepted: None,
+            admitted: Arc::default(),
         };
         match prepared {
             Ok(wf) => {
@@ -525,13 +577,19 @@ impl Scheduler {
                     .inner
                     .runs
                     .spawn(run::fail_unresumable(Arc::clone(&self.inner), id, message));
-                Ok(RunHandle { id, cancel, task })
+                let admitted = Arc::new(AtomicBool::new(false));
+                Ok(RunHandle {
+                    id,
+                    cancel,
+                    admitted,
+                    task,
+                })
             }
         }
     }
 
     /// The prepared workflow for a journal record, built once per digest.
-    fn prepare_recorded(&self, record: &Arc<WorkflowRecord>) -> Result<Arc<PreparedWorkflow>, String> {
+    fn prepare_recorded(&self, record: &Arc<WorkflowRecord>) -> Result<Arc<PreparedWorkflow<R>>, String> {
         let cached = self
             .inner
             .recorded
@@ -542,7 +600,7 @@ impl Scheduler {
         if let Some(wf) = cached {
             return Ok(wf);
         }
-        let (workflow, components) = record::rebuild(&self.inner.sandbox, record)?;
+        let (workflow, components) = record::rebuild(&self.inner.runner, record)?;
         self.inner
             .admission
             .check_steps(workflow.steps.len())
@@ -558,7 +616,7 @@ impl Scheduler {
 
     fn spawn(
         &self,
-        wf: Arc<PreparedWorkflow>,
+        wf: Arc<PreparedWorkflow<R>>,
         id: RunId,
         input: Value,
         start: run::Start,
@@ -569,11 +627,17 @@ impl Scheduler {
         let span =
             tracing::info_span!(target: "stepbox::span", "run", run = id, workflow = %wf.workflow.name);
         let run = run::Run::new(Arc::clone(&self.inner), wf, id, input, cancel.clone(), resume);
+        let admitted = Arc::clone(&start.admitted);
         let task = self
             .inner
             .runs
             .spawn(tracing::Instrument::instrument(run.drive(start), span));
-        RunHandle { id, cancel, task }
+        RunHandle {
+            id,
+            cancel,
+            admitted,
+            task,
+        }
     }
 
     /// Shuts down gracefully: admits and starts nothing new, lets the steps

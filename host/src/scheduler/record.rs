@@ -9,9 +9,10 @@ use std::sync::Arc;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
+use super::runner::{Component, StepRunner};
 use super::{PrepareError, PreparedWorkflow};
 use crate::outcome::OutcomeKind;
-use crate::sandbox::{Digest, Sandbox, StepComponent};
+use crate::sandbox::Digest;
 use crate::store::{AttemptStatus, AttemptUsage, ComponentRecord, RecoveredRun, WorkflowRecord};
 use crate::workflow::Workflow;
 
@@ -19,7 +20,7 @@ use crate::workflow::Workflow;
 /// bytes, read again and checked against what was loaded.
 pub(super) fn record(
     workflow: &Workflow,
-    components: &[StepComponent],
+    components: &[impl Component],
 ) -> Result<Arc<WorkflowRecord>, PrepareError> {
     let mut read: HashMap<&Path, ComponentRecord> = HashMap::new();
     let mut records = Vec::with_capacity(components.len());
@@ -66,10 +67,10 @@ pub(super) fn record(
 }
 
 /// The workflow and components a run was accepted with, from its record.
-pub(super) fn rebuild(
-    sandbox: &Sandbox,
+pub(super) fn rebuild<R: StepRunner>(
+    runner: &R,
     record: &WorkflowRecord,
-) -> Result<(Workflow, Vec<StepComponent>), String> {
+) -> Result<(Workflow, Vec<R::Component>), String> {
     let workflow = Workflow::from_str(&record.source, &PathBuf::from(&record.path))
         .map_err(|e| format!("its recorded definition no longer loads: {e}"))?;
     if workflow.steps.len() != record.components.len() {
@@ -79,14 +80,14 @@ pub(super) fn rebuild(
             workflow.steps.len()
         ));
     }
-    let mut loaded: HashMap<&str, StepComponent> = HashMap::new();
+    let mut loaded: HashMap<&str, R::Component> = HashMap::new();
     let mut components = Vec::with_capacity(record.components.len());
     for c in &record.components {
         if let Some(component) = loaded.get(c.digest.as_str()) {
             components.push(component.clone());
             continue;
         }
-        let component = sandbox
+        let component = runner
             .load_bytes(&c.name, &c.bytes)
             .map_err(|e| format!("its component `{}` no longer loads: {e}", c.name))?;
         if component.digest().to_string() != c.digest {
@@ -123,7 +124,7 @@ pub(super) struct Resume {
 }
 
 impl Resume {
-    pub(super) fn new(wf: &PreparedWorkflow, run: &RecoveredRun) -> Resume {
+    pub(super) fn new<R: StepRunner>(wf: &PreparedWorkflow<R>, run: &RecoveredRun) -> Resume {
         let index = |step: &str| wf.workflow.step_index(step);
         let done = run
             .done
