@@ -1,10 +1,28 @@
 //! stepbox runs untrusted workflow steps as sandboxed WebAssembly components.
 //!
 //! A step is a WASI 0.2 component that exports `run` from the `step` world
-//! (`wit/step.wit`). A [`Sandbox`] loads components once (compiled, cached in
-//! memory and on disk, pre-instantiated) and runs each step in a fresh
-//! instance with its own fuel, memory limit, deadline and temporary
-//! directory, reporting a typed [`Outcome`] and its [`Usage`].
+//! (`wit/step.wit`). Guests get nothing they are not given: no environment
+//! variables, no arguments, no stdin, no network, no host files but their
+//! own metered `/tmp`; their stdout and stderr are captured into the step's
+//! log.
+//!
+//! # A map
+//!
+//! Data flows one way, one module per concern:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`workflow`] | workflow files (YAML or JSON) read into a validated [`workflow::Workflow`] and its plan |
+//! | [`scheduler`] | runs workflows: readiness, fan-out, fairness, retries, breakers, deadlines, quotas; reaches steps through a [`scheduler::StepRunner`] |
+//! | [`sandbox`] | the [`StepRunner`](scheduler::StepRunner) that runs steps in wasmtime: [`Sandbox`], limits per instance, every wasmtime detail |
+//! | [`outcome`] | how a step ended ([`Outcome`]) and what it used ([`Usage`]) |
+//! | [`policy`] | the small pure decisions: retries, circuit breakers, the timeout hierarchy, quotas |
+//! | [`store`] | the journal: events, the store's writing and query sides, group commit |
+//! | [`host`] | a whole host assembled from the configuration: store, recovery, journal, scheduler, live runs, shutdown |
+//! | [`config`] | `stepbox.toml` |
+//! | [`metrics`], [`report`] | Prometheus metrics; reports and timelines read from the journal |
+//!
+//! To run one step, use a [`Sandbox`]:
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,37 +35,26 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Guests get nothing they are not given: no environment variables, no
-//! arguments, no stdin, no network, no host files but their own `/tmp`. Their
-//! stdout and stderr are captured into the step's log.
-//!
-//! Workflows build on that, one module per concern, with data flowing one
-//! way: a file is read into a [`workflow::Workflow`] (validated, with its
-//! plan), a [`scheduler::Scheduler`] runs it on a sandbox, consulting the
-//! [`policy`] pieces (retries, circuit breakers, the deadline hierarchy,
-//! quotas), and reports a [`scheduler::WorkflowReport`]. [`config`] reads the
-//! host's `stepbox.toml`.
+//! To run workflows durably, start a [`Host`] (see [`host`] for an example).
 
-pub mod bench;
 pub mod config;
+pub mod host;
 pub mod limits;
 pub mod metrics;
-mod outcome;
+pub mod outcome;
 pub mod policy;
 pub mod report;
-mod sandbox;
+pub mod sandbox;
 pub mod scheduler;
 pub mod store;
-
-pub use limits::{LimitOverrides, Limits};
-pub use outcome::{
-    GuestErrorKind, LogLevel, LogRecord, LogSource, MAX_GUEST_MESSAGE, Outcome, OutcomeKind, RunReport,
-    ScratchResource, StepLog, Usage,
-};
-pub use sandbox::{
-    ChildCall, ChildResult, ComponentInfo, DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_WASM_STACK,
-    DEFAULT_MEMORY_CACHE_ENTRIES, Digest, Item, LoadError, MAX_STACK_SIZES, RunOptions, STACK_RANGE, Sandbox,
-    SandboxBuilder, SandboxError, StepComponent, StepHost, add_to_json_integer,
-};
-pub use tokio_util::sync::CancellationToken;
 pub mod workflow;
+
+// The harness behind `stepbox bench`: the CLI's, not part of the API.
+#[doc(hidden)]
+pub mod bench;
+
+pub use host::Host;
+pub use limits::{LimitOverrides, Limits};
+pub use outcome::{Outcome, OutcomeKind, RunReport, Usage};
+pub use sandbox::{LoadError, RunOptions, Sandbox, SandboxBuilder, StepComponent};
+pub use tokio_util::sync::CancellationToken;

@@ -119,7 +119,7 @@ async fn unbounded_recursion_overflows_the_wasm_stack() {
     assert_eq!(
         report.outcome,
         Outcome::StackOverflow {
-            limit: stepbox::DEFAULT_MAX_WASM_STACK.as_u64()
+            limit: stepbox::sandbox::DEFAULT_MAX_WASM_STACK.as_u64()
         }
     );
 }

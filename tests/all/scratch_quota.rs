@@ -5,7 +5,8 @@
 
 use bytesize::ByteSize;
 use serde_json::{Value, json};
-use stepbox::{LimitOverrides, Outcome, OutcomeKind, RunReport, ScratchResource};
+use stepbox::outcome::ScratchResource;
+use stepbox::{LimitOverrides, Outcome, OutcomeKind, RunReport};
 
 use super::{TestSandbox, limits, output};
 

@@ -2,7 +2,8 @@
 
 use bytesize::ByteSize;
 use serde_json::json;
-use stepbox::{GuestErrorKind, LogLevel, LogSource, Outcome, OutcomeKind};
+use stepbox::outcome::{GuestErrorKind, LogLevel, LogSource};
+use stepbox::{Outcome, OutcomeKind};
 
 use super::{TestSandbox, fuel, limits, output};
 

@@ -2,19 +2,17 @@
 //! retention, graceful shutdown) and `resume`, `runs`, `show` and `gc`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytesize::ByteSize;
-use stepbox::config::JournalSettings;
+use stepbox::config::{HostConfig, JournalSettings};
+use stepbox::host::{Host, HostError, cutoff, open_reader};
 use stepbox::limits::parse_duration;
-use stepbox::scheduler::{RunHandle, RunStatus, Scheduler, SchedulerConfig, WorkflowReport};
-use stepbox::store::{
-    Durability, Journal, JournalConfig, Millis, RecoveredRun, RunFilter, RunState, SqliteStore, Store,
-    StoreError, now_millis,
-};
+use stepbox::scheduler::{RunStatus, SchedulerConfig, WorkflowReport};
+use stepbox::store::{Durability, Millis, RunFilter, RunState, StoreError};
 
 use super::{CliError, GlobalArgs, exit};
 
@@ -26,20 +24,13 @@ pub fn journal_error(error: StoreError) -> CliError {
     }
 }
 
-/// A host that executes: its scheduler, and the runs the journal gave back.
-pub struct Host {
-    pub scheduler: Scheduler,
-    pub recovered: Vec<RecoveredRun>,
-    pub settings: JournalSettings,
-    metrics_file: Option<PathBuf>,
-}
-
-/// Writes `bytes` to `path` through a temporary file, so a reader never sees half of it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// A host failure ends the command with the code its cause calls for.
+pub fn host_error(error: HostError) -> CliError {
+    match error {
+        HostError::Store(e) => journal_error(e),
+        HostError::UnsupportedStore { .. } => CliError::from(anyhow::Error::from(error)),
+        other => CliError::host(other),
+    }
 }
 
 impl GlobalArgs {
@@ -55,151 +46,33 @@ impl GlobalArgs {
         Ok(settings)
     }
 
-    /// Opens the journal (applying retention), claims its incomplete runs,
-    /// and builds a scheduler that records into it. `extra_queued` runs
-    /// beyond the recovered ones will be submitted.
-    pub async fn host(&self, mut config: SchedulerConfig, extra_queued: usize) -> Result<Host, CliError> {
-        let settings = self.journal_settings()?;
-        let sandbox = self.sandbox()?;
-        if settings.durability == Durability::Memory {
-            config.quotas.max_queued = config.quotas.max_queued.max(extra_queued);
-            let scheduler = Scheduler::new(sandbox, config).map_err(CliError::from)?;
-            let mut host = Host {
-                scheduler,
-                recovered: Vec::new(),
-                settings,
-                metrics_file: None,
-            };
-            host.write_metrics(self.metrics_file.clone());
-            return Ok(host);
-        }
-        let (db, durability, retention) = (settings.db.clone(), settings.durability, settings.retention);
-        let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, StoreError> {
-            let mut store = SqliteStore::open(&db, durability)?;
-            if let Some(age) = retention {
-                let stats = store.collect(cutoff(age))?;
-                if stats.runs > 0 {
-                    tracing::info!(runs = stats.runs, freed = stats.bytes_freed, "retention");
-                }
-            }
-            Ok(store)
-        })
-        .await
-        .map_err(CliError::host)?
-        .map_err(journal_error)?;
-        let journal_config = JournalConfig {
-            durability,
-            batch_window: settings.batch_window,
-            ..JournalConfig::default()
+    /// Starts a host on the configuration, with `scheduler` for its
+    /// scheduler's settings and room for `extra_queued` runs submitted at
+    /// once; with `--metrics-file`, it keeps its metrics there.
+    pub async fn host(&self, scheduler: SchedulerConfig, extra_queued: usize) -> Result<Arc<Host>, CliError> {
+        let config = HostConfig {
+            scheduler,
+            journal: self.journal_settings()?,
+            ..self.host_config()?
         };
-        let (journal, recovered) = Journal::start(Box::new(store), journal_config).map_err(journal_error)?;
-        config.quotas.max_queued = config.quotas.max_queued.max(extra_queued + recovered.len());
-        let scheduler = Scheduler::with_journal(sandbox, config, journal).map_err(CliError::from)?;
-        if !recovered.is_empty() {
+        let host = Host::start_with_queue(self.sandbox()?, config, extra_queued)
+            .await
+            .map_err(host_error)?;
+        let incomplete = host.incomplete();
+        if incomplete > 0 {
             eprintln!(
-                "resuming {} incomplete run{} from {}",
-                recovered.len(),
-                if recovered.len() == 1 { "" } else { "s" },
-                settings.db.display()
+                "resuming {incomplete} incomplete run{} from {}",
+                if incomplete == 1 { "" } else { "s" },
+                host.settings().db.display()
             );
         }
-        let mut host = Host {
-            scheduler,
-            recovered,
-            settings,
-            metrics_file: None,
-        };
-        host.write_metrics(self.metrics_file.clone());
+        if let Some(file) = &self.metrics_file {
+            host.write_metrics_to(file.clone());
+        }
+        let host = Arc::new(host);
+        host.shutdown_on_signals();
         Ok(host)
     }
-}
-
-impl Host {
-    /// Resumes every recovered run.
-    pub fn resume_all(&mut self) -> Result<Vec<RunHandle>, CliError> {
-        std::mem::take(&mut self.recovered)
-            .into_iter()
-            .map(|run| self.scheduler.resume(run).map_err(CliError::host))
-            .collect()
-    }
-
-    /// On the first SIGINT or SIGTERM, shuts the scheduler down gracefully
-    /// (nothing new starts; running steps get the grace period); on the
-    /// second, exits at once. Either way the journal stays consistent: a
-    /// transaction is written whole or not at all.
-    pub fn handle_signals(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (scheduler, grace, flag) = (
-            self.scheduler.clone(),
-            self.settings.shutdown_grace,
-            Arc::clone(&stopping),
-        );
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) =
-                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-            else {
-                return;
-            };
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            eprintln!(
-                "stopping: running steps get up to {} to finish; signal again to exit at once",
-                humantime::format_duration(grace)
-            );
-            let shutdown = scheduler.clone();
-            tokio::spawn(async move { shutdown.shutdown(grace).await });
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            eprintln!("exiting at once; interrupted runs resume on the next start");
-            std::process::exit(130);
-        });
-        stopping
-    }
-
-    /// With `--metrics-file`, rewrites the file every second while the host
-    /// works (and once more on [`Host::close`]).
-    pub fn write_metrics(&mut self, file: Option<PathBuf>) {
-        let Some(file) = file else { return };
-        let scheduler = self.scheduler.clone();
-        let path = file.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                if let Err(e) = write_atomically(&path, scheduler.metrics_text().as_bytes()) {
-                    tracing::warn!(file = %path.display(), "cannot write metrics: {e}");
-                }
-            }
-        });
-        self.metrics_file = Some(file);
-    }
-
-    /// Flushes and closes the journal. Fails with the journal's error if it
-    /// stopped.
-    pub async fn close(self) -> Result<(), CliError> {
-        if let Some(file) = &self.metrics_file {
-            write_atomically(file, self.scheduler.metrics_text().as_bytes())
-                .with_context(|| format!("cannot write metrics to {}", file.display()))
-                .map_err(CliError::host)?;
-        }
-        let Some(journal) = self.scheduler.journal().cloned() else {
-            return Ok(());
-        };
-        if let Some(e) = self.scheduler.journal_error() {
-            return Err(journal_error(e.clone()));
-        }
-        journal.flush().await.map_err(journal_error)?;
-        tokio::task::spawn_blocking(move || journal.close())
-            .await
-            .map_err(CliError::host)?
-            .map_err(journal_error)?;
-        Ok(())
-    }
-}
-
-/// The instant `age` ago, in journal time.
-fn cutoff(age: Duration) -> Millis {
-    now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// `stepbox resume`.
@@ -213,37 +86,32 @@ pub struct ResumeCommand {
 impl ResumeCommand {
     pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let config = global.host_config()?.scheduler;
-        let mut host = global.host(config, 0).await?;
-        if host.settings.durability == Durability::Memory {
+        let host = global.host(config, 0).await?;
+        if host.settings().durability == Durability::Memory {
             return Err(anyhow::anyhow!("there is nothing to resume under `memory` durability").into());
         }
-        if host.recovered.is_empty() {
-            eprintln!("no incomplete runs in {}", host.settings.db.display());
-            host.close().await?;
+        if host.incomplete() == 0 {
+            eprintln!("no incomplete runs in {}", host.settings().db.display());
+            host.close().await.map_err(host_error)?;
             return Ok(exit::SUCCESS);
         }
-        let handles = host.resume_all()?;
-        let stopping = host.handle_signals();
+        let runs = host.resume_incomplete().map_err(CliError::host)?;
         let mut code = exit::SUCCESS;
-        for handle in handles {
-            let report = handle.wait().await;
+        for run in runs {
+            let report = run.wait().await;
             print_report(&report, self.json)?;
             code = worst(code, report_code(&report));
         }
-        finish(host, stopping, code).await
+        finish(&host, code).await
     }
 }
 
 /// Closes the host and picks the exit code: 0 after a graceful shutdown
 /// (interrupted runs are safe in the journal), the journal's failure if it
 /// failed, else `code`.
-pub async fn finish(
-    host: Host,
-    stopping: Arc<std::sync::atomic::AtomicBool>,
-    code: u8,
-) -> Result<u8, CliError> {
-    host.close().await?;
-    if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+pub async fn finish(host: &Host, code: u8) -> Result<u8, CliError> {
+    host.close().await.map_err(host_error)?;
+    if host.is_stopping() {
         eprintln!("stopped; interrupted runs resume on the next start");
         return Ok(exit::SUCCESS);
     }
@@ -303,7 +171,7 @@ pub struct RunsCommand {
 impl RunsCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = SqliteStore::open_read_only(&settings.db).map_err(journal_error)?;
+        let mut store = open_reader(&settings).map_err(host_error)?;
         let runs = store
             .runs(&RunFilter {
                 status: self.status,
@@ -359,7 +227,7 @@ pub struct ShowCommand {
 impl ShowCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = SqliteStore::open_read_only(&settings.db).map_err(journal_error)?;
+        let mut store = open_reader(&settings).map_err(host_error)?;
         let history = store
             .history(self.run)
             .map_err(journal_error)?
@@ -459,8 +327,7 @@ impl GcCommand {
         let age = self.older_than.or(settings.retention).context(
             "say how old finished runs must be: --older-than DURATION, or `retention` under [journal] in stepbox.toml",
         )?;
-        let mut store = SqliteStore::open(&settings.db, settings.durability).map_err(journal_error)?;
-        let stats = store.collect(cutoff(age)).map_err(journal_error)?;
+        let stats = stepbox::host::collect(&settings, age).map_err(host_error)?;
         println!(
             "removed the payloads of {} finished run{} (their audit records stay); freed {}",
             stats.runs,
@@ -494,7 +361,7 @@ pub struct ReportCommand {
 impl ReportCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = SqliteStore::open_read_only(&settings.db).map_err(journal_error)?;
+        let mut store = open_reader(&settings).map_err(host_error)?;
         if let Some(name) = &self.workflow {
             let runs = store
                 .runs(&RunFilter {
@@ -554,9 +421,9 @@ pub struct MetricsCommand {
 impl MetricsCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = SqliteStore::open_read_only(&settings.db).map_err(journal_error)?;
+        let mut store = open_reader(&settings).map_err(host_error)?;
         let since = self.since.map_or(0, cutoff);
-        let metrics = stepbox::metrics::Metrics::from_store(&mut store, since).map_err(journal_error)?;
+        let metrics = stepbox::metrics::Metrics::from_store(&mut *store, since).map_err(journal_error)?;
         print!("{}", metrics.encode());
         Ok(exit::SUCCESS)
     }

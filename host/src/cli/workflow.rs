@@ -147,8 +147,8 @@ impl RunCommand {
         }
         let total = workflows.len() * self.repeat;
         // Every run of this command is submitted at once: let them all queue.
-        let mut host = global.host(config, total).await?;
-        let scheduler = host.scheduler.clone();
+        let host = global.host(config, total).await?;
+        let scheduler = host.scheduler().clone();
         let prepared = {
             let scheduler = scheduler.clone();
             tokio::task::spawn_blocking(move || {
@@ -162,10 +162,10 @@ impl RunCommand {
         };
 
         let started = Instant::now();
-        let resumed = host.resume_all()?;
+        let resumed = host.resume_incomplete().map_err(CliError::host)?;
         // All of them are recorded as accepted, in one commit, before any runs.
         let runs = (0..self.repeat).flat_map(|_| prepared.iter().map(|w| (Arc::clone(w), input.clone())));
-        let handles = scheduler.submit_all(runs).map_err(|e| CliError {
+        let handles = host.submit_all(runs).map_err(|e| CliError {
             code: match e {
                 SubmitError::Quota(_) => exit::for_outcome(stepbox::OutcomeKind::QuotaExceeded),
                 SubmitError::Journal(_) => exit::JOURNAL,
@@ -173,7 +173,6 @@ impl RunCommand {
             },
             error: e.into(),
         })?;
-        let stopping = host.handle_signals();
         let resumed = tokio::spawn(async move {
             for handle in resumed {
                 let report = handle.wait().await;
@@ -215,7 +214,7 @@ impl RunCommand {
                 total as f64 / elapsed.as_secs_f64()
             );
         }
-        finish(host, stopping, code).await
+        finish(&host, code).await
     }
 }
 

@@ -129,7 +129,7 @@ impl Sandbox {
     /// A run whose [`Limits::stack`] differs from the sandbox's default runs
     /// on an engine built for that stack size, created (and the component
     /// prepared for it, from its compiled code) on first use; a sandbox keeps
-    /// at most [`MAX_STACK_SIZES`](crate::MAX_STACK_SIZES) sizes.
+    /// at most [`MAX_STACK_SIZES`](crate::sandbox::MAX_STACK_SIZES) sizes.
     ///
     /// # Examples
     ///

@@ -29,7 +29,8 @@ use crate::outcome::{GuestErrorKind, LogLevel};
 ///
 /// ```
 /// use std::sync::Mutex;
-/// use stepbox::{ChildCall, ChildResult, GuestErrorKind, StepHost};
+/// use stepbox::outcome::GuestErrorKind;
+/// use stepbox::sandbox::{ChildCall, ChildResult, StepHost};
 ///
 /// /// A host with a counter and no children.
 /// struct Counter(Mutex<i64>);

@@ -1,0 +1,449 @@
+//! A whole host in one value: the store, retention, recovery, the journal,
+//! the scheduler, the live runs, metrics and graceful shutdown, assembled
+//! from the configuration. The CLI and the HTTP server are front ends on
+//! it; an embedder starts one with one call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use stepbox::config::HostConfig;
+//! use stepbox::host::Host;
+//! use stepbox::workflow::Workflow;
+//! use stepbox::Sandbox;
+//!
+//! let host = Host::start(Sandbox::builder().build()?, HostConfig::default()).await?;
+//! host.resume_incomplete()?;
+//! let workflow = host.scheduler().prepare(Workflow::from_file("docs.yaml".as_ref())?)?;
+//! let run = host.submit(&workflow, serde_json::json!({"text": "a b a"}))?;
+//! let report = run.wait().await;
+//! println!("run {}: {:?}", report.run_id, report.status);
+//! host.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! This is the only module that names a concrete store: everything else
+//! reaches one through the store's traits.
+
+mod live;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use self::live::Registry;
+pub use self::live::{LiveRun, LiveStatus};
+use crate::config::{HostConfig, JournalSettings};
+use crate::sandbox::Sandbox;
+use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, SubmitError};
+use crate::store::{
+    Durability, GcStats, Journal, JournalConfig, Millis, RecoveredRun, RunId, SqliteStore, Store, StoreError,
+    now_millis,
+};
+
+/// Why a host could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The store could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scheduler's configuration is out of range.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The store location names a kind of store this build does not have.
+    #[error("{location}: {why}")]
+    UnsupportedStore {
+        /// The location as given.
+        location: String,
+        /// What is missing.
+        why: &'static str,
+    },
+    /// The metrics file could not be written.
+    #[error("cannot write metrics to {}: {source}", path.display())]
+    MetricsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Where a host's runs are kept: the `db` of `[journal]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file, for one host.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL, for several hosts sharing work.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// A location as a user writes it: a `postgres://` (or `postgresql://`)
+    /// URL, else a file path.
+    ///
+    /// ```
+    /// use stepbox::host::StoreLocation;
+    ///
+    /// assert!(matches!(StoreLocation::parse("postgres://db/stepbox".as_ref()), StoreLocation::Postgres(_)));
+    /// assert!(matches!(StoreLocation::parse(".stepbox/stepbox.db".as_ref()), StoreLocation::Sqlite(_)));
+    /// ```
+    pub fn parse(db: &Path) -> StoreLocation {
+        match db.to_str() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreLocation::Postgres(url.to_owned())
+            }
+            _ => StoreLocation::Sqlite(db.to_owned()),
+        }
+    }
+
+    fn sqlite(&self) -> Result<&Path, HostError> {
+        match self {
+            StoreLocation::Sqlite(path) => Ok(path),
+            StoreLocation::Postgres(url) => Err(HostError::UnsupportedStore {
+                location: redact(url),
+                why: "this build of stepbox keeps runs in SQLite only; give a file path as --db",
+            }),
+        }
+    }
+}
+
+/// A URL without its password, fit for a message.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Opens the store at `settings.db` for reading only: for listings,
+/// histories, reports and metrics, beside a host that may be writing.
+///
+/// # Errors
+///
+/// A [`HostError`] when the store cannot be opened.
+pub fn open_reader(settings: &JournalSettings) -> Result<Box<dyn Store>, HostError> {
+    let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
+    Ok(Box::new(SqliteStore::open_read_only(&path)?))
+}
+
+/// Removes the payloads of runs finished before `age` ago, keeping their
+/// audit records (`stepbox gc`).
+///
+/// # Errors
+///
+/// A [`HostError`] when the store cannot be opened or written.
+pub fn collect(settings: &JournalSettings, age: Duration) -> Result<GcStats, HostError> {
+    let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
+    let mut store = SqliteStore::open(&path, settings.durability)?;
+    Ok(store.collect(cutoff(age))?)
+}
+
+/// The instant `age` ago, in journal time.
+pub fn cutoff(age: Duration) -> Millis {
+    now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A running host: a scheduler recording into the configured store, with
+/// the runs it took over from the store and a registry of its live runs.
+pub struct Host {
+    scheduler: Scheduler,
+    settings: JournalSettings,
+    /// Incomplete runs claimed from the store, until resumed.
+    recovered: Mutex<Vec<RecoveredRun>>,
+    live: Registry,
+    metrics_file: Mutex<Option<PathBuf>>,
+    /// Set by [`Host::shutdown`].
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("db", &self.settings.db)
+            .field("durability", &self.settings.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Starts a host running steps in `sandbox` under `config`: opens the
+    /// store (unless `[journal] durability` is `memory`), applies retention,
+    /// claims the incomplete runs (resume them with
+    /// [`Host::resume_incomplete`]) and starts the journal and the scheduler.
+    ///
+    /// # Errors
+    ///
+    /// A [`HostError`] when the store cannot be opened or the scheduler's
+    /// configuration is out of range.
+    pub async fn start(sandbox: Sandbox, config: HostConfig) -> Result<Host, HostError> {
+        Host::start_with_queue(sandbox, config, 0).await
+    }
+
+    /// As [`Host::start`], with room in the admission queue for `extra`
+    /// runs to be submitted at once (beyond the configured `max_queued`):
+    /// for a command that submits all its work up front.
+    ///
+    /// # Errors
+    ///
+    /// As [`Host::start`].
+    pub async fn start_with_queue(
+        sandbox: Sandbox,
+        config: HostConfig,
+        extra: usize,
+    ) -> Result<Host, HostError> {
+        let HostConfig {
+            scheduler: mut scheduler_config,
+            journal: settings,
+            ..
+        } = config;
+        if settings.durability == Durability::Memory {
+            scheduler_config.quotas.max_queued = scheduler_config.quotas.max_queued.max(extra);
+            let scheduler = Scheduler::new(sandbox, scheduler_config)?;
+            return Ok(Host::assemble(scheduler, settings, Vec::new()));
+        }
+        let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
+        let (durability, retention) = (settings.durability, settings.retention);
+        let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, StoreError> {
+            let mut store = SqliteStore::open(&path, durability)?;
+            if let Some(age) = retention {
+                let stats = store.collect(cutoff(age))?;
+                if stats.runs > 0 {
+                    tracing::info!(runs = stats.runs, freed = stats.bytes_freed, "retention");
+                }
+            }
+            Ok(store)
+        })
+        .await
+        .map_err(|e| StoreError::Other {
+            path: settings.db.clone(),
+            detail: format!("opening the store stopped: {e}"),
+        })??;
+        let journal_config = JournalConfig {
+            durability,
+            batch_window: settings.batch_window,
+            ..JournalConfig::default()
+        };
+        let (journal, recovered) = Journal::start(Box::new(store), journal_config)?;
+        let quotas = &mut scheduler_config.quotas;
+        quotas.max_queued = quotas.max_queued.max(extra + recovered.len());
+        let scheduler = Scheduler::with_journal(sandbox, scheduler_config, journal)?;
+        Ok(Host::assemble(scheduler, settings, recovered))
+    }
+
+    fn assemble(scheduler: Scheduler, settings: JournalSettings, recovered: Vec<RecoveredRun>) -> Host {
+        Host {
+            scheduler,
+            settings,
+            recovered: Mutex::new(recovered),
+            live: Registry::default(),
+            metrics_file: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// The scheduler: to prepare workflows, and for its stats and breakers.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The `[journal]` settings it runs under.
+    pub fn settings(&self) -> &JournalSettings {
+        &self.settings
+    }
+
+    /// How many incomplete runs it claimed from the store and has not resumed yet.
+    pub fn incomplete(&self) -> usize {
+        lock(&self.recovered).len()
+    }
+
+    /// Resumes every run claimed from the store on start, and returns them.
+    ///
+    /// # Errors
+    ///
+    /// A [`SubmitError`] when the host is shutting down; the runs not
+    /// resumed stay incomplete in the store for the next start.
+    pub fn resume_incomplete(&self) -> Result<Vec<LiveRun>, SubmitError> {
+        let runs = std::mem::take(&mut *lock(&self.recovered));
+        runs.into_iter()
+            .map(|run| Ok(self.live.track(self.scheduler.resume(run)?)))
+            .collect()
+    }
+
+    /// Submits a run of `workflow` on `input` (see [`Scheduler::submit`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::submit`].
+    pub fn submit(&self, workflow: &Arc<PreparedWorkflow>, input: Value) -> Result<LiveRun, SubmitError> {
+        let mut runs = self.submit_all([(Arc::clone(workflow), input)])?;
+        Ok(runs.remove(0))
+    }
+
+    /// Submits several runs, all or none, recorded as accepted in one
+    /// commit (see [`Scheduler::submit_all`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::submit_all`].
+    pub fn submit_all(
+        &self,
+        runs: impl IntoIterator<Item = (Arc<PreparedWorkflow>, Value)>,
+    ) -> Result<Vec<LiveRun>, SubmitError> {
+        let handles = self.scheduler.submit_all(runs)?;
+        Ok(handles.into_iter().map(|h| self.live.track(h)).collect())
+    }
+
+    /// A live run (queued or running) of this host, by id.
+    pub fn live(&self, id: RunId) -> Option<LiveRun> {
+        self.live.get(id)
+    }
+
+    /// Every live run of this host and where it is, by id.
+    pub fn live_runs(&self) -> Vec<(RunId, LiveStatus)> {
+        self.live.list()
+    }
+
+    /// Cancels live run `id`; false when this host has no such live run.
+    pub fn cancel(&self, id: RunId) -> bool {
+        self.live.get(id).map(|run| run.cancel()).is_some()
+    }
+
+    /// The metrics in the Prometheus text format, as they are now.
+    pub fn metrics_text(&self) -> String {
+        self.scheduler.metrics_text()
+    }
+
+    /// Keeps the metrics in `file` (Prometheus text format), rewritten
+    /// every second while the host works and once more when it closes; a
+    /// reader never sees half a file.
+    pub fn write_metrics_to(&self, file: PathBuf) {
+        let scheduler = self.scheduler.clone();
+        let path = file.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = write_atomically(&path, scheduler.metrics_text().as_bytes()) {
+                    tracing::warn!(file = %path.display(), "cannot write metrics: {e}");
+                }
+            }
+        });
+        *lock(&self.metrics_file) = Some(file);
+    }
+
+    /// Whether [`Host::shutdown`] has begun (by a signal, say).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Shuts down gracefully: accepts nothing new, gives the running steps
+    /// `grace` (the configured `shutdown_grace` when `None`) to finish,
+    /// interrupts the rest (they resume on the next start) and flushes the
+    /// journal. Call [`Host::close`] after it.
+    ///
+    /// # Errors
+    ///
+    /// The journal's failure, if it failed.
+    pub async fn shutdown(&self, grace: Option<Duration>) -> Result<(), HostError> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let grace = grace.unwrap_or(self.settings.shutdown_grace);
+        Ok(self.scheduler.shutdown(grace).await?)
+    }
+
+    /// On the first SIGINT or SIGTERM, shuts down gracefully (see
+    /// [`Host::shutdown`]); on the second, exits the process at once with
+    /// code 130. Either way the store stays consistent: a transaction is
+    /// written whole or not at all, and interrupted runs resume on the next
+    /// start.
+    pub fn shutdown_on_signals(self: &Arc<Self>) {
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
+                return;
+            };
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            eprintln!(
+                "stopping: running steps get up to {} to finish; signal again to exit at once",
+                humantime::format_duration(host.settings.shutdown_grace)
+            );
+            let stopping = Arc::clone(&host);
+            tokio::spawn(async move { stopping.shutdown(None).await });
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            eprintln!("exiting at once; interrupted runs resume on the next start");
+            std::process::exit(130);
+        });
+    }
+
+    /// Writes the metrics file a last time, flushes and closes the journal.
+    ///
+    /// # Errors
+    ///
+    /// The journal's failure if it stopped, or the metrics file's.
+    pub async fn close(&self) -> Result<(), HostError> {
+        if let Some(path) = lock(&self.metrics_file).clone() {
+            write_atomically(&path, self.scheduler.metrics_text().as_bytes())
+                .map_err(|source| HostError::MetricsFile { path, source })?;
+        }
+        let Some(journal) = self.scheduler.journal().cloned() else {
+            return Ok(());
+        };
+        if let Some(e) = self.scheduler.journal_error() {
+            return Err(e.clone().into());
+        }
+        journal.flush().await?;
+        tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .map_err(|e| StoreError::Other {
+                path: self.settings.db.clone(),
+                detail: format!("closing the journal stopped: {e}"),
+            })??;
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `bytes` to `path` through a temporary file, so a reader never sees half of it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_url_loses_its_password_in_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
+    fn a_postgres_location_is_refused_by_name_without_its_password() {
+        let err = StoreLocation::parse("postgresql://u:pw@h/db".as_ref())
+            .sqlite()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("postgresql://u:***@h/db: "), "{text}");
+        assert!(!text.contains("pw"));
+    }
+}
