@@ -5,6 +5,7 @@
 mod cli;
 mod concurrency;
 mod durability;
+mod host;
 mod hostile;
 mod hostile_suite;
 mod loading;
