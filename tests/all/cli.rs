@@ -265,8 +265,8 @@ fn run_json_reports_every_step_with_its_usage() {
     for step in steps {
         assert_eq!(step["outcome"], "completed");
         assert_eq!(step["attempts"], 1);
-        assert!(step["fuel"].as_u64().unwrap() > 0);
-        assert!(step["peak_memory"].as_u64().unwrap() > 0);
+        assert!(step["usage"]["fuel_consumed"].as_u64().unwrap() > 0);
+        assert!(step["usage"]["peak_memory"].as_u64().unwrap() > 0);
     }
 }
 

@@ -112,7 +112,7 @@ async fn round(scheduler: &Scheduler, hostile: &Arc<PreparedWorkflow>, good: &Ar
         assert_eq!(step.outcome, Some(*kind), "{id}: {:?}", step.message);
     }
     let tmp = report.steps.iter().find(|s| s.id == "tmp-flood").unwrap();
-    assert!(tmp.peak_scratch <= 64 << 20, "{}", tmp.peak_scratch);
+    assert!(tmp.usage.peak_scratch <= 64 << 20, "{}", tmp.usage.peak_scratch);
     let output: Value = report.output.unwrap();
     assert_eq!(output["entry-flood"]["made"], 10_000, "{output}");
     assert_eq!(output["entry-flood"]["stopped"], "StorageFull");

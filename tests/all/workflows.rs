@@ -252,14 +252,18 @@ steps:
     let report = host.run(&wf, json!({"child": "spinner", "mode": "spin"})).await;
     let child = &report.children[0];
     assert_eq!(child.outcome, Some(OutcomeKind::OutOfFuel));
-    assert!(child.fuel <= 50_000_000, "the child used {} fuel", child.fuel);
+    assert!(
+        child.usage.fuel_consumed <= 50_000_000,
+        "the child used {} fuel",
+        child.usage.fuel_consumed
+    );
     // The parent paid for its child: it has no fuel left either.
     let parent = step(&report, "parent");
     assert!(
-        parent.fuel + child.fuel >= 49_000_000,
+        parent.usage.fuel_consumed + child.usage.fuel_consumed >= 49_000_000,
         "parent {} child {}",
-        parent.fuel,
-        child.fuel
+        parent.usage.fuel_consumed,
+        child.usage.fuel_consumed
     );
 }
 
@@ -374,7 +378,7 @@ async fn a_breaker_opens_fails_fast_and_recovers_after_a_probe() {
     // Generous for a loaded machine: the point is that no instance ran.
     assert!(started.elapsed() < Duration::from_secs(1), "did not fail fast");
     assert_eq!(
-        report.steps[0].fuel, 0,
+        report.steps[0].usage.fuel_consumed, 0,
         "the step ran although its breaker was open"
     );
     assert_eq!(report.open_breakers.len(), 1);

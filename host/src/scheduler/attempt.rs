@@ -474,9 +474,6 @@ impl Attempts {
             .or_else(|| (kind != OutcomeKind::Completed).then(|| self.outcome.to_string()));
         report.attempts = self.attempts;
         report.timeout_level = self.timeout_level;
-        report.fuel = self.usage.fuel_consumed;
-        report.peak_memory = self.usage.peak_memory;
-        report.peak_scratch = self.usage.peak_scratch;
-        report.queue_wait = self.usage.queue_wait;
+        report.usage = self.usage;
     }
 }

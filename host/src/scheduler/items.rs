@@ -57,9 +57,7 @@ impl<R: StepRunner> Shared<R> {
                     outputs[index] = output.clone();
                     finished += 1;
                     report.attempts = report.attempts.max(done.attempt);
-                    report.fuel += done.usage.fuel;
-                    report.peak_memory = report.peak_memory.max(done.usage.peak_memory);
-                    report.peak_scratch = report.peak_scratch.max(done.usage.peak_scratch);
+                    report.usage.add(&done.usage);
                     continue;
                 }
                 let (shared, cancel) = (Arc::clone(self), cancel.clone());
@@ -95,10 +93,7 @@ impl<R: StepRunner> Shared<R> {
             *journaled = (*journaled).max(attempts.journaled);
             interrupted |= attempts.interrupted;
             report.attempts = report.attempts.max(attempts.attempts);
-            report.fuel += attempts.usage.fuel_consumed;
-            report.peak_memory = report.peak_memory.max(attempts.usage.peak_memory);
-            report.peak_scratch = report.peak_scratch.max(attempts.usage.peak_scratch);
-            report.queue_wait += attempts.usage.queue_wait;
+            report.usage.add(&attempts.usage);
             match attempts.output() {
                 Some(output) => outputs[index] = output,
                 // Not a failure: the item runs again when the run resumes.

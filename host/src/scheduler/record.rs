@@ -11,9 +11,9 @@ use sha2::{Digest as _, Sha256};
 
 use super::runner::{Component, StepRunner};
 use super::{PrepareError, PreparedWorkflow};
-use crate::outcome::OutcomeKind;
+use crate::outcome::{OutcomeKind, Usage};
 use crate::sandbox::Digest;
-use crate::store::{AttemptStatus, AttemptUsage, ComponentRecord, RecoveredRun, WorkflowRecord};
+use crate::store::{AttemptStatus, ComponentRecord, RecoveredRun, WorkflowRecord};
 use crate::workflow::Workflow;
 
 /// The journal's record of `workflow`: its text and each step's component
@@ -112,7 +112,7 @@ pub(super) struct Done {
     pub(super) outcome: OutcomeKind,
     pub(super) message: Option<String>,
     pub(super) attempt: u32,
-    pub(super) usage: AttemptUsage,
+    pub(super) usage: Usage,
 }
 
 /// What a resumed run already did.
@@ -151,7 +151,14 @@ impl Resume {
                         outcome,
                         message: a.message.clone(),
                         attempt: a.attempt,
-                        usage: a.usage,
+                        usage: Usage {
+                            queue_wait: a.usage.queue_wait,
+                            wall_time: a.usage.duration.saturating_sub(a.usage.queue_wait),
+                            fuel_consumed: a.usage.fuel,
+                            peak_memory: a.usage.peak_memory,
+                            peak_scratch: a.usage.peak_scratch,
+                            output_bytes: a.output.as_ref().map_or(0, |o| o.len() as u64),
+                        },
                     },
                 ))
             })

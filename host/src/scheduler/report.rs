@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::outcome::OutcomeKind;
+use crate::outcome::{OutcomeKind, Usage};
 use crate::policy::TimeoutLevel;
 
 /// How a workflow run ended.
@@ -106,15 +106,9 @@ pub struct StepReport {
     /// Time from the step becoming ready to its end, including waits and backoff.
     #[serde(serialize_with = "crate::limits::serialize_millis")]
     pub duration: Duration,
-    /// Time spent waiting for instance slots.
-    #[serde(serialize_with = "crate::limits::serialize_millis")]
-    pub queue_wait: Duration,
-    /// Fuel consumed by all its attempts and items.
-    pub fuel: u64,
-    /// The largest linear memory any of its instances held, in bytes.
-    pub peak_memory: u64,
-    /// The most bytes any of its instances kept in `/tmp`.
-    pub peak_scratch: u64,
+    /// What all its attempts and items used: waits, instance time and fuel
+    /// summed, the highest peaks.
+    pub usage: Usage,
     /// Call depth: 0 for the workflow's own steps, 1 for their children...
     pub depth: u32,
 }
@@ -130,10 +124,7 @@ impl StepReport {
             timeout_level: None,
             items: None,
             duration: Duration::ZERO,
-            queue_wait: Duration::ZERO,
-            fuel: 0,
-            peak_memory: 0,
-            peak_scratch: 0,
+            usage: Usage::default(),
             depth,
         }
     }

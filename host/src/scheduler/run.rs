@@ -524,10 +524,7 @@ fn restored(id: &str, done: &Done) -> (StepReport, Option<Value>) {
     report.outcome = Some(done.outcome);
     report.message = done.message.clone();
     report.attempts = done.attempt;
-    report.fuel = done.usage.fuel;
-    report.peak_memory = done.usage.peak_memory;
-    report.peak_scratch = done.usage.peak_scratch;
-    report.duration = done.usage.duration;
-    report.queue_wait = done.usage.queue_wait;
+    report.usage = done.usage;
+    report.duration = done.usage.total();
     (report, done.output.clone())
 }
