@@ -39,7 +39,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::policy::TimeoutLevel;
-use crate::store::{AttemptStatus, Millis, Store, StoreError};
+use crate::store::{AttemptStatus, Millis, StoreError, StoreReader};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -332,15 +332,15 @@ impl Metrics {
     /// # Errors
     ///
     /// A [`StoreError`] if the journal cannot be read.
-    pub fn from_store(store: &mut dyn Store, since: Millis) -> Result<Metrics, StoreError> {
+    pub fn from_store(store: &dyn StoreReader, since: Millis) -> Result<Metrics, StoreError> {
         let metrics = Metrics::new();
         store.scan_attempts(since, &mut |a| {
-            let (Some(component), Some(outcome)) = (&a.component, &a.outcome) else {
+            let (Some(component), Some(outcome)) = (&a.component, a.outcome) else {
                 return;
             };
             metrics.observe_attempt(&AttemptSample {
                 component,
-                outcome,
+                outcome: outcome.as_str(),
                 duration: a.usage.duration,
                 queue_wait: a.usage.queue_wait,
                 fuel: a.usage.fuel,

@@ -11,6 +11,7 @@ mod loading;
 mod observability;
 mod sandbox_escape;
 mod scratch_quota;
+mod store_conformance;
 mod well_behaved;
 mod workflows;
 

@@ -443,7 +443,10 @@ impl Scheduler {
                 .iter()
                 .map(|_| self.inner.next_run.fetch_add(1, Ordering::Relaxed))
                 .collect(),
-            Some(journal) => runs.iter().map(|_| journal.next_run_id()).collect(),
+            Some(journal) => runs
+                .iter()
+                .map(|_| journal.next_run_id())
+                .collect::<Result<_, _>>()?,
         };
         let accepted = self.inner.journal.as_ref().map(|journal| {
             let at = now_millis();
@@ -457,7 +460,6 @@ impl Scheduler {
                     run: id,
                     workflow: Arc::clone(&record.digest),
                     name: Arc::clone(&record.name),
-                    owner: Arc::clone(journal.owner()),
                     lease_until,
                     input: serde_json::to_vec(input).unwrap_or_else(|_| b"null".to_vec()),
                     at,
@@ -505,7 +507,7 @@ impl Scheduler {
         let prepared = run
             .workflow
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(ToString::to_string)
             .and_then(|record| self.prepare_recorded(record));
         let id = run.id;
         let start = run::Start {

@@ -768,7 +768,7 @@ impl Shared {
                     limits: attempt_limits,
                     status,
                     last,
-                    outcome: kind.as_str(),
+                    outcome: kind,
                     message: result.message.clone(),
                     timeout_level: result.timeout_level,
                     output: result.outcome.output().map(<[u8]>::to_vec),
