@@ -50,6 +50,11 @@ pub struct SqliteStore {
     /// Digests already in the file, so definitions are written once.
     known_workflows: HashSet<String>,
     known_components: HashSet<String>,
+    /// Incomplete runs this connection knows `.0` owns, so that fencing
+    /// looks up only the others. Exact because the lock makes this
+    /// connection the file's only writer: owners change only through it
+    /// (an acceptance adds a run; a claim or a release clears the set).
+    owned: (String, HashSet<RunId, schema::FastHash>),
     /// The attempt columns recovery reads (the writer adds any missing).
     attempt_columns: String,
 }
@@ -90,6 +95,7 @@ impl SqliteStore {
             _lock: lock,
             known_workflows: HashSet::new(),
             known_components: HashSet::new(),
+            owned: (String::new(), HashSet::default()),
             attempt_columns: attempt_columns(&[]),
         })
     }
@@ -139,6 +145,7 @@ impl StoreWriter for SqliteStore {
             Ok((workflows, components, report)) => {
                 self.known_workflows.extend(workflows);
                 self.known_components.extend(components);
+                self.note_owned(owner, events, &report);
                 Ok(report)
             }
             Err(e) => Err(self.error(e)),
@@ -158,10 +165,12 @@ impl StoreWriter for SqliteStore {
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
+        self.owned.1.clear();
         self.claim(owner, until, now_millis())
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
+        self.owned.1.clear();
         self.release(owner).map_err(|e| self.error(e))
     }
 

@@ -33,8 +33,13 @@ static OWNED_SQL: LazyLock<String> = LazyLock::new(|| {
 /// The runs of `events` that `owner` may not write, with how many of the
 /// batch's events each has: those it does not own (another host claimed
 /// them after its lease ended, or they are not in the file). Runs the
-/// batch accepts are the writer's.
-fn fence(tx: &Transaction<'_>, owner: &str, events: &[Event]) -> rusqlite::Result<Vec<Refused>> {
+/// batch accepts, and those `known` holds, are the writer's.
+fn fence(
+    tx: &Transaction<'_>,
+    owner: &str,
+    events: &[Event],
+    known: &HashSet<RunId, FastHash>,
+) -> rusqlite::Result<Vec<Refused>> {
     let mut accepted: HashSet<RunId, FastHash> = HashSet::default();
     let mut touched: HashMap<RunId, usize, FastHash> = HashMap::default();
     for event in events {
@@ -49,7 +54,7 @@ fn fence(tx: &Transaction<'_>, owner: &str, events: &[Event]) -> rusqlite::Resul
             }
         }
     }
-    touched.retain(|run, _| !accepted.contains(run));
+    touched.retain(|run, _| !accepted.contains(run) && !known.contains(run));
     if touched.is_empty() {
         return Ok(Vec::new());
     }
@@ -79,6 +84,29 @@ fn fence(tx: &Transaction<'_>, owner: &str, events: &[Event]) -> rusqlite::Resul
 type Claimed = (i64, String, Option<Vec<u8>>);
 
 impl SqliteStore {
+    /// Keeps [`SqliteStore::owned`] up to date after `owner` committed
+    /// `events`: the runs it accepted are its own until they end.
+    pub(super) fn note_owned(&mut self, owner: &str, events: &[Event], report: &WriteReport) {
+        if self.owned.0 != owner {
+            self.owned = (owner.to_owned(), HashSet::default());
+        }
+        let owned = &mut self.owned.1;
+        for event in events {
+            match event {
+                Event::RunAccepted { run, .. } => {
+                    owned.insert(*run);
+                }
+                Event::RunEnded { run, status, .. } if !status.is_incomplete() => {
+                    owned.remove(run);
+                }
+                _ => {}
+            }
+        }
+        for refused in &report.refused {
+            owned.remove(&refused.run);
+        }
+    }
+
     /// Writes `events` in one transaction as `owner`, but for the events
     /// of runs `owner` does not own, and returns the digests of the
     /// workflows and components it added, and what it refused.
@@ -95,7 +123,13 @@ impl SqliteStore {
         // on each of a batch's thousands of statements.
         let tx = self.conn.transaction()?;
         // Fenced in the transaction that writes: no claim comes between.
-        let refused = fence(&tx, owner, events)?;
+        let known = &self.owned;
+        let known = if known.0 == owner {
+            &known.1
+        } else {
+            &HashSet::default()
+        };
+        let refused = fence(&tx, owner, events, known)?;
         let refused_runs: HashSet<RunId, FastHash> = refused.iter().map(|r| r.run).collect();
         // Under load nearly every batch is all the writer's own: then
         // nothing is looked up per event.
