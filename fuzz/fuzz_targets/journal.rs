@@ -18,9 +18,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use stepbox::OutcomeKind;
 use stepbox::store::{
     AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, ComponentRecord, Durability, Event, Journal,
-    JournalConfig, RunFilter, RunState, SqliteStore, Store, StoreError, WorkflowRecord,
+    JournalConfig, RunFilter, RunState, SqliteReader, SqliteStore, StoreError, StoreReader, StoreWriter,
+    WorkflowRecord,
 };
 
 const PAGE: usize = 4096;
@@ -74,7 +76,11 @@ fn attempt_end(run: u64, step: &str, item: Option<u32>, attempt: u32, ok: bool, 
             AttemptStatus::Failed
         },
         last,
-        outcome: if ok { "completed" } else { "retryable" },
+        outcome: if ok {
+            OutcomeKind::Completed
+        } else {
+            OutcomeKind::Retryable
+        },
         message: (!ok).then(|| "try again".to_owned()),
         timeout_level: None,
         output: ok.then(|| format!(r#"{{"run":{run},"step":"{step}"}}"#).into_bytes()),
@@ -113,13 +119,12 @@ fn record_runs(path: &Path) {
             run,
             workflow: workflow.digest.as_str().into(),
             name: workflow.name.as_str().into(),
-            owner: "seed-host".into(),
             lease_until: 2_000_000,
             input: format!(r#"{{"n":{run}}}"#).into_bytes(),
             at: 1_000_000 + run as i64 * 1000,
         });
     }
-    store.write(&events).expect("acceptances");
+    store.write("seed-host", &events).expect("acceptances");
     for run in 1..=runs {
         let mut events = vec![Event::AttemptStarted {
             run,
@@ -188,7 +193,7 @@ fn record_runs(path: &Path) {
                 });
             }
         }
-        store.write(&events).expect("a run's events");
+        store.write("seed-host", &events).expect("a run's events");
     }
     // Retention over the oldest runs leaves free pages behind.
     store.collect(2_000).expect("retention");
@@ -234,21 +239,23 @@ fn store_error(e: &StoreError, path: &Path) -> String {
 fn exercise(path: &Path, flags: u8) -> String {
     let mut out = String::new();
     let read_only = flags & 1 == 1;
-    let opened = if read_only {
-        SqliteStore::open_read_only(path)
+    let mut writer = if read_only {
+        None
     } else {
-        SqliteStore::open(path, Durability::Strict)
-    };
-    let mut store = match opened {
-        Ok(store) => store,
-        Err(e) => return store_error(&e, path),
+        match SqliteStore::open(path, Durability::Strict) {
+            Ok(store) => Some(store),
+            Err(e) => return store_error(&e, path),
+        }
     };
     let mut note = |what: &str, result: Result<String, StoreError>| {
         let line = result.unwrap_or_else(|e| store_error(&e, path));
         let _ = writeln!(out, "{what}: {line}");
     };
-    note("next run", store.next_run_id().map(|id| id.to_string()));
-    if !read_only {
+    if let Some(store) = writer.as_mut() {
+        note(
+            "next runs",
+            store.allocate_run_ids(1).map(|ids| format!("{ids:?}")),
+        );
         note(
             "claimed",
             store.claim_incomplete("fuzz-host", UNTIL).map(|runs| {
@@ -269,97 +276,114 @@ fn exercise(path: &Path, flags: u8) -> String {
             }),
         );
     }
-    let runs = store.runs(&RunFilter::default());
-    let ids: Vec<u64> = runs
-        .as_ref()
-        .map(|r| r.iter().map(|s| s.id).take(64).collect())
-        .unwrap_or_default();
-    let digests: Vec<String> = runs
-        .as_ref()
-        .map(|r| r.iter().map(|s| s.workflow_digest.clone()).take(4).collect())
-        .unwrap_or_default();
-    note("runs", runs.map(|r| format!("{r:?}")));
-    let filter = RunFilter {
-        status: vec![RunState::Running, RunState::Succeeded],
-        workflow: Some("fuzzed".into()),
-        limit: Some(5),
+    let reader = match SqliteReader::open(path) {
+        Ok(reader) => Some(reader),
+        Err(e) => {
+            note("reader", Err(e));
+            None
+        }
     };
-    note("some runs", store.runs(&filter).map(|r| format!("{r:?}")));
-    for id in ids.iter().copied().chain([0, 1, 2, 3, 4, 41, u64::MAX]) {
-        note(
-            &format!("history {id}"),
-            store.history(id).map(|h| format!("{h:?}")),
-        );
-    }
-    for digest in digests {
-        note("definition", store.definition(&digest).map(|d| format!("{d:?}")));
-    }
-    note("counts", store.count_runs().map(|c| format!("{c:?}")));
-    let mut scanned = Vec::new();
-    note(
-        "scan",
-        store
-            .scan_attempts(0, &mut |a| scanned.push(format!("{a:?}")))
-            .map(|()| scanned.join("; ")),
-    );
-    note("integrity", store.check_integrity().map(|()| "ok".into()));
-    if !read_only && flags & 2 == 2 {
-        let run = store.next_run_id().unwrap_or(1000);
-        let events = [
-            Event::RunAccepted {
-                run,
-                workflow: "f".repeat(64).into(),
-                name: "fuzzed".into(),
-                owner: "fuzz-host".into(),
-                lease_until: UNTIL,
-                input: b"{}".to_vec(),
-                at: 5_000_000,
-            },
-            attempt_end(run, "a", None, 1, true, true),
-            Event::RunEnded {
-                run,
-                status: RunState::Succeeded,
-                output: Some(b"{}".to_vec()),
-                error: None,
-                started: Some(5_000_000),
-                at: 5_000_100,
-            },
-        ];
-        note("write", store.write(&events).map(|()| "ok".into()));
-        note(
-            "renew",
-            store.renew_leases("fuzz-host", UNTIL + 1).map(|()| "ok".into()),
-        );
-    }
-    if !read_only && flags & 4 == 4 {
-        note(
-            "collect",
-            store.collect(i64::MAX).map(|s| format!("{} runs", s.runs)),
-        );
-        note("integrity after", store.check_integrity().map(|()| "ok".into()));
-    }
-    if !read_only && flags & 8 == 8 {
-        // As a host starts: the journal's writer on the same file.
-        let config = JournalConfig {
-            owner: "fuzz-host".into(),
-            ..JournalConfig::default()
+    if let Some(store) = &reader {
+        let runs = store.runs(&RunFilter::default());
+        let ids: Vec<u64> = runs
+            .as_ref()
+            .map(|r| r.iter().map(|s| s.id).take(64).collect())
+            .unwrap_or_default();
+        let digests: Vec<String> = runs
+            .as_ref()
+            .map(|r| r.iter().map(|s| s.workflow_digest.clone()).take(4).collect())
+            .unwrap_or_default();
+        note("runs", runs.map(|r| format!("{r:?}")));
+        let filter = RunFilter {
+            status: vec![RunState::Running, RunState::Succeeded],
+            workflow: Some("fuzzed".into()),
+            limit: Some(5),
         };
-        match Journal::start(Box::new(store), config) {
-            Ok((journal, recovered)) => {
-                note("journal", Ok(format!("{} recovered", recovered.len())));
-                let run = journal.next_run_id();
-                let _ = journal.append(Event::RunEnded {
-                    run: run.saturating_sub(1),
-                    status: RunState::Cancelled,
-                    output: None,
-                    error: Some("cancelled".into()),
-                    started: None,
-                    at: 6_000_000,
-                });
-                let closed = journal.close();
-                note("close", closed.map(|()| "ok".into()));
+        note("some runs", store.runs(&filter).map(|r| format!("{r:?}")));
+        for id in ids.iter().copied().chain([0, 1, 2, 3, 4, 41, u64::MAX]) {
+            note(
+                &format!("history {id}"),
+                store.history(id).map(|h| format!("{h:?}")),
+            );
+        }
+        for digest in digests {
+            note("definition", store.definition(&digest).map(|d| format!("{d:?}")));
+        }
+        note("counts", store.count_runs().map(|c| format!("{c:?}")));
+        let mut scanned = Vec::new();
+        note(
+            "scan",
+            store
+                .scan_attempts(0, &mut |a| scanned.push(format!("{a:?}")))
+                .map(|()| scanned.join("; ")),
+        );
+        note("integrity", store.check_integrity().map(|()| "ok".into()));
+    }
+    if let Some(mut store) = writer {
+        if flags & 2 == 2 {
+            let run = store.allocate_run_ids(1).map_or(1000, |ids| ids.start);
+            let events = [
+                Event::RunAccepted {
+                    run,
+                    workflow: "f".repeat(64).into(),
+                    name: "fuzzed".into(),
+                    lease_until: UNTIL,
+                    input: b"{}".to_vec(),
+                    at: 5_000_000,
+                },
+                attempt_end(run, "a", None, 1, true, true),
+                Event::RunEnded {
+                    run,
+                    status: RunState::Succeeded,
+                    output: Some(b"{}".to_vec()),
+                    error: None,
+                    started: Some(5_000_000),
+                    at: 5_000_100,
+                },
+            ];
+            note(
+                "write",
+                store
+                    .write("fuzz-host", &events)
+                    .map(|r| format!("{} refused", r.refused_events())),
+            );
+            note(
+                "renew",
+                store
+                    .renew_leases("fuzz-host", UNTIL + 1)
+                    .map(|n| format!("{n} renewed")),
+            );
+        }
+        if flags & 4 == 4 {
+            note(
+                "collect",
+                store.collect(i64::MAX).map(|s| format!("{} runs", s.runs)),
+            );
+            note("integrity after", store.check_integrity().map(|()| "ok".into()));
+        }
+        if flags & 8 == 8 {
+            // As a host starts: the journal's writer on the same file.
+            let config = JournalConfig {
+                owner: "fuzz-host".into(),
+                ..JournalConfig::default()
+            };
+            match Journal::start(Box::new(store), config) {
+                Ok((journal, recovered)) => {
+                    note("journal", Ok(format!("{} recovered", recovered.len())));
+                    let run = journal.next_run_id().unwrap_or(1);
+                    let _ = journal.append(Event::RunEnded {
+                        run: run.saturating_sub(1),
+                        status: RunState::Cancelled,
+                        output: None,
+                        error: Some("cancelled".into()),
+                        started: None,
+                        at: 6_000_000,
+                    });
+                    let closed = journal.close();
+                    note("close", closed.map(|()| "ok".into()));
+                }
+                Err(e) => note("journal", Err(e)),
             }
-            Err(e) => note("journal", Err(e)),
         }
     }
     out

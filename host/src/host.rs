@@ -38,8 +38,8 @@ use crate::config::{HostConfig, JournalSettings};
 use crate::sandbox::Sandbox;
 use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, SubmitError};
 use crate::store::{
-    Durability, GcStats, Journal, JournalConfig, Millis, RecoveredRun, RunId, SqliteStore, Store, StoreError,
-    now_millis,
+    Durability, GcStats, Journal, JournalConfig, Millis, RecoveredRun, RunId, SqliteReader, SqliteStore,
+    StoreError, StoreReader, StoreWriter, now_millis,
 };
 
 /// Why a host could not start or stop cleanly.
@@ -128,9 +128,9 @@ fn redact(url: &str) -> String {
 /// # Errors
 ///
 /// A [`HostError`] when the store cannot be opened.
-pub fn open_reader(settings: &JournalSettings) -> Result<Box<dyn Store>, HostError> {
+pub fn open_reader(settings: &JournalSettings) -> Result<Arc<dyn StoreReader>, HostError> {
     let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
-    Ok(Box::new(SqliteStore::open_read_only(&path)?))
+    Ok(Arc::new(SqliteReader::open(&path)?))
 }
 
 /// Removes the payloads of runs finished before `age` ago, keeping their

@@ -43,7 +43,7 @@ use prometheus_client::registry::Registry;
 
 use crate::outcome::Usage;
 use crate::policy::TimeoutLevel;
-use crate::store::{AttemptStatus, Millis, Store, StoreError};
+use crate::store::{AttemptStatus, Millis, StoreError, StoreReader};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -67,6 +67,7 @@ pub struct Metrics {
     memory_reserved: Gauge,
     commit_seconds: Histogram,
     commit_events: Histogram,
+    fenced_events: Counter,
     components: RwLock<HashMap<String, Arc<ComponentSeries>>>,
 }
 
@@ -177,6 +178,7 @@ impl Metrics {
             memory_reserved: Gauge::default(),
             commit_seconds: seconds(),
             commit_events: Histogram::new(exponential_buckets(1.0, 2.0, 16)),
+            fenced_events: Counter::default(),
             components: RwLock::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -258,6 +260,11 @@ impl Metrics {
             "Events per journal commit",
             m.commit_events.clone(),
         );
+        r.register(
+            "journal_fenced_events",
+            "Journal events refused because another host had claimed their run after this host's lease ended",
+            m.fenced_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -329,10 +336,10 @@ impl Metrics {
     /// # Errors
     ///
     /// A [`StoreError`] if the journal cannot be read.
-    pub fn from_store(store: &mut dyn Store, since: Millis) -> Result<Metrics, StoreError> {
+    pub fn from_store(store: &dyn StoreReader, since: Millis) -> Result<Metrics, StoreError> {
         let metrics = Metrics::new();
         store.scan_attempts(since, &mut |a| {
-            let (Some(component), Some(outcome)) = (&a.component, &a.outcome) else {
+            let (Some(component), Some(outcome)) = (&a.component, a.outcome) else {
                 return;
             };
             let usage = Usage {
@@ -345,7 +352,7 @@ impl Metrics {
             };
             metrics.observe_attempt(&AttemptSample {
                 component,
-                outcome,
+                outcome: outcome.as_str(),
                 usage: &usage,
                 timeout_level: a.timeout_level,
             });
@@ -403,6 +410,10 @@ impl crate::store::CommitObserver for Metrics {
     fn committed(&self, events: usize, took: Duration) {
         self.observe_commit(events, took);
     }
+
+    fn fenced(&self, events: usize) {
+        self.fenced_events.inc_by(events as u64);
+    }
 }
 
 #[cfg(test)]
@@ -456,6 +467,22 @@ mod tests {
             "stepbox_instances_in_use 3",
             "stepbox_journal_batch_events_count 1",
             "# EOF",
+        ] {
+            assert!(text.contains(line), "`{line}` missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn refused_journal_events_are_counted_with_help_and_type() {
+        use crate::store::CommitObserver;
+        let m = Metrics::new();
+        m.fenced(3);
+        m.fenced(2);
+        let text = m.encode();
+        for line in [
+            "# HELP stepbox_journal_fenced_events Journal events refused",
+            "# TYPE stepbox_journal_fenced_events counter",
+            "stepbox_journal_fenced_events_total 5",
         ] {
             assert!(text.contains(line), "`{line}` missing from:\n{text}");
         }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stepbox::scheduler::{RunStatus, Scheduler, SchedulerConfig};
 use stepbox::store::{
-    AttemptRecord, AttemptStatus, Definition, Durability, Event, GcStats, Journal, JournalConfig, Millis,
-    RecoveredRun, RunFilter, RunHistory, RunId, RunState, RunSummary, SqliteStore, Store, StoreError,
-    now_micros,
+    AttemptRecord, AttemptStatus, Durability, Event, GcStats, Journal, JournalConfig, Millis, RecoveredRun,
+    RunFilter, RunHistory, RunId, RunState, SqliteReader, SqliteStore, StoreError, StoreReader, StoreWriter,
+    WriteReport, now_micros,
 };
 use stepbox::workflow::Workflow;
 
@@ -83,12 +83,12 @@ impl Place {
             .unwrap()
     }
 
-    fn store(&self) -> SqliteStore {
-        SqliteStore::open_read_only(&self.db()).unwrap()
+    fn store(&self) -> SqliteReader {
+        SqliteReader::open(&self.db()).unwrap()
     }
 
     fn histories(&self) -> Vec<RunHistory> {
-        let mut store = self.store();
+        let store = self.store();
         let runs = store.runs(&RunFilter::default()).unwrap();
         runs.iter()
             .map(|r| store.history(r.id).unwrap().unwrap())
@@ -97,7 +97,7 @@ impl Place {
 }
 
 /// A scheduler journaling to `store` with the default journal settings.
-fn journaled(sb: &TestSandbox, store: impl Store + 'static) -> Scheduler {
+fn journaled(sb: &TestSandbox, store: impl StoreWriter + 'static) -> Scheduler {
     let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
     Scheduler::with_journal(sb.sandbox.clone(), SchedulerConfig::default(), journal).unwrap()
 }
@@ -230,7 +230,7 @@ fn a_killed_host_loses_no_accepted_run_and_reruns_no_completed_step() {
         // laid out): nothing was accepted.
         let laid_out = place.db().exists()
             && !matches!(
-                SqliteStore::open_read_only(&place.db()),
+                SqliteReader::open(&place.db()),
                 Err(StoreError::Other { detail, .. }) if detail.starts_with("no journal here yet")
             );
         if !laid_out {
@@ -294,7 +294,7 @@ fn wait_for_attempt(place: &Place, step: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if place.db().exists()
-            && let Ok(mut store) = SqliteStore::open_read_only(&place.db())
+            && let Ok(store) = SqliteReader::open(&place.db())
             && let Ok(runs) = store.runs(&RunFilter::default())
             && runs.iter().any(|r| {
                 store
@@ -480,7 +480,7 @@ steps:
 
     let journal = scheduler.journal().unwrap().clone();
     journal.flush().await.unwrap();
-    let mut reader = SqliteStore::open_read_only(&dir.path().join("j.db")).unwrap();
+    let reader = SqliteReader::open(&dir.path().join("j.db")).unwrap();
     let history = reader.history(id).unwrap().unwrap();
     let once: Vec<(u32, AttemptStatus, bool)> = history
         .attempts
@@ -511,26 +511,30 @@ struct SlowCompletions {
     committed_us: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
-impl Store for SlowCompletions {
-    fn next_run_id(&mut self) -> Result<RunId, StoreError> {
-        self.inner.next_run_id()
-    }
-
-    fn write(&mut self, events: &[Event]) -> Result<(), StoreError> {
+impl StoreWriter for SlowCompletions {
+    fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
         let slow = events
             .iter()
             .any(|e| matches!(e, Event::AttemptEnded(a) if &*a.step == self.step));
         if slow {
             std::thread::sleep(self.delay);
         }
-        self.inner.write(events)?;
+        let report = self.inner.write(owner, events)?;
         if slow {
             self.committed_us.lock().unwrap().push(now_micros());
         }
-        Ok(())
+        Ok(report)
     }
 
-    fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<(), StoreError> {
+    fn allocate_run_ids(&mut self, count: u64) -> Result<std::ops::Range<RunId>, StoreError> {
+        self.inner.allocate_run_ids(count)
+    }
+
+    fn release_run_ids(&mut self, unused: std::ops::Range<RunId>) -> Result<bool, StoreError> {
+        self.inner.release_run_ids(unused)
+    }
+
+    fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
         self.inner.renew_leases(owner, until)
     }
 
@@ -538,28 +542,8 @@ impl Store for SlowCompletions {
         self.inner.claim_incomplete(owner, until)
     }
 
-    fn runs(&mut self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
-        self.inner.runs(filter)
-    }
-
-    fn history(&mut self, id: RunId) -> Result<Option<RunHistory>, StoreError> {
-        self.inner.history(id)
-    }
-
-    fn definition(&mut self, digest: &str) -> Result<Option<Definition>, StoreError> {
-        self.inner.definition(digest)
-    }
-
-    fn scan_attempts(
-        &mut self,
-        since: Millis,
-        visit: &mut dyn FnMut(&AttemptRecord),
-    ) -> Result<(), StoreError> {
-        self.inner.scan_attempts(since, visit)
-    }
-
-    fn count_runs(&mut self) -> Result<Vec<(RunState, u64)>, StoreError> {
-        self.inner.count_runs()
+    fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
+        self.inner.release_leases(owner)
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
@@ -612,7 +596,7 @@ steps:
         .unwrap()
         .first()
         .expect("`first` ended in a commit");
-    let mut reader = SqliteStore::open_read_only(&dir.path().join("j.db")).unwrap();
+    let reader = SqliteReader::open(&dir.path().join("j.db")).unwrap();
     let history = reader.history(report.run_id).unwrap().unwrap();
     let dependents: Vec<&AttemptRecord> = history.attempts.iter().filter(|a| a.step != "first").collect();
     assert_eq!(dependents.len(), 4, "{:?}", history.attempts);

@@ -60,7 +60,7 @@ async fn a_host_started_in_one_call_records_its_runs_and_forgets_them_once_ended
         "ended runs stay live"
     );
     host.close().await.unwrap();
-    let mut reader = open_reader(&config(&db).journal).unwrap();
+    let reader = open_reader(&config(&db).journal).unwrap();
     let listed = reader.runs(&RunFilter::default()).unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|r| r.status == RunState::Succeeded));

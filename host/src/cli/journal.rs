@@ -171,7 +171,7 @@ pub struct RunsCommand {
 impl RunsCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = open_reader(&settings).map_err(host_error)?;
+        let store = open_reader(&settings).map_err(host_error)?;
         let runs = store
             .runs(&RunFilter {
                 status: self.status,
@@ -227,7 +227,7 @@ pub struct ShowCommand {
 impl ShowCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = open_reader(&settings).map_err(host_error)?;
+        let store = open_reader(&settings).map_err(host_error)?;
         let history = store
             .history(self.run)
             .map_err(journal_error)?
@@ -282,7 +282,7 @@ impl ShowCommand {
                 a.item.map_or("-".into(), |i| i.to_string()),
                 a.attempt,
                 a.status.as_str(),
-                a.outcome.as_deref().unwrap_or("-"),
+                a.outcome.map_or("-", |k| k.as_str()),
                 format!("{:.2}ms", a.usage.duration.as_secs_f64() * 1e3),
                 format!("{:.2}ms", a.usage.queue_wait.as_secs_f64() * 1e3),
                 a.usage.fuel,
@@ -361,7 +361,7 @@ pub struct ReportCommand {
 impl ReportCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = open_reader(&settings).map_err(host_error)?;
+        let store = open_reader(&settings).map_err(host_error)?;
         if let Some(name) = &self.workflow {
             let runs = store
                 .runs(&RunFilter {
@@ -421,9 +421,9 @@ pub struct MetricsCommand {
 impl MetricsCommand {
     pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
         let settings = global.journal_settings()?;
-        let mut store = open_reader(&settings).map_err(host_error)?;
+        let store = open_reader(&settings).map_err(host_error)?;
         let since = self.since.map_or(0, cutoff);
-        let metrics = stepbox::metrics::Metrics::from_store(&mut *store, since).map_err(journal_error)?;
+        let metrics = stepbox::metrics::Metrics::from_store(&*store, since).map_err(journal_error)?;
         print!("{}", metrics.encode());
         Ok(exit::SUCCESS)
     }

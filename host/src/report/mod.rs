@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Serialize;
 
+use crate::OutcomeKind;
 use crate::policy::TimeoutLevel;
 use crate::store::{AttemptRecord, AttemptStatus, Definition, RunHistory};
 use crate::workflow::Workflow;
@@ -163,7 +164,10 @@ impl RunAnalysis {
                 start: at(a.started_us),
                 queue_wait: a.usage.queue_wait,
                 end: end_of(a),
-                outcome: a.outcome.clone().unwrap_or_else(|| a.status.as_str().to_owned()),
+                outcome: a
+                    .outcome
+                    .map_or(a.status.as_str(), OutcomeKind::as_str)
+                    .to_owned(),
             });
             let i = *step_of.entry(&a.step).or_insert_with(|| {
                 steps.push(StepTiming {
@@ -355,7 +359,7 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             Some(i) => format!("`{}` (item {i})", a.step),
             None => format!("`{}`", a.step),
         };
-        let hit = a.outcome.as_deref();
+        let hit = a.outcome.map(OutcomeKind::as_str);
         // What is measured, the setting that limits it, use, limit, and
         // whether the attempt ended on it. Time is limited by whichever
         // level of the timeout hierarchy came first.

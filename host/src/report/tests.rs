@@ -22,7 +22,7 @@ fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcom
             AttemptStatus::Failed
         },
         last: true,
-        outcome: Some(outcome.into()),
+        outcome: crate::OutcomeKind::from_name(outcome),
         message: None,
         timeout_level: None,
         started_at: start_ms,

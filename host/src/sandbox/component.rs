@@ -60,7 +60,7 @@ impl Digest {
     /// # Examples
     ///
     /// ```
-    /// let digest = stepbox::Digest::of(b"");
+    /// let digest = stepbox::sandbox::Digest::of(b"");
     /// assert!(digest.to_string().starts_with("e3b0c442"));
     /// ```
     pub fn of(bytes: &[u8]) -> Digest {

@@ -122,7 +122,7 @@ struct Inner {
 ///     .default_limits(Limits { memory: ByteSize::mib(16), ..Limits::default() })
 ///     .build()?;
 /// assert_eq!(sandbox.default_limits().memory, ByteSize::mib(16));
-/// # Ok::<(), stepbox::SandboxError>(())
+/// # Ok::<(), stepbox::sandbox::SandboxError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct SandboxBuilder {

@@ -95,7 +95,7 @@ impl ChildResult {
     /// A call that failed before any child ran.
     ///
     /// ```
-    /// let r = stepbox::ChildResult::error(stepbox::GuestErrorKind::Failed, "no such step".into());
+    /// let r = stepbox::sandbox::ChildResult::error(stepbox::outcome::GuestErrorKind::Failed, "no such step".into());
     /// assert_eq!(r.fuel_consumed, 0);
     /// ```
     pub fn error(kind: GuestErrorKind, message: String) -> ChildResult {
@@ -153,9 +153,9 @@ impl Imports {
 /// on what `state-add` accepts.
 ///
 /// ```
-/// assert_eq!(stepbox::add_to_json_integer(Some("40"), "n", 2), Ok(42));
-/// assert_eq!(stepbox::add_to_json_integer(None, "n", 2), Ok(2));
-/// assert!(stepbox::add_to_json_integer(Some("\"x\""), "n", 2).is_err());
+/// assert_eq!(stepbox::sandbox::add_to_json_integer(Some("40"), "n", 2), Ok(42));
+/// assert_eq!(stepbox::sandbox::add_to_json_integer(None, "n", 2), Ok(2));
+/// assert!(stepbox::sandbox::add_to_json_integer(Some("\"x\""), "n", 2).is_err());
 /// ```
 pub fn add_to_json_integer(current: Option<&str>, key: &str, delta: i64) -> Result<i64, String> {
     let current = match current {

@@ -401,7 +401,7 @@ impl<R: StepRunner> Shared<R> {
             limits: attempt.limits,
             status,
             last,
-            outcome: kind.as_str(),
+            outcome: kind,
             message: result.message.clone(),
             timeout_level: result.timeout_level,
             output: result.outcome.output().map(<[u8]>::to_vec),

@@ -493,7 +493,10 @@ impl<R: StepRunner> Scheduler<R> {
                 .iter()
                 .map(|_| self.inner.next_run.fetch_add(1, Ordering::Relaxed))
                 .collect(),
-            Some(journal) => runs.iter().map(|_| journal.next_run_id()).collect(),
+            Some(journal) => runs
+                .iter()
+                .map(|_| journal.next_run_id())
+                .collect::<Result<_, _>>()?,
         };
         let accepted = self.inner.journal.as_ref().map(|journal| {
             let at = now_millis();
@@ -507,7 +510,6 @@ impl<R: StepRunner> Scheduler<R> {
                     run: id,
                     workflow: Arc::clone(&record.digest),
                     name: Arc::clone(&record.name),
-                    owner: Arc::clone(journal.owner()),
                     lease_until,
                     input: serde_json::to_vec(input).unwrap_or_else(|_| b"null".to_vec()),
                     at,
@@ -556,7 +558,7 @@ impl<R: StepRunner> Scheduler<R> {
         let prepared = run
             .workflow
             .as_ref()
-            .map_err(Clone::clone)
+            .map_err(ToString::to_string)
             .and_then(|record| self.prepare_recorded(record));
         let id = run.id;
         let start = run::Start {

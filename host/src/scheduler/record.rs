@@ -130,11 +130,7 @@ impl Resume {
             .done
             .iter()
             .filter_map(|a| {
-                let outcome = a
-                    .outcome
-                    .as_deref()
-                    .and_then(OutcomeKind::from_name)
-                    .unwrap_or(OutcomeKind::HostFailure);
+                let outcome = a.outcome.unwrap_or(OutcomeKind::HostFailure);
                 let output = match a.status {
                     AttemptStatus::Completed => Some(
                         a.output

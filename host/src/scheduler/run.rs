@@ -374,6 +374,12 @@ impl<R: StepRunner> Shared<R> {
             return true;
         };
         match journal.durable(ticket).await {
+            // Another host claimed the run (this one's lease ran out): its
+            // writes for the run are refused, so nothing more of it may run here.
+            Ok(()) if journal.lost(self.id) => {
+                self.steps_cancel.cancel();
+                false
+            }
             Ok(()) => true,
             Err(e) => {
                 self.inner.stop_on(e);
@@ -382,13 +388,28 @@ impl<R: StepRunner> Shared<R> {
         }
     }
 
+    /// Why what this run does can no longer be recorded, in one line.
+    fn unrecorded(&self) -> String {
+        if self.inner.journal.as_ref().is_some_and(|j| j.lost(self.id)) {
+            return "another host took the run over after this one's lease ran out".to_owned();
+        }
+        self.inner
+            .fatal
+            .get()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
     /// Whether the journal still records what the run does. A finished step
     /// does not wait for its completion to be durable: its dependents do,
     /// before they start (see [`Shared::start`]), and the run's ending,
     /// appended after every step's, is awaited in [`Shared::finish`] (a
     /// commit that holds the ending holds every event before it).
     pub(super) fn journal_working(&self) -> bool {
-        self.inner.journal.as_ref().is_none_or(|j| j.status().is_ok())
+        self.inner
+            .journal
+            .as_ref()
+            .is_none_or(|j| j.status().is_ok() && !j.lost(self.id))
     }
 
     /// Whether the host, not the run's owner, is stopping it: a shutdown or
@@ -428,12 +449,7 @@ impl<R: StepRunner> Shared<R> {
                 // Its ending (and maybe its last steps' completions) is not
                 // recorded, so the run resumes on the next start: it has
                 // not finished, whatever it computed.
-                let why = self
-                    .inner
-                    .fatal
-                    .get()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
+                let why = self.unrecorded();
                 report.status = RunStatus::Interrupted;
                 report.output = None;
                 report.error = Some(format!("interrupted: {why}"));

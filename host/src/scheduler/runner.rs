@@ -43,7 +43,7 @@ impl Component for StepComponent {
 /// use stepbox::scheduler::StepRunner;
 /// use stepbox::Sandbox;
 ///
-/// fn pool_size(runner: &impl StepRunner) -> u32 {
+/// fn pool_size<R: StepRunner>(runner: &R) -> u32 {
 ///     runner.max_instances()
 /// }
 /// # let _ = pool_size::<Sandbox>;

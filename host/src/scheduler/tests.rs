@@ -621,3 +621,58 @@ fn invalid_quotas_are_refused_with_the_setting_named() {
     assert!(matches!(err, SchedulerError::Quotas(_)), "{err}");
     assert!(err.to_string().contains("max-workflows"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_strict_durability_a_step_starts_only_once_its_needs_are_in_the_store() {
+    use crate::store::{
+        AttemptStatus, Durability, Journal, JournalConfig, SqliteReader, SqliteStore, StoreReader as _,
+    };
+
+    let files = Files::new(&[("echo", "echo")]);
+    let db = files.dir.path().join("journal.db");
+    let (journal, _) = Journal::start(
+        Box::new(SqliteStore::open(&db, Durability::Strict).unwrap()),
+        JournalConfig::default(),
+    )
+    .unwrap();
+    let reader = Arc::new(SqliteReader::open(&db).unwrap());
+    // What the store held of `a` when `b` started, per run.
+    let seen: Arc<Mutex<Vec<Option<AttemptStatus>>>> = Arc::default();
+    let on_start: OnStart = {
+        let (reader, seen) = (Arc::clone(&reader), Arc::clone(&seen));
+        Arc::new(move |key: &str| {
+            let Some(run) = key.strip_suffix("/b") else { return };
+            let history = reader.history(run.parse().unwrap()).unwrap().unwrap();
+            let a = history.attempts.iter().find(|a| a.step == "a").map(|a| a.status);
+            seen.lock().unwrap().push(a);
+        })
+    };
+    let fake = Fake {
+        on_start: Some(on_start),
+        ..Fake::default()
+    };
+    let scheduler = Scheduler::with_journal(fake, config(8, 8), journal.clone()).unwrap();
+    let wf = prepare(
+        &scheduler,
+        &files,
+        "name: chain
+steps:
+  - {id: a, component: echo, input: 1}
+  - {id: b, component: echo, needs: [a], input: '${steps.a}'}
+output: ${steps.b}",
+    );
+    let runs: Vec<_> = (0..20).map(|_| (Arc::clone(&wf), json!({}))).collect();
+    for handle in scheduler.submit_all(runs).unwrap() {
+        assert_eq!(handle.wait().await.status, RunStatus::Succeeded);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 20);
+    assert!(
+        seen.iter().all(|a| *a == Some(AttemptStatus::Completed)),
+        "a dependent started before its need's completion was durable: {seen:?}"
+    );
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Millis, RunId};
+use crate::OutcomeKind;
 use crate::policy::TimeoutLevel;
 
 /// Something that happened to a run, as the journal records it.
@@ -20,9 +21,8 @@ pub enum Event {
         workflow: Arc<str>,
         /// The workflow's name.
         name: Arc<str>,
-        /// The host that accepted it, which holds its lease.
-        owner: Arc<str>,
-        /// Its lease's end.
+        /// Its first lease's end. The run is owned by the writer that
+        /// writes this event (the host that accepted it).
         lease_until: Millis,
         /// Its input (JSON).
         input: Vec<u8>,
@@ -81,6 +81,28 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The run the event is about; none for a workflow's definition, which
+    /// runs share.
+    ///
+    /// ```
+    /// use stepbox::store::Event;
+    /// let event = Event::RunStarted { run: 7, at: 0 };
+    /// assert_eq!(event.run(), Some(7));
+    /// ```
+    pub fn run(&self) -> Option<RunId> {
+        match self {
+            Event::WorkflowDefined(_) => None,
+            Event::RunAccepted { run, .. }
+            | Event::RunStarted { run, .. }
+            | Event::AttemptStarted { run, .. }
+            | Event::StateWritten { run, .. }
+            | Event::RunEnded { run, .. } => Some(*run),
+            Event::AttemptEnded(end) => Some(end.run),
+        }
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub struct AttemptEnd {
@@ -100,8 +122,8 @@ pub struct AttemptEnd {
     pub status: AttemptStatus,
     /// Whether no retry follows: the unit's result is this attempt's.
     pub last: bool,
-    /// The outcome kind, such as `completed` or `timeout`.
-    pub outcome: &'static str,
+    /// The outcome's kind.
+    pub outcome: OutcomeKind,
     /// The outcome in one line, when it did not complete.
     pub message: Option<String>,
     /// Which level of the timeout hierarchy fired, for a timeout.

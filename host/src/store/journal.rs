@@ -10,14 +10,15 @@
 //! waiting, waking them all on every commit costs more than the SQL.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{DEFAULT_LEASE, Durability, Event, RecoveredRun, RunId, Store, StoreError, now_millis};
+use super::{DEFAULT_LEASE, Durability, Event, RecoveredRun, RunId, StoreError, StoreWriter, now_millis};
 
 /// Under strict durability, how long the writer looks for more events
 /// before it commits, while they keep coming...
@@ -45,6 +46,14 @@ const LINGER_LOAD: usize = 16;
 /// median of 23 % under in-memory over nine paired runs, against 22 %).
 const LINGER_PER_COMMIT: u32 = 2;
 
+/// The first block of run ids a journal asks its store for...
+const FIRST_ID_BLOCK: u64 = 64;
+/// ...and the largest, each block twice the one before: a host that
+/// accepts runs by the thousand asks rarely (each ask is a commit of its
+/// own, and holds up the writer), while one that accepts a few holds few
+/// ids it may not use (a crash can leave them unused).
+const MAX_ID_BLOCK: u64 = 8192;
+
 /// How a [`Journal`] writes.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -57,7 +66,9 @@ pub struct JournalConfig {
     /// How long this host's claim on its runs lasts without renewal; it is
     /// renewed every third of it.
     pub lease: Duration,
-    /// This host's name in the runs it owns.
+    /// This host's name in the runs it owns: unique per process start, so
+    /// that a restarted host (same host name, same pid in a new container)
+    /// is never taken for the one before, whose runs it must claim.
     pub owner: String,
 }
 
@@ -72,18 +83,25 @@ impl Default for JournalConfig {
     }
 }
 
-/// A name for this host process: host name and pid.
+/// A name for this host process: host name, pid, and a random part, since
+/// a container restarted under the same host name often gets the same pid.
 fn default_owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "host".into());
-    format!("{host}:{}", std::process::id())
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 /// Told of every commit: for metrics.
 pub trait CommitObserver: Send + Sync {
     /// A batch of `events` was committed in `took`.
     fn committed(&self, events: usize, took: Duration);
+
+    /// A commit refused `events` events: their runs are no longer this
+    /// host's (see [`Journal::lost`]).
+    fn fenced(&self, events: usize) {
+        let _ = events;
+    }
 }
 
 /// A position in the journal: events appended up to it are durable once
@@ -102,6 +120,9 @@ pub struct JournalStats {
     pub largest_batch: u64,
     /// Time spent writing and committing, in total.
     pub commit_time: Duration,
+    /// Events the store refused: their runs had been claimed by another
+    /// host (after this one's lease ended) or released.
+    pub fenced_events: u64,
 }
 
 /// Group-committing writer of journal events. Clones share one writer.
@@ -122,7 +143,14 @@ struct Shared {
     durability: Durability,
     owner: Arc<str>,
     lease: Duration,
-    next_run: AtomicU64,
+    /// The store, shared by the writer thread (per batch) and id
+    /// allocation (once a block is used up).
+    store: Mutex<Box<dyn StoreWriter>>,
+    /// The ids of the current block not yet handed out, and the size of
+    /// the next block.
+    ids: Mutex<(Range<RunId>, u64)>,
+    /// Runs whose events the store refused: another host owns them now.
+    lost: Mutex<HashSet<RunId>>,
     stats: Mutex<JournalStats>,
     thread: Mutex<Option<JoinHandle<()>>>,
     observer: std::sync::OnceLock<Arc<dyn CommitObserver>>,
@@ -241,7 +269,7 @@ impl Journal {
     /// A [`StoreError`] if the store cannot be read or written, or
     /// [`StoreError::Other`] if `config` asks for [`Durability::Memory`].
     pub fn start(
-        mut store: Box<dyn Store>,
+        mut store: Box<dyn StoreWriter>,
         config: JournalConfig,
     ) -> Result<(Journal, Vec<RecoveredRun>), StoreError> {
         if config.durability == Durability::Memory {
@@ -252,7 +280,6 @@ impl Journal {
         }
         let lease_ms = i64::try_from(config.lease.as_millis()).unwrap_or(i64::MAX);
         let recovered = store.claim_incomplete(&config.owner, now_millis().saturating_add(lease_ms))?;
-        let next_run = store.next_run_id()?;
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer::default()),
             wake: Condvar::new(),
@@ -261,7 +288,9 @@ impl Journal {
             durability: config.durability,
             owner: config.owner.into(),
             lease: config.lease,
-            next_run: AtomicU64::new(next_run),
+            store: Mutex::new(store),
+            ids: Mutex::new((0..0, FIRST_ID_BLOCK)),
+            lost: Mutex::new(HashSet::new()),
             stats: Mutex::new(JournalStats::default()),
             thread: Mutex::new(None),
             observer: std::sync::OnceLock::new(),
@@ -270,7 +299,7 @@ impl Journal {
         let window = config.batch_window;
         let thread = std::thread::Builder::new()
             .name("stepbox-journal".into())
-            .spawn(move || writer.run(store, window))
+            .spawn(move || writer.run(window))
             .map_err(|e| StoreError::Other {
                 path: "(journal)".into(),
                 detail: format!("cannot start the journal's writer thread: {e}"),
@@ -295,9 +324,30 @@ impl Journal {
         now_millis().saturating_add(lease)
     }
 
-    /// A new run id, never handed out before by this store.
-    pub fn next_run_id(&self) -> RunId {
-        self.shared.next_run.fetch_add(1, Ordering::Relaxed)
+    /// A new run id, never handed out before by this store (to this host
+    /// or any other sharing it). Ids come from the store in blocks; the
+    /// first call after a block is used up asks it for another.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot hand out a block.
+    pub fn next_run_id(&self) -> Result<RunId, StoreError> {
+        let mut ids = lock(&self.shared.ids);
+        if ids.0.is_empty() {
+            let block = ids.1;
+            ids.0 = lock(&self.shared.store).allocate_run_ids(block)?;
+            ids.1 = (block * 2).min(MAX_ID_BLOCK);
+        }
+        let id = ids.0.start;
+        ids.0.start += 1;
+        Ok(id)
+    }
+
+    /// Whether the store refused events of `run` because another host
+    /// owns it now (claimed after this host's lease ended): this host must
+    /// stop working on it, since nothing more it does for it is recorded.
+    pub fn lost(&self, run: RunId) -> bool {
+        lock(&self.shared.lost).contains(&run)
     }
 
     /// Appends one event; it is written with the next batch.
@@ -329,7 +379,9 @@ impl Journal {
 
     /// Waits until what the durability level promises about `ticket` holds:
     /// written under [`Durability::Strict`]; at once under
-    /// [`Durability::Batched`] (the window bounds the loss).
+    /// [`Durability::Batched`] (the window bounds the loss). Events the
+    /// store refused (see [`Journal::lost`]) count as written: the batch
+    /// they were in was.
     ///
     /// # Errors
     ///
@@ -429,8 +481,11 @@ impl Journal {
         *lock(&self.shared.stats)
     }
 
-    /// Writes what is left and stops the writer, blocking until it has.
-    /// Other clones can still append, but nothing more is written.
+    /// Writes what is left and stops the writer, blocking until it has;
+    /// then gives back to the store the run ids it did not hand out and the
+    /// leases of the runs left incomplete (so that the next host takes them
+    /// over at once). Other clones can still append, but nothing more is
+    /// written.
     ///
     /// # Errors
     ///
@@ -441,12 +496,30 @@ impl Journal {
         self.shared.wake_writer(buffer);
         if let Some(thread) = lock(&self.shared.thread).take() {
             let _ = thread.join();
+            if self.status().is_ok() {
+                self.shared.hand_back();
+            }
         }
         self.status()
     }
 }
 
 impl Shared {
+    /// Gives back the unused ids and the leases, once the writer has ended.
+    /// Best effort: if either fails, the ids stay unused and the leases
+    /// end on their own.
+    fn hand_back(&self) {
+        // Taken so that no id handed out later can come from it.
+        let unused = std::mem::replace(&mut lock(&self.ids).0, 0..0);
+        let mut store = lock(&self.store);
+        if let Err(e) = store.release_run_ids(unused) {
+            tracing::warn!(error = %e, "cannot give back unused run ids");
+        }
+        if let Err(e) = store.release_leases(&self.owner) {
+            tracing::warn!(error = %e, "cannot release the leases of incomplete runs");
+        }
+    }
+
     fn wake_writer(&self, mut buffer: MutexGuard<'_, Buffer>) {
         if buffer.idle {
             buffer.idle = false;
@@ -470,8 +543,8 @@ impl Shared {
     /// The writer thread: waits for events, writes each batch in one
     /// transaction, publishes how far it got; renews leases while idle.
     /// Once it ends, waiters still waiting hear that nothing more is written.
-    fn run(&self, store: Box<dyn Store>, window: Duration) {
-        self.write_until_closed(store, window);
+    fn run(&self, window: Duration) {
+        self.write_until_closed(window);
         let mut ready = Vec::new();
         let mut progress = lock(&self.progress);
         progress.ended = true;
@@ -480,7 +553,7 @@ impl Shared {
         ready.into_iter().for_each(Waker::wake);
     }
 
-    fn write_until_closed(&self, mut store: Box<dyn Store>, window: Duration) {
+    fn write_until_closed(&self, window: Duration) {
         let renew_every = (self.lease / 3).max(Duration::from_millis(10));
         let mut last_renewal = Instant::now();
         let mut last_commit = Instant::now();
@@ -540,7 +613,7 @@ impl Shared {
                 Ok(())
             } else {
                 let started = Instant::now();
-                let result = store.write(&batch);
+                let result = lock(&self.store).write(&self.owner, &batch);
                 let mut stats = lock(&self.stats);
                 stats.commits += 1;
                 stats.events += batch.len() as u64;
@@ -553,7 +626,7 @@ impl Shared {
                     observer.committed(batch.len(), took);
                 }
                 last_commit = Instant::now();
-                result
+                result.map(|report| self.note_refused(&report))
             };
             let result = result.and_then(|()| {
                 if last_renewal.elapsed() < renew_every {
@@ -561,7 +634,9 @@ impl Shared {
                 }
                 last_renewal = Instant::now();
                 let lease = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
-                store.renew_leases(&self.owner, now_millis().saturating_add(lease))
+                lock(&self.store)
+                    .renew_leases(&self.owner, now_millis().saturating_add(lease))
+                    .map(drop)
             });
             batch.clear();
             match result {
@@ -591,6 +666,26 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Counts what a commit refused, and remembers its runs as lost.
+    fn note_refused(&self, report: &super::WriteReport) {
+        if !report.refused_any() {
+            return;
+        }
+        let events = report.refused_events();
+        tracing::warn!(
+            events,
+            runs = report.refused.len(),
+            "the journal refused events of runs another host owns now"
+        );
+        lock(&self.stats).fenced_events += events as u64;
+        lock(&self.lost).extend(report.refused.iter().map(|r| r.run));
+        if let Some(observer) = self.observer.get() {
+            observer.fenced(events);
+        }
+    }
+}
+
 /// How long a loaded writer may linger after a commit that took `last`:
 /// at least one look, at most [`MAX_LINGER`].
 fn linger_cap(last: Duration) -> Duration {
@@ -600,14 +695,13 @@ fn linger_cap(last: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{RunFilter, RunState, SqliteStore};
+    use crate::store::{RunFilter, RunState, SqliteReader, SqliteStore, StoreReader};
 
     fn accepted(journal: &Journal, run: RunId) -> Event {
         Event::RunAccepted {
             run,
             workflow: "w".into(),
             name: "w".into(),
-            owner: journal.owner().clone(),
             lease_until: journal.lease_until(),
             input: b"{}".to_vec(),
             at: now_millis(),
@@ -630,11 +724,11 @@ mod tests {
         let store = SqliteStore::open(&path, Durability::Strict).unwrap();
         let (journal, recovered) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
         assert!(recovered.is_empty());
-        let id = journal.next_run_id();
+        let id = journal.next_run_id().unwrap();
         let ticket = journal.append(accepted(&journal, id));
         journal.durable(ticket).await.unwrap();
         // A reader sees it at once: it is committed.
-        let mut reader = SqliteStore::open_read_only(&path).unwrap();
+        let reader = SqliteReader::open(&path).unwrap();
         let runs = reader.runs(&RunFilter::default()).unwrap();
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, RunState::Accepted);
@@ -653,14 +747,14 @@ mod tests {
         };
         let (journal, _) = Journal::start(Box::new(store), config).unwrap();
         for _ in 0..100 {
-            let id = journal.next_run_id();
+            let id = journal.next_run_id().unwrap();
             journal
                 .durable(journal.append(accepted(&journal, id)))
                 .await
                 .unwrap();
         }
         journal.flush().await.unwrap();
-        let mut reader = SqliteStore::open_read_only(&path).unwrap();
+        let reader = SqliteReader::open(&path).unwrap();
         assert_eq!(reader.runs(&RunFilter::default()).unwrap().len(), 100);
         assert!(journal.stats().commits <= 2, "{:?}", journal.stats());
         journal.close().unwrap();
@@ -675,7 +769,7 @@ mod tests {
         for _ in 0..500 {
             let journal = journal.clone();
             tasks.spawn(async move {
-                let id = journal.next_run_id();
+                let id = journal.next_run_id().unwrap();
                 let ticket = journal.append(accepted(&journal, id));
                 journal.durable(ticket).await.map(|()| id)
             });
@@ -684,7 +778,7 @@ mod tests {
         while let Some(done) = tasks.join_next().await {
             ids.push(done.unwrap().unwrap());
         }
-        let mut reader = SqliteStore::open_read_only(&dir.path().join("j.db")).unwrap();
+        let reader = SqliteReader::open(&dir.path().join("j.db")).unwrap();
         let written: Vec<RunId> = reader
             .runs(&RunFilter::default())
             .unwrap()
@@ -727,7 +821,7 @@ mod tests {
         let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
         let mut outcome = Ok(());
         for _ in 0..1000 {
-            let id = journal.next_run_id();
+            let id = journal.next_run_id().unwrap();
             let mut event = accepted(&journal, id);
             if let Event::RunAccepted { input, .. } = &mut event {
                 *input = vec![b' '; 4096];
@@ -750,5 +844,55 @@ mod tests {
                 .is_err()
         );
         assert!(journal.close().is_err());
+    }
+
+    #[tokio::test]
+    async fn ids_stay_consecutive_across_a_graceful_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        for expected in [[1, 2, 3], [4, 5, 6]] {
+            let store = SqliteStore::open(&path, Durability::Strict).unwrap();
+            let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+            let ids: Vec<RunId> = (0..3).map(|_| journal.next_run_id().unwrap()).collect();
+            assert_eq!(ids, expected);
+            for &id in &ids {
+                journal.append(accepted(&journal, id));
+            }
+            journal.flush().await.unwrap();
+            journal.close().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn events_of_a_run_the_journal_does_not_own_are_counted_and_the_run_is_lost() {
+        #[derive(Default)]
+        struct Fenced(std::sync::atomic::AtomicUsize);
+        impl CommitObserver for Fenced {
+            fn committed(&self, _: usize, _: Duration) {}
+            fn fenced(&self, events: usize) {
+                self.0.fetch_add(events, Ordering::Relaxed);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("j.db"), Durability::Strict).unwrap();
+        let (journal, _) = Journal::start(Box::new(store), JournalConfig::default()).unwrap();
+        let observer = Arc::new(Fenced::default());
+        journal.observe(observer.clone());
+        let mine = journal.next_run_id().unwrap();
+        journal.append(accepted(&journal, mine));
+        // Run 999 is no one's: as a run another host claimed, its events are refused.
+        let state = |run| Event::StateWritten {
+            run,
+            key: "k".into(),
+            value: "1".into(),
+        };
+        let ticket = journal.append_all([state(mine), state(999), state(999)]);
+        journal.durable(ticket).await.unwrap();
+        assert!(journal.lost(999) && !journal.lost(mine));
+        assert_eq!(journal.stats().fenced_events, 2);
+        assert_eq!(observer.0.load(Ordering::Relaxed), 2);
+        let reader = SqliteReader::open(&dir.path().join("j.db")).unwrap();
+        assert_eq!(reader.history(mine).unwrap().unwrap().state.len(), 1);
+        journal.close().unwrap();
     }
 }

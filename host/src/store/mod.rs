@@ -5,31 +5,40 @@
 //!
 //! - the events ([`Event`]) a scheduler records: a workflow defined, a run
 //!   accepted, an attempt started and ended, a state write, a run ended;
-//! - the [`Store`] trait, which writes batches of events in one transaction
-//!   and answers the questions recovery and operators ask (incomplete runs,
-//!   a run's history, listings, retention). Every line of SQL lives behind
-//!   it: [`SqliteStore`] now, a PostgreSQL store for several hosts later.
-//!   The data model assumes no single process: runs carry an owner and a
-//!   lease, and run ids are handed out by the store;
+//! - a store's two sides: the [`StoreWriter`] (one per host) writes
+//!   batches of events in one transaction, each fenced by its run's owner,
+//!   hands out run ids, and keeps leases and claims; the [`StoreReader`]
+//!   answers operators' questions (a run's history, listings, counts)
+//!   through `&self`, from many threads at once. Every line of SQL lives
+//!   behind them: [`SqliteStore`] and [`SqliteReader`] now, a PostgreSQL
+//!   store for several hosts later, and [`conformance`] is the suite every
+//!   store must pass. The data model assumes no single process: runs carry
+//!   an owner and a lease, and run ids are handed out by the store;
 //! - the [`Journal`], one writer thread that gathers the events of many runs
 //!   into each transaction (group commit) and tells each waiter when its
 //!   events are durable, at the [`Durability`] level chosen.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), stepbox::store::StoreError> {
-//! use stepbox::store::{Durability, Journal, JournalConfig, SqliteStore};
+//! use stepbox::store::{Durability, Journal, JournalConfig, SqliteReader, SqliteStore, StoreReader};
 //!
-//! let store = SqliteStore::open(".stepbox/stepbox.db".as_ref(), Durability::Strict)?;
+//! let path = ".stepbox/stepbox.db".as_ref();
+//! let store = SqliteStore::open(path, Durability::Strict)?;
 //! let (journal, incomplete) = Journal::start(Box::new(store), JournalConfig::default())?;
 //! println!("{} runs to resume", incomplete.len());
+//! let reader = SqliteReader::open(path)?;
+//! println!("{:?}", reader.count_runs()?);
 //! journal.close()?;
 //! # Ok(()) }
 //! ```
 
+pub mod conformance;
 mod error;
 mod event;
 mod journal;
+mod records;
 mod sqlite;
+mod traits;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,7 +47,11 @@ pub use self::event::{
     AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, ComponentRecord, Event, RunState, WorkflowRecord,
 };
 pub use self::journal::{CommitObserver, Journal, JournalConfig, JournalStats, Ticket};
-pub use self::sqlite::SqliteStore;
+pub use self::records::{
+    AttemptRecord, Definition, GcStats, RecoveredRun, RunFilter, RunHistory, RunSummary, WorkflowUnavailable,
+};
+pub use self::sqlite::{SqliteReader, SqliteStore};
+pub use self::traits::{Refused, StoreReader, StoreWriter, WriteReport};
 
 /// A run's id: unique in its store and stable across restarts.
 pub type RunId = u64;
@@ -115,219 +128,6 @@ impl std::str::FromStr for Durability {
             )),
         }
     }
-}
-
-/// One run, as `stepbox runs` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RunSummary {
-    /// The run's id.
-    pub id: RunId,
-    /// Its workflow's name.
-    pub workflow: String,
-    /// The digest of the definition and components it runs.
-    pub workflow_digest: String,
-    /// Where it is.
-    pub status: RunState,
-    /// When it was accepted.
-    pub accepted_at: Millis,
-    /// When it was first admitted, if it was.
-    pub started_at: Option<Millis>,
-    /// When it reached a final status.
-    pub finished_at: Option<Millis>,
-    /// Why it failed, in one line.
-    pub error: Option<String>,
-    /// Whether retention removed its payloads (input, output, state, logs).
-    pub collected: bool,
-}
-
-/// One attempt at one unit of work (a step, or an item of a `for_each`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AttemptRecord {
-    /// The step's id.
-    pub step: String,
-    /// The item's index, for a `for_each` step.
-    pub item: Option<u32>,
-    /// The attempt's number, from 1, across restarts.
-    pub attempt: u32,
-    /// The component it ran, once ended.
-    pub component: Option<String>,
-    /// The limits it ran under, once ended.
-    pub limits: AttemptLimits,
-    /// How it ended, or [`AttemptStatus::Started`] if it never did.
-    pub status: AttemptStatus,
-    /// Whether this attempt's ending was the unit's last word (no retry followed).
-    pub last: bool,
-    /// The outcome kind (`completed`, `timeout`...), once ended.
-    pub outcome: Option<String>,
-    /// The outcome in one line, when it did not complete.
-    pub message: Option<String>,
-    /// Which level of the timeout hierarchy fired, for a timeout (none in
-    /// journals from before levels were recorded).
-    pub timeout_level: Option<crate::policy::TimeoutLevel>,
-    /// When it started.
-    pub started_at: Millis,
-    /// When it started, in microseconds since the Unix epoch.
-    pub started_us: i64,
-    /// When it ended.
-    pub finished_at: Option<Millis>,
-    /// What it used.
-    pub usage: AttemptUsage,
-    /// Its output, unless collected.
-    pub output: Option<Vec<u8>>,
-    /// Its log, unless empty or collected.
-    pub log: Option<String>,
-}
-
-/// A run's whole history, as `stepbox show` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RunHistory {
-    /// The run.
-    pub summary: RunSummary,
-    /// Its input, unless collected.
-    pub input: Option<Vec<u8>>,
-    /// Its output, unless collected or not succeeded.
-    pub output: Option<Vec<u8>>,
-    /// Every attempt, in the order they started.
-    pub attempts: Vec<AttemptRecord>,
-    /// Its state at the end, unless collected.
-    pub state: Vec<(String, String)>,
-}
-
-/// An incomplete run claimed for resumption.
-#[derive(Debug, Clone)]
-pub struct RecoveredRun {
-    /// The run's id.
-    pub id: RunId,
-    /// The definition and components it started with, or why they are gone.
-    pub workflow: Result<std::sync::Arc<WorkflowRecord>, String>,
-    /// Its input.
-    pub input: Vec<u8>,
-    /// The last attempt of every unit of work that ended for good (completed,
-    /// or failed with no retry to follow): these do not run again.
-    pub done: Vec<AttemptRecord>,
-    /// The highest attempt number recorded per unit (step id, item), so that
-    /// attempt numbers go on counting.
-    pub attempts: Vec<(String, Option<u32>, u32)>,
-    /// Its state as last written.
-    pub state: Vec<(String, String)>,
-}
-
-/// A workflow's definition as a run recorded it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Definition {
-    /// The workflow's name.
-    pub name: String,
-    /// The file it was read from.
-    pub path: String,
-    /// The file's text.
-    pub source: String,
-}
-
-/// Which runs [`Store::runs`] lists.
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    /// Only runs in these states; all when empty.
-    pub status: Vec<RunState>,
-    /// Only runs of this workflow (by name).
-    pub workflow: Option<String>,
-    /// At most this many, newest first; all when `None`.
-    pub limit: Option<usize>,
-}
-
-/// What retention removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GcStats {
-    /// Runs whose payloads were removed.
-    pub runs: u64,
-    /// Bytes the database file shrank by.
-    pub bytes_freed: u64,
-}
-
-/// Where a journal's events go, and where recovery and operators read them.
-///
-/// Implementations write each batch in one transaction, so a crash leaves
-/// either all of a batch or none of it. They assume nothing about which
-/// process wrote what: runs carry an owner and a lease, and run ids come from
-/// [`Store::next_run_id`].
-pub trait Store: Send {
-    /// The first run id no run of this store has: the journal counts up from it.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read.
-    fn next_run_id(&mut self) -> Result<RunId, StoreError>;
-
-    /// Writes `events` in one transaction, durably as the store's level says.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] (disk full, read-only...): none of the events are written.
-    fn write(&mut self, events: &[Event]) -> Result<(), StoreError>;
-
-    /// Extends the lease of every incomplete run `owner` holds to `until`.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be written.
-    fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<(), StoreError>;
-
-    /// Claims, for `owner` until `until`, every incomplete run no live host
-    /// holds, and returns what resuming each one needs.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read or written.
-    fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError>;
-
-    /// Runs matching `filter`, newest first.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read.
-    fn runs(&mut self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
-
-    /// Run `id`'s history, if there is such a run.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read.
-    fn history(&mut self, id: RunId) -> Result<Option<RunHistory>, StoreError>;
-
-    /// The definition (name, file, text) a workflow digest stands for,
-    /// without its components.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read.
-    fn definition(&mut self, digest: &str) -> Result<Option<Definition>, StoreError>;
-
-    /// Calls `visit` with every attempt that ended at or after `since`,
-    /// without its output and log.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read.
-    fn scan_attempts(
-        &mut self,
-        since: Millis,
-        visit: &mut dyn FnMut(&AttemptRecord),
-    ) -> Result<(), StoreError>;
-
-    /// How many runs are in each state.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be read.
-    fn count_runs(&mut self) -> Result<Vec<(RunState, u64)>, StoreError>;
-
-    /// Removes the payloads (input, output, state, logs) of runs that
-    /// finished before `before`, keeping their audit record, and reclaims
-    /// the space.
-    ///
-    /// # Errors
-    ///
-    /// A [`StoreError`] if the store cannot be written.
-    fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError>;
 }
 
 /// How long a host's claim on a run lasts without renewal.
