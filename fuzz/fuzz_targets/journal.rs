@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use stepbox::OutcomeKind;
+use stepbox::{OutcomeKind, Usage};
 use stepbox::store::{
-    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, ComponentRecord, Durability, Event, Journal,
+    AttemptEnd, AttemptLimits, AttemptStatus, ComponentRecord, Durability, Event, Journal,
     JournalConfig, RunFilter, RunState, SqliteReader, SqliteStore, StoreError, StoreReader, StoreWriter,
     WorkflowRecord,
 };
@@ -85,12 +85,12 @@ fn attempt_end(run: u64, step: &str, item: Option<u32>, attempt: u32, ok: bool, 
         timeout_level: None,
         output: ok.then(|| format!(r#"{{"run":{run},"step":"{step}"}}"#).into_bytes()),
         log: Some(format!("log of {step} #{attempt}")),
-        usage: AttemptUsage {
-            duration: Duration::from_micros(1234),
+        usage: Usage {
             queue_wait: Duration::from_micros(56),
-            fuel: 789,
+            wall_time: Duration::from_micros(1178),
+            fuel_consumed: 789,
             peak_memory: 65536,
-            ..AttemptUsage::default()
+            ..Usage::default()
         },
         started_us: at * 1000 - 500,
         at,

@@ -342,18 +342,10 @@ impl Metrics {
             let (Some(component), Some(outcome)) = (&a.component, a.outcome) else {
                 return;
             };
-            let usage = Usage {
-                queue_wait: a.usage.queue_wait,
-                wall_time: a.usage.duration.saturating_sub(a.usage.queue_wait),
-                fuel_consumed: a.usage.fuel,
-                peak_memory: a.usage.peak_memory,
-                peak_scratch: a.usage.peak_scratch,
-                output_bytes: 0,
-            };
             metrics.observe_attempt(&AttemptSample {
                 component,
                 outcome: outcome.as_str(),
-                usage: &usage,
+                usage: &a.usage,
                 timeout_level: a.timeout_level,
             });
             if a.status == AttemptStatus::Failed && !a.last {

@@ -657,7 +657,7 @@ fn runs_show_and_gc_keep_the_audit_record_and_drop_payloads() {
     for a in attempts {
         assert_eq!(a["outcome"], "completed");
         assert_eq!(a["output"], Value::Null);
-        assert!(a["usage"]["fuel"].as_u64().unwrap() > 0);
+        assert!(a["usage"]["fuel_consumed"].as_u64().unwrap() > 0);
         assert!(a["usage"]["peak_memory"].as_u64().unwrap() > 0);
     }
 

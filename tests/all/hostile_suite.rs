@@ -181,10 +181,17 @@ async fn the_whole_hostile_repertoire_beside_good_runs_leaves_them_and_the_host_
         now <= fds + 16,
         "descriptors: {fds} after the first round, {now} after the second"
     );
-    let grown = rss_bytes().saturating_sub(rss);
+    // RSS is the whole process's, and the other tests of this binary run
+    // meanwhile: a leak grows it every round, their work only now and then.
+    let mut grown = rss_bytes().saturating_sub(rss);
+    if grown >= 64 << 20 {
+        let rss = rss_bytes();
+        round(&scheduler, &hostile, &good).await;
+        grown = grown.min(rss_bytes().saturating_sub(rss));
+    }
     assert!(
         grown < 64 << 20,
-        "RSS grew by {} MiB in the second round",
+        "RSS grew by {} MiB in each of two rounds",
         grown >> 20
     );
     assert_eq!(scheduler.stats().memory_in_use, bytesize::ByteSize::b(0));

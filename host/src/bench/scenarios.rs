@@ -11,8 +11,8 @@ use super::{Better, Measurement};
 use crate::policy::Quotas;
 use crate::scheduler::{PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig};
 use crate::store::{
-    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Durability, Event, Journal, JournalConfig,
-    SqliteStore, now_millis,
+    AttemptEnd, AttemptLimits, AttemptStatus, Durability, Event, Journal, JournalConfig, SqliteStore,
+    now_millis,
 };
 use crate::workflow::Workflow;
 use crate::{RunOptions, Sandbox};
@@ -205,7 +205,7 @@ pub fn append_bench_event(i: u64, step: &Arc<str>) -> Event {
         timeout_level: None,
         output: Some(b"{}".to_vec()),
         log: None,
-        usage: AttemptUsage::default(),
+        usage: crate::outcome::Usage::default(),
         started_us: 0,
         at: now_millis(),
     }))

@@ -283,9 +283,9 @@ impl ShowCommand {
                 a.attempt,
                 a.status.as_str(),
                 a.outcome.map_or("-", |k| k.as_str()),
-                format!("{:.2}ms", a.usage.duration.as_secs_f64() * 1e3),
+                format!("{:.2}ms", a.usage.total().as_secs_f64() * 1e3),
                 format!("{:.2}ms", a.usage.queue_wait.as_secs_f64() * 1e3),
-                a.usage.fuel,
+                a.usage.fuel_consumed,
                 ByteSize(a.usage.peak_memory).display().iec().to_string(),
                 match a.limits.scratch {
                     // Journals from before the scratch quota recorded none.

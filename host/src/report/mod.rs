@@ -140,7 +140,7 @@ impl RunAnalysis {
         let attempts = &history.attempts;
         let origin = attempts.iter().map(|a| a.started_us).min().unwrap_or(0);
         let at = |us: i64| Duration::from_micros(u64::try_from(us - origin).unwrap_or(0));
-        let end_of = |a: &AttemptRecord| at(a.started_us) + a.usage.duration;
+        let end_of = |a: &AttemptRecord| at(a.started_us) + a.usage.total();
         let wall = attempts.iter().map(end_of).max().unwrap_or_default();
 
         let mut lanes: Vec<Lane> = Vec::new();
@@ -189,7 +189,7 @@ impl RunAnalysis {
             let s = &mut steps[i];
             s.end = s.end.max(end_of(a));
             s.queue_wait += a.usage.queue_wait;
-            s.execution += a.usage.duration.saturating_sub(a.usage.queue_wait);
+            s.execution += a.usage.wall_time;
             s.attempts += 1;
             s.retried |= a.attempt > 1;
             if s.component.is_empty() {
@@ -373,7 +373,7 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             (
                 "fuel",
                 "`fuel` for this step",
-                a.usage.fuel as f64,
+                a.usage.fuel_consumed as f64,
                 a.limits.fuel as f64,
                 hit == Some("out-of-fuel"),
             ),
@@ -387,7 +387,7 @@ fn insights(attempts: &[&AttemptRecord], steps: &[StepTiming], critical: &[Strin
             (
                 "time",
                 time_setting,
-                a.usage.duration.as_secs_f64(),
+                a.usage.total().as_secs_f64(),
                 a.limits.time.as_secs_f64(),
                 hit == Some("timeout"),
             ),
@@ -502,7 +502,7 @@ pub fn component_stats<'a>(attempts: impl IntoIterator<Item = &'a AttemptRecord>
     let mut stats: Vec<ComponentStats> = by
         .into_iter()
         .map(|(component, list)| {
-            let mut durations: Vec<Duration> = list.iter().map(|a| a.usage.duration).collect();
+            let mut durations: Vec<Duration> = list.iter().map(|a| a.usage.total()).collect();
             durations.sort();
             let pick = |q: f64| durations[((durations.len() - 1) as f64 * q).round() as usize];
             let errors = list
@@ -515,7 +515,7 @@ pub fn component_stats<'a>(attempts: impl IntoIterator<Item = &'a AttemptRecord>
                 p50: pick(0.5),
                 p95: pick(0.95),
                 p99: pick(0.99),
-                mean_fuel: list.iter().map(|a| a.usage.fuel).sum::<u64>() / list.len() as u64,
+                mean_fuel: list.iter().map(|a| a.usage.fuel_consumed).sum::<u64>() / list.len() as u64,
                 max_memory: list.iter().map(|a| a.usage.peak_memory).max().unwrap_or(0),
                 component,
             }

@@ -1,8 +1,9 @@
 use std::time::Duration;
 
 use super::*;
+use crate::outcome::Usage;
 use crate::policy::TimeoutLevel;
-use crate::store::{AttemptLimits, AttemptUsage, RunState, RunSummary};
+use crate::store::{AttemptLimits, RunState, RunSummary};
 
 fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcome: &str) -> AttemptRecord {
     AttemptRecord {
@@ -28,12 +29,12 @@ fn attempt(step: &str, item: Option<u32>, n: u32, start_ms: i64, ms: u64, outcom
         started_at: start_ms,
         started_us: start_ms * 1000,
         finished_at: Some(start_ms + ms as i64),
-        usage: AttemptUsage {
-            duration: Duration::from_millis(ms),
+        usage: Usage {
             queue_wait: Duration::from_millis(ms) / 10,
-            fuel: 1000,
+            wall_time: Duration::from_millis(ms) - Duration::from_millis(ms) / 10,
+            fuel_consumed: 1000,
             peak_memory: 1 << 20,
-            peak_scratch: 0,
+            ..Usage::default()
         },
         output: None,
         log: None,
@@ -98,7 +99,7 @@ fn limits_used_past_eighty_percent_and_limits_hit_become_insights() {
     let mut near = attempt("near", None, 1, 0, 10, "completed");
     near.usage.peak_memory = 9 << 20; // 90 % of 10 MiB
     let mut hit = attempt("hit", None, 1, 0, 10, "out-of-fuel");
-    hit.usage.fuel = 1_000_000;
+    hit.usage.fuel_consumed = 1_000_000;
     let calm = attempt("calm", None, 1, 0, 10, "completed");
     let analysis = RunAnalysis::new(&history(vec![near, hit, calm]), None);
     let kinds: Vec<(&str, &str)> = analysis

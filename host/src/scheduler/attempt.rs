@@ -21,9 +21,7 @@ use crate::metrics::AttemptSample;
 use crate::outcome::{Outcome, OutcomeKind, RunReport, Usage};
 use crate::policy::{Deadline, InstanceSlot, Permit, QuotaError, Rejected, TimeoutLevel, step_deadline};
 use crate::sandbox::{RunOptions, StepHost};
-use crate::store::{
-    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, Event, Ticket, now_micros, now_millis,
-};
+use crate::store::{AttemptEnd, AttemptLimits, AttemptStatus, Event, Ticket, now_micros, now_millis};
 
 /// What one unit's attempts are for: which step, on what, under whose
 /// deadline and cancellation.
@@ -391,7 +389,6 @@ impl<R: StepRunner> Shared<R> {
             _ => AttemptStatus::Failed,
         };
         let last = matches!(status, AttemptStatus::Completed | AttemptStatus::Failed) && !more;
-        let usage = &attempt.usage;
         Some(journal.append(Event::AttemptEnded(Box::new(AttemptEnd {
             run: self.id,
             step: Arc::clone(&self.wf.workflow.steps[job.step].id),
@@ -406,13 +403,7 @@ impl<R: StepRunner> Shared<R> {
             timeout_level: result.timeout_level,
             output: result.outcome.output().map(<[u8]>::to_vec),
             log: attempt.log,
-            usage: AttemptUsage {
-                duration: usage.total(),
-                queue_wait: usage.queue_wait,
-                fuel: usage.fuel_consumed,
-                peak_memory: usage.peak_memory,
-                peak_scratch: usage.peak_scratch,
-            },
+            usage: attempt.usage,
             started_us: attempt.started_us,
             at: now_millis(),
         }))))

@@ -147,14 +147,7 @@ impl Resume {
                         outcome,
                         message: a.message.clone(),
                         attempt: a.attempt,
-                        usage: Usage {
-                            queue_wait: a.usage.queue_wait,
-                            wall_time: a.usage.duration.saturating_sub(a.usage.queue_wait),
-                            fuel_consumed: a.usage.fuel,
-                            peak_memory: a.usage.peak_memory,
-                            peak_scratch: a.usage.peak_scratch,
-                            output_bytes: a.output.as_ref().map_or(0, |o| o.len() as u64),
-                        },
+                        usage: a.usage,
                     },
                 ))
             })

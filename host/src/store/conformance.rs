@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::{
-    AttemptEnd, AttemptLimits, AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Definition,
-    Event, Millis, Refused, RunFilter, RunId, RunState, StoreReader, StoreWriter, WorkflowRecord, now_millis,
+    AttemptEnd, AttemptLimits, AttemptRecord, AttemptStatus, ComponentRecord, Definition, Event, Millis,
+    Refused, RunFilter, RunId, RunState, StoreReader, StoreWriter, WorkflowRecord, now_millis,
 };
-use crate::OutcomeKind;
+use crate::outcome::{OutcomeKind, Usage};
 use crate::policy::TimeoutLevel;
 
 /// A store under test: one database, empty when the property starts.
@@ -150,12 +150,13 @@ pub(crate) fn attempt_end(
         timeout_level: None,
         output: completed.then(|| b"42".to_vec()),
         log: Some("hello".into()),
-        usage: AttemptUsage {
-            duration: Duration::from_millis(3),
+        usage: Usage {
             queue_wait: Duration::from_millis(1),
-            fuel: 1000,
+            wall_time: Duration::from_millis(2),
+            fuel_consumed: 1000,
             peak_memory: 65536,
             peak_scratch: 4096,
+            output_bytes: if completed { 2 } else { 0 },
         },
         started_us: now_millis() * 1000 - 3000,
         at: now_millis(),
@@ -714,7 +715,10 @@ pub fn many_events_of_a_kind_in_one_batch_each_land(store: &dyn StoreUnderTest) 
     expected.push((40, 2, AttemptStatus::Completed, Some(b"42".to_vec())));
     assert_eq!(rows, expected);
     let overwritten = history.attempts.iter().find(|a| a.item == Some(3)).unwrap();
-    assert_eq!((overwritten.usage.fuel, overwritten.limits.fuel), (1000, 2000));
+    assert_eq!(
+        (overwritten.usage.fuel_consumed, overwritten.limits.fuel),
+        (1000, 2000)
+    );
     assert_eq!(history.state.len(), 4);
 }
 
@@ -782,12 +786,15 @@ pub fn collecting_removes_payloads_and_keeps_the_audit(store: &dyn StoreUnderTes
     let attempt = &history.attempts[0];
     assert_eq!((attempt.output.as_ref(), attempt.log.as_ref()), (None, None));
     assert_eq!(attempt.outcome, Some(OutcomeKind::Completed));
-    assert_eq!((attempt.usage.fuel, attempt.usage.peak_memory), (1000, 65536));
+    assert_eq!(
+        (attempt.usage.fuel_consumed, attempt.usage.peak_memory),
+        (1000, 65536)
+    );
     assert_eq!(
         (attempt.usage.peak_scratch, attempt.limits.scratch),
         (4096, 1 << 20)
     );
-    assert_eq!(attempt.usage.duration, Duration::from_millis(3));
+    assert_eq!(attempt.usage.total(), Duration::from_millis(3));
     let mut scanned = 0;
     reader.scan_attempts(0, &mut |_| scanned += 1).unwrap();
     assert_eq!(scanned, 50, "collected attempts are still scanned");

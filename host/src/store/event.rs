@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Millis, RunId};
-use crate::OutcomeKind;
+use crate::outcome::{OutcomeKind, Usage};
 use crate::policy::TimeoutLevel;
 
 /// Something that happened to a run, as the journal records it.
@@ -133,29 +133,12 @@ pub struct AttemptEnd {
     /// What it logged, if anything.
     pub log: Option<String>,
     /// What it used.
-    pub usage: AttemptUsage,
+    pub usage: Usage,
     /// When it started, in microseconds since the Unix epoch (timelines
     /// of sub-millisecond steps need them).
     pub started_us: i64,
     /// When.
     pub at: Millis,
-}
-
-/// What an attempt used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct AttemptUsage {
-    /// From start to end, including the wait for an instance slot.
-    #[serde(serialize_with = "crate::limits::serialize_millis")]
-    pub duration: Duration,
-    /// Of which waiting for an instance slot.
-    #[serde(serialize_with = "crate::limits::serialize_millis")]
-    pub queue_wait: Duration,
-    /// Fuel consumed.
-    pub fuel: u64,
-    /// Peak linear memory, in bytes.
-    pub peak_memory: u64,
-    /// Peak bytes kept in its `/tmp`.
-    pub peak_scratch: u64,
 }
 
 /// The limits an attempt ran under: what its usage is measured against.

@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::error::StoreError;
 pub use self::event::{
-    AttemptEnd, AttemptLimits, AttemptStatus, AttemptUsage, ComponentRecord, Event, RunState, WorkflowRecord,
+    AttemptEnd, AttemptLimits, AttemptStatus, ComponentRecord, Event, RunState, WorkflowRecord,
 };
 pub use self::journal::{CommitObserver, Journal, JournalConfig, JournalStats, Ticket};
 pub use self::records::{

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{AttemptLimits, AttemptStatus, AttemptUsage, Millis, RunId, RunState, WorkflowRecord};
-use crate::OutcomeKind;
+use super::{AttemptLimits, AttemptStatus, Millis, RunId, RunState, WorkflowRecord};
+use crate::outcome::{OutcomeKind, Usage};
 
 /// One run, as `stepbox runs` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -62,7 +62,7 @@ pub struct AttemptRecord {
     /// When it ended.
     pub finished_at: Option<Millis>,
     /// What it used.
-    pub usage: AttemptUsage,
+    pub usage: Usage,
     /// Its output, unless collected.
     pub output: Option<Vec<u8>>,
     /// Its log, unless empty or collected.

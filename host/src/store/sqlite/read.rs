@@ -13,9 +13,8 @@ use super::lock::sql_error;
 use super::schema::{ADDED_ATTEMPT_COLUMNS, check_format, missing_attempt_columns};
 use crate::OutcomeKind;
 use crate::store::{
-    AttemptLimits, AttemptRecord, AttemptStatus, AttemptUsage, ComponentRecord, Definition, Millis,
-    RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError, StoreReader, WorkflowRecord,
-    WorkflowUnavailable,
+    AttemptLimits, AttemptRecord, AttemptStatus, ComponentRecord, Definition, Millis, RunFilter, RunHistory,
+    RunId, RunState, RunSummary, StoreError, StoreReader, WorkflowRecord, WorkflowUnavailable,
 };
 
 /// A run's status as the journal reports it. A fresh run's start is not
@@ -400,7 +399,7 @@ impl Queries<'_> {
 const ATTEMPT_COLUMNS: &str = "step, item, attempt, status, last, outcome, message, started_at, finished_at,
      duration_us, queue_wait_us, fuel, peak_memory, output, log,
      component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch, scratch_limit,
-     timeout_level";
+     timeout_level, length(output)";
 
 /// [`ATTEMPT_COLUMNS`], with what an older file reads instead of each
 /// `missing` one.
@@ -448,12 +447,18 @@ fn attempt_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
             us => us,
         },
         finished_at: r.get(8)?,
-        usage: AttemptUsage {
-            duration: Duration::from_micros(r.get::<_, i64>(9)? as u64),
-            queue_wait: Duration::from_micros(r.get::<_, i64>(10)? as u64),
-            fuel: r.get::<_, i64>(11)? as u64,
-            peak_memory: r.get::<_, i64>(12)? as u64,
-            peak_scratch: r.get::<_, i64>(20)? as u64,
+        usage: {
+            // The journal keeps an attempt's whole duration, wait included.
+            let total = Duration::from_micros(r.get::<_, i64>(9)? as u64);
+            let queue_wait = Duration::from_micros(r.get::<_, i64>(10)? as u64);
+            crate::outcome::Usage {
+                queue_wait,
+                wall_time: total.saturating_sub(queue_wait),
+                fuel_consumed: r.get::<_, i64>(11)? as u64,
+                peak_memory: r.get::<_, i64>(12)? as u64,
+                peak_scratch: r.get::<_, i64>(20)? as u64,
+                output_bytes: r.get::<_, Option<i64>>(23)?.unwrap_or(0) as u64,
+            }
         },
         output: r.get(13)?,
         log: r.get(14)?,

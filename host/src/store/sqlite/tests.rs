@@ -210,7 +210,10 @@ fn a_journal_from_before_the_scratch_quota_is_read_and_then_upgraded_in_place() 
 
     let old = SqliteReader::open(&path).unwrap();
     let attempt = &old.history(1).unwrap().unwrap().attempts[0];
-    assert_eq!((attempt.usage.fuel, attempt.usage.peak_scratch), (1000, 0));
+    assert_eq!(
+        (attempt.usage.fuel_consumed, attempt.usage.peak_scratch),
+        (1000, 0)
+    );
     drop(old);
 
     let mut store = SqliteStore::open(&path, Durability::Strict).unwrap();

@@ -608,9 +608,9 @@ fn bind_attempt_end(
     stmt.raw_bind_parameter(at(8), &a.message)?;
     stmt.raw_bind_parameter(at(9), a.started_us / 1000)?;
     stmt.raw_bind_parameter(at(10), a.at)?;
-    stmt.raw_bind_parameter(at(11), micros(a.usage.duration))?;
+    stmt.raw_bind_parameter(at(11), micros(a.usage.total()))?;
     stmt.raw_bind_parameter(at(12), micros(a.usage.queue_wait))?;
-    stmt.raw_bind_parameter(at(13), a.usage.fuel as i64)?;
+    stmt.raw_bind_parameter(at(13), a.usage.fuel_consumed as i64)?;
     stmt.raw_bind_parameter(at(14), a.usage.peak_memory as i64)?;
     stmt.raw_bind_parameter(at(15), &a.output)?;
     stmt.raw_bind_parameter(at(16), &a.log)?;
