@@ -145,6 +145,40 @@ pub fn collect(settings: &JournalSettings, age: Duration) -> Result<GcStats, Hos
     Ok(store.collect(cutoff(age))?)
 }
 
+/// Opens the store at `settings.db` for writing, applies retention, claims
+/// the incomplete runs no live host holds, and starts a journal on it at
+/// `settings.durability` (which must not be `memory`). Returns the journal
+/// and the runs to resume.
+///
+/// # Errors
+///
+/// A [`HostError`] when the store cannot be opened, read or written.
+pub async fn open_journal(settings: &JournalSettings) -> Result<(Journal, Vec<RecoveredRun>), HostError> {
+    let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
+    let (durability, retention) = (settings.durability, settings.retention);
+    let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, StoreError> {
+        let mut store = SqliteStore::open(&path, durability)?;
+        if let Some(age) = retention {
+            let stats = store.collect(cutoff(age))?;
+            if stats.runs > 0 {
+                tracing::info!(runs = stats.runs, freed = stats.bytes_freed, "retention");
+            }
+        }
+        Ok(store)
+    })
+    .await
+    .map_err(|e| StoreError::Other {
+        path: settings.db.clone(),
+        detail: format!("opening the store stopped: {e}"),
+    })??;
+    let config = JournalConfig {
+        durability,
+        batch_window: settings.batch_window,
+        ..JournalConfig::default()
+    };
+    Ok(Journal::start(Box::new(store), config)?)
+}
+
 /// The instant `age` ago, in journal time.
 pub fn cutoff(age: Duration) -> Millis {
     now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
@@ -208,29 +242,7 @@ impl Host {
             let scheduler = Scheduler::new(sandbox, scheduler_config)?;
             return Ok(Host::assemble(scheduler, settings, Vec::new()));
         }
-        let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
-        let (durability, retention) = (settings.durability, settings.retention);
-        let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, StoreError> {
-            let mut store = SqliteStore::open(&path, durability)?;
-            if let Some(age) = retention {
-                let stats = store.collect(cutoff(age))?;
-                if stats.runs > 0 {
-                    tracing::info!(runs = stats.runs, freed = stats.bytes_freed, "retention");
-                }
-            }
-            Ok(store)
-        })
-        .await
-        .map_err(|e| StoreError::Other {
-            path: settings.db.clone(),
-            detail: format!("opening the store stopped: {e}"),
-        })??;
-        let journal_config = JournalConfig {
-            durability,
-            batch_window: settings.batch_window,
-            ..JournalConfig::default()
-        };
-        let (journal, recovered) = Journal::start(Box::new(store), journal_config)?;
+        let (journal, recovered) = open_journal(&settings).await?;
         let quotas = &mut scheduler_config.quotas;
         quotas.max_queued = quotas.max_queued.max(extra + recovered.len());
         let scheduler = Scheduler::with_journal(sandbox, scheduler_config, journal)?;

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{Better, Measurement};
+use crate::config::JournalSettings;
+use crate::host::open_journal;
 use crate::policy::Quotas;
 use crate::scheduler::{PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig};
-use crate::store::{
-    AttemptEnd, AttemptLimits, AttemptStatus, Durability, Event, Journal, JournalConfig, SqliteStore,
-    now_millis,
-};
+use crate::store::{AttemptEnd, AttemptLimits, AttemptStatus, Durability, Event, now_millis};
 use crate::workflow::Workflow;
 use crate::{RunOptions, Sandbox};
 
@@ -255,9 +254,13 @@ pub async fn run_scenario(
         "workflows-memory" | "workflows-strict" => {
             let scheduler = if scenario.name == "workflows-strict" {
                 let db = dir.join(format!("bench-{}.db", fastrand::u64(..)));
-                let store = SqliteStore::open(&db, Durability::Strict).map_err(|e| e.to_string())?;
-                let (journal, _) =
-                    Journal::start(Box::new(store), JournalConfig::default()).map_err(|e| e.to_string())?;
+                let (journal, _) = open_journal(&JournalSettings {
+                    db,
+                    durability: Durability::Strict,
+                    ..JournalSettings::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 Scheduler::with_journal(sandbox.clone(), config(), journal).map_err(|e| e.to_string())?
             } else {
                 Scheduler::new(sandbox.clone(), config()).map_err(|e| e.to_string())?
@@ -330,12 +333,13 @@ pub async fn run_scenario(
         }
         "journal-append" => {
             let db = dir.join(format!("append-{}.db", fastrand::u64(..)));
-            let store = SqliteStore::open(&db, Durability::Batched).map_err(|e| e.to_string())?;
-            let config = JournalConfig {
+            let (journal, _) = open_journal(&JournalSettings {
+                db: db.clone(),
                 durability: Durability::Batched,
-                ..JournalConfig::default()
-            };
-            let (journal, _) = Journal::start(Box::new(store), config).map_err(|e| e.to_string())?;
+                ..JournalSettings::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
             let step: Arc<str> = "step".into();
             let n = q(500_000, 20_000) as u64;
             // The store refuses events of runs that are not the journal's
