@@ -388,14 +388,51 @@ impl Metrics {
         }
     }
 
-    /// Everything, in the Prometheus text format (OpenMetrics flavour,
-    /// ending in `# EOF`).
+    /// Everything, in the classic Prometheus text format (version 0.0.4):
+    /// what scrapers, `promtool check metrics` and node_exporter's textfile
+    /// collector read.
     pub fn encode(&self) -> String {
+        classic(&self.encode_openmetrics())
+    }
+
+    /// Everything, in the OpenMetrics text format (ending in `# EOF`).
+    pub fn encode_openmetrics(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
     }
+}
+
+/// OpenMetrics text as the classic format reads it. The two differ where
+/// it matters to a checker: an OpenMetrics counter family `x` has samples
+/// `x_total`, while classic text names the family after its samples (else
+/// they read as untyped series without help); classic text has no `# UNIT`
+/// and no `# EOF`. Histograms and gauges read the same in both.
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) { "_total" } else { "" };
+                text.push_str(format!("{prefix}{name}{suffix} {tail}").trim_end_matches(' '));
+            }
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    text
 }
 
 impl crate::store::CommitObserver for Metrics {
@@ -458,7 +495,6 @@ mod tests {
             "stepbox_admission_queue_depth 4",
             "stepbox_instances_in_use 3",
             "stepbox_journal_batch_events_count 1",
-            "# EOF",
         ] {
             assert!(text.contains(line), "`{line}` missing from:\n{text}");
         }
@@ -472,11 +508,38 @@ mod tests {
         m.fenced(2);
         let text = m.encode();
         for line in [
-            "# HELP stepbox_journal_fenced_events Journal events refused",
-            "# TYPE stepbox_journal_fenced_events counter",
+            "# HELP stepbox_journal_fenced_events_total Journal events refused",
+            "# TYPE stepbox_journal_fenced_events_total counter",
             "stepbox_journal_fenced_events_total 5",
         ] {
             assert!(text.contains(line), "`{line}` missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn classic_text_names_counter_families_after_their_samples_and_has_no_eof() {
+        let m = Metrics::new();
+        m.observe_retry("c.wasm");
+        let classic = m.encode();
+        assert!(
+            classic.contains("# TYPE stepbox_step_retries_total counter"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP stepbox_step_retries_total "),
+            "{classic}"
+        );
+        assert!(classic.contains(r#"stepbox_step_retries_total{component="c.wasm"} 1"#));
+        assert!(
+            !classic.contains("# EOF") && !classic.contains("# UNIT"),
+            "{classic}"
+        );
+        // Histograms keep their family name in both formats.
+        assert!(
+            classic.contains("# TYPE stepbox_step_duration_seconds histogram"),
+            "{classic}"
+        );
+        let open = m.encode_openmetrics();
+        assert!(open.contains("# TYPE stepbox_step_retries counter") && open.ends_with("# EOF\n"));
     }
 }

@@ -216,6 +216,30 @@ fn the_cli_exposes_metrics_from_the_journal_and_while_it_runs() {
         metric(&from_journal, r#"stepbox_workflows_total{status="succeeded"}"#),
         3.0
     );
+    // A real checker reads both as typed, documented families.
+    promtool_accepts(&live);
+    promtool_accepts(&from_journal);
+}
+
+/// `promtool check metrics` (Debian's `prometheus`, installed by
+/// scripts/setup) finds nothing wrong with `text`.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by scripts/setup");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
