@@ -72,10 +72,20 @@ impl LiveRun {
     }
 }
 
-/// The live runs of a host, by id.
+/// How many locks the registry spreads its runs over: every submission
+/// and every ending takes one, and runs must not queue behind one lock.
+const SHARDS: usize = 16;
+
+type Shard = Mutex<HashMap<RunId, LiveRun>>;
+
+/// The live runs of a host, by id, in shards by id.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
-    runs: Arc<Mutex<HashMap<RunId, LiveRun>>>,
+    shards: Arc<[Shard; SHARDS]>,
+}
+
+fn shard(shards: &[Shard; SHARDS], id: RunId) -> &Shard {
+    &shards[(id % SHARDS as u64) as usize]
 }
 
 impl Registry {
@@ -88,23 +98,27 @@ impl Registry {
             admitted: handle.admitted_flag(),
             report,
         };
-        lock(&self.runs).insert(run.id, run.clone());
-        let runs = Arc::clone(&self.runs);
+        lock(shard(&self.shards, run.id)).insert(run.id, run.clone());
+        let shards = Arc::clone(&self.shards);
         let id = run.id;
         tokio::spawn(async move {
             let report = Arc::new(handle.wait().await);
-            lock(&runs).remove(&id);
+            lock(shard(&shards, id)).remove(&id);
             let _ = sender.send(Some(report));
         });
         run
     }
 
     pub(super) fn get(&self, id: RunId) -> Option<LiveRun> {
-        lock(&self.runs).get(&id).cloned()
+        lock(shard(&self.shards, id)).get(&id).cloned()
     }
 
     pub(super) fn list(&self) -> Vec<(RunId, LiveStatus)> {
-        let mut runs: Vec<_> = lock(&self.runs).values().map(|r| (r.id, r.status())).collect();
+        let mut runs: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|s| lock(s).values().map(|r| (r.id, r.status())).collect::<Vec<_>>())
+            .collect();
         runs.sort_unstable_by_key(|(id, _)| *id);
         runs
     }

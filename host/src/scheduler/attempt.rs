@@ -19,7 +19,7 @@ use super::run::{Shared, lock};
 use super::runner::Component as _;
 use crate::metrics::AttemptSample;
 use crate::outcome::{Outcome, OutcomeKind, RunReport, Usage};
-use crate::policy::{Deadline, InstanceSlot, Permit, QuotaError, Rejected, TimeoutLevel, step_deadline};
+use crate::policy::{Deadline, InstanceSlot, QuotaError, Rejected, TimeoutLevel, step_deadline};
 use crate::sandbox::{RunOptions, StepHost};
 use crate::store::{AttemptEnd, AttemptLimits, AttemptStatus, Event, Ticket, now_micros, now_millis};
 
@@ -218,7 +218,7 @@ impl<R: StepRunner> Shared<R> {
         };
         let report = self.execute(job, input, attempt, fuel_left).await;
         drop(admitted);
-        self.settle(&digest, permit, &report);
+        breakers.record(&digest, permit, report.outcome.kind(), Instant::now());
         report.outcome
     }
 
@@ -317,13 +317,6 @@ impl<R: StepRunner> Shared<R> {
             attempt.log = log_text(&report);
         }
         report
-    }
-
-    /// What the breaker hears of a run.
-    fn settle(&self, digest: &crate::sandbox::Digest, permit: Permit, report: &RunReport) {
-        self.inner
-            .breakers
-            .record(digest, permit, report.outcome.kind(), Instant::now());
     }
 
     /// Stage 5: metrics, and the outcome in one line.
