@@ -19,6 +19,7 @@
 //! | [`policy`] | the small pure decisions: retries, circuit breakers, the timeout hierarchy, quotas |
 //! | [`store`] | the journal: events, the store's writing and query sides, group commit |
 //! | [`host`] | a whole host assembled from the configuration: store, recovery, journal, scheduler, live runs, shutdown |
+//! | [`server`] | `stepbox serve`: the HTTP API on a host |
 //! | [`config`] | `stepbox.toml` |
 //! | [`metrics`], [`report`] | Prometheus metrics; reports and timelines read from the journal |
 //!
@@ -46,6 +47,7 @@ pub mod policy;
 pub mod report;
 pub mod sandbox;
 pub mod scheduler;
+pub mod server;
 pub mod store;
 pub mod workflow;
 

@@ -4,6 +4,7 @@ mod bench;
 mod exit;
 mod inspect;
 mod journal;
+mod serve;
 mod step;
 mod workflow;
 
@@ -85,6 +86,8 @@ enum Command {
     Metrics(journal::MetricsCommand),
     /// Where a run's time went: critical path, waits, retries, steps near their limits; --svg draws it
     Report(journal::ReportCommand),
+    /// Serve the HTTP API on a host (resumes incomplete runs first)
+    Serve(serve::ServeCommand),
     /// Run the standard benchmark scenarios; save or compare baselines
     Bench(bench::BenchCommand),
 }
@@ -129,6 +132,7 @@ pub fn main() -> ExitCode {
             Command::Gc(cmd) => cmd.run(&cli.global),
             Command::Metrics(cmd) => cmd.run(&cli.global),
             Command::Report(cmd) => cmd.run(&cli.global),
+            Command::Serve(cmd) => cmd.run(&cli.global).await,
             Command::Bench(cmd) => cmd.run(&cli.global).await,
         }
     });
