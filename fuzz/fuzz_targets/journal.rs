@@ -122,6 +122,8 @@ fn record_runs(path: &Path) {
             lease_until: 2_000_000,
             input: format!(r#"{{"n":{run}}}"#).into_bytes(),
             at: 1_000_000 + run as i64 * 1000,
+            tenant: None,
+            key: None,
         });
     }
     store.write("seed-host", &events).expect("acceptances");
@@ -298,6 +300,7 @@ fn exercise(path: &Path, flags: u8) -> String {
             status: vec![RunState::Running, RunState::Succeeded],
             workflow: Some("fuzzed".into()),
             limit: Some(5),
+            ..RunFilter::default()
         };
         note("some runs", store.runs(&filter).map(|r| format!("{r:?}")));
         for id in ids.iter().copied().chain([0, 1, 2, 3, 4, 41, u64::MAX]) {
@@ -330,6 +333,8 @@ fn exercise(path: &Path, flags: u8) -> String {
                     lease_until: UNTIL,
                     input: b"{}".to_vec(),
                     at: 5_000_000,
+                    tenant: None,
+                    key: None,
                 },
                 attempt_end(run, "a", None, 1, true, true),
                 Event::RunEnded {

@@ -36,7 +36,7 @@ use self::live::Registry;
 pub use self::live::{LiveRun, LiveStatus};
 use crate::config::{HostConfig, JournalSettings};
 use crate::sandbox::Sandbox;
-use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, SubmitError};
+use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, SubmitError, Submission};
 use crate::store::{
     Durability, GcStats, Journal, JournalConfig, Millis, RecoveredRun, RunId, SqliteReader, SqliteStore,
     StoreError, StoreReader, StoreWriter, now_millis,
@@ -306,7 +306,7 @@ impl Host {
     /// As [`Scheduler::submit_all`].
     pub fn submit_all(
         &self,
-        runs: impl IntoIterator<Item = (Arc<PreparedWorkflow>, Value)>,
+        runs: impl IntoIterator<Item = impl Into<Submission>>,
     ) -> Result<Vec<LiveRun>, SubmitError> {
         let handles = self.scheduler.submit_all(runs)?;
         Ok(handles.into_iter().map(|h| self.live.track(h)).collect())

@@ -352,6 +352,8 @@ pub async fn run_scenario(
                 lease_until,
                 input: b"{}".to_vec(),
                 at: now_millis(),
+                tenant: None,
+                key: None,
             }));
             journal.flush().await.map_err(|e| e.to_string())?;
             let t = Instant::now();

@@ -177,6 +177,7 @@ impl RunsCommand {
                 status: self.status,
                 workflow: self.workflow,
                 limit: Some(self.limit),
+                ..RunFilter::default()
             })
             .map_err(journal_error)?;
         let mut out = std::io::stdout().lock();

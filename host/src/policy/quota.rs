@@ -267,6 +267,19 @@ impl QueueTicket {
     }
 }
 
+impl QueueTicket {
+    /// Gives back the workflow slot a ticket was admitted to on arrival, so
+    /// that it waits in the queue instead: for a run that must first wait
+    /// for something else (its tenant's share), without holding a slot
+    /// others could use meanwhile.
+    pub fn give_back(&mut self) {
+        if matches!(self.state, Ticket::Admitted(_)) {
+            self.state = Ticket::Queued;
+            self.inner.queued.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Drop for QueueTicket {
     fn drop(&mut self) {
         if matches!(self.state, Ticket::Queued) {

@@ -53,6 +53,7 @@ fn history(attempts: Vec<AttemptRecord>) -> RunHistory {
             finished_at: Some(1000),
             error: None,
             collected: false,
+            tenant: None,
         },
         input: None,
         output: None,

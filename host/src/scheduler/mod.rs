@@ -215,6 +215,53 @@ impl<R: StepRunner> Inner<R> {
     }
 }
 
+/// One run to submit: a workflow, its input and where it came from.
+/// A `(workflow, input)` pair converts into a submission with neither tenant
+/// nor key.
+///
+/// ```no_run
+/// # fn f(scheduler: &stepbox::scheduler::Scheduler, wf: std::sync::Arc<stepbox::scheduler::PreparedWorkflow>) {
+/// use stepbox::scheduler::Submission;
+/// let run = Submission {
+///     tenant: Some("acme".into()),
+///     key: Some("order-17".into()),
+///     ..Submission::from((wf, serde_json::json!({"n": 17})))
+/// };
+/// let handles = scheduler.submit_all([run]);
+/// # }
+/// ```
+pub struct Submission<R: StepRunner = Sandbox> {
+    /// What to run.
+    pub workflow: Arc<PreparedWorkflow<R>>,
+    /// Its input.
+    pub input: Value,
+    /// The tenant it runs for, recorded with it (see
+    /// [`RunFilter::tenant`](crate::store::RunFilter::tenant)).
+    pub tenant: Option<Arc<str>>,
+    /// The submitter's idempotency key, recorded with it. The scheduler
+    /// does not look keys up: its caller checks one before submitting
+    /// (see [`StoreReader::run_by_key`](crate::store::StoreReader::run_by_key)).
+    pub key: Option<Arc<str>>,
+    /// A share the run must hold while it executes: a permit of this
+    /// semaphore, taken before admission and kept until the run ends, so
+    /// that at most its permits' worth of the runs given it execute at
+    /// once (a tenant's running quota). Waiting for it, a run holds no
+    /// workflow slot.
+    pub gate: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl<R: StepRunner> From<(Arc<PreparedWorkflow<R>>, Value)> for Submission<R> {
+    fn from((workflow, input): (Arc<PreparedWorkflow<R>>, Value)) -> Self {
+        Submission {
+            workflow,
+            input,
+            tenant: None,
+            key: None,
+            gate: None,
+        }
+    }
+}
+
 /// A workflow with its plan and its components loaded, ready to run many times.
 pub struct PreparedWorkflow<R: StepRunner = Sandbox> {
     workflow: Workflow,
@@ -477,12 +524,12 @@ impl<R: StepRunner> Scheduler<R> {
     /// As [`Scheduler::submit`]; when one is refused, none is submitted.
     pub fn submit_all(
         &self,
-        runs: impl IntoIterator<Item = (Arc<PreparedWorkflow<R>>, Value)>,
+        runs: impl IntoIterator<Item = impl Into<Submission<R>>>,
     ) -> Result<Vec<RunHandle>, SubmitError> {
         if self.inner.draining.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
-        let runs: Vec<_> = runs.into_iter().collect();
+        let runs: Vec<Submission<R>> = runs.into_iter().map(Into::into).collect();
         let tickets = runs
             .iter()
             .map(|_| self.inner.admission.enqueue_workflow())
@@ -501,8 +548,9 @@ impl<R: StepRunner> Scheduler<R> {
         let accepted = self.inner.journal.as_ref().map(|journal| {
             let at = now_millis();
             let lease_until = journal.lease_until();
-            journal.append_all(runs.iter().zip(&ids).map(|((wf, input), &id)| {
-                let record = wf
+            journal.append_all(runs.iter().zip(&ids).map(|(run, &id)| {
+                let record = run
+                    .workflow
                     .record
                     .as_ref()
                     .expect("workflows prepared with a journal have a record");
@@ -511,8 +559,10 @@ impl<R: StepRunner> Scheduler<R> {
                     workflow: Arc::clone(&record.digest),
                     name: Arc::clone(&record.name),
                     lease_until,
-                    input: serde_json::to_vec(input).unwrap_or_else(|_| b"null".to_vec()),
+                    input: serde_json::to_vec(&run.input).unwrap_or_else(|_| b"null".to_vec()),
                     at,
+                    tenant: run.tenant.clone(),
+                    key: run.key.clone(),
                 }
             }))
         });
@@ -520,14 +570,15 @@ impl<R: StepRunner> Scheduler<R> {
             .into_iter()
             .zip(ids)
             .zip(tickets)
-            .map(|(((wf, input), id), ticket)| {
+            .map(|((run, id), ticket)| {
                 let start = run::Start {
                     ticket,
                     submitted: Instant::now(),
                     accepted,
                     admitted: Arc::default(),
+                    gate: run.gate,
                 };
-                self.spawn(wf, id, input, start, None)
+                self.spawn(run.workflow, id, run.input, start, None)
             })
             .collect();
         Ok(handles)
@@ -566,6 +617,9 @@ impl<R: StepRunner> Scheduler<R> {
             submitted: Instant::now(),
             accepted: None,
             admitted: Arc::default(),
+            // A tenant's share is the submitting server's to give; a
+            // resumed run was admitted against it before.
+            gate: None,
         };
         match prepared {
             Ok(wf) => {

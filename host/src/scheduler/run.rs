@@ -36,6 +36,9 @@ pub(super) struct Start {
     pub(super) accepted: Option<Ticket>,
     /// Set once it is admitted, for its handle.
     pub(super) admitted: Arc<AtomicBool>,
+    /// A share it needs before admission (a tenant's running quota), held
+    /// until it ends.
+    pub(super) gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// What every step task of a run shares.
@@ -129,11 +132,26 @@ impl<R: StepRunner> Run<R> {
             report.error = Some(format!("the run was not accepted: {e}"));
             return report;
         }
+        let mut ticket = start.ticket;
+        let gate = start.gate;
+        let admit = async move {
+            let share = match gate {
+                None => None,
+                Some(gate) => match Arc::clone(&gate).try_acquire_owned() {
+                    Ok(share) => Some(share),
+                    Err(_) => {
+                        ticket.give_back();
+                        gate.acquire_owned().await.ok()
+                    }
+                },
+            };
+            ticket.admitted().await.ok().map(|slot| (slot, share))
+        };
         let slot = tokio::select! {
             biased;
             () = shared.cancel.cancelled() => None,
             () = shared.inner.draining.cancelled() => None,
-            slot = start.ticket.admitted() => slot.ok(),
+            slot = admit => slot,
         };
         let started = Instant::now();
         let Some(_slot) = slot else {

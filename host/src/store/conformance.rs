@@ -63,6 +63,7 @@ macro_rules! store_conformance {
             writes_of_a_run_another_owner_claimed_are_refused,
             id_blocks_never_overlap_and_released_tails_are_reused,
             listings_filter_by_status_and_workflow_newest_first,
+            tenants_and_pages_filter_listings_and_keys_find_runs,
             counts_and_statuses_follow_the_events,
             many_events_of_a_kind_in_one_batch_each_land,
             a_failed_batch_leaves_nothing,
@@ -110,6 +111,8 @@ pub(crate) fn accepted_until(run: RunId, lease_until: Millis) -> Event {
         lease_until,
         input: br#"{"text":"a b"}"#.to_vec(),
         at: now_millis(),
+        tenant: None,
+        key: None,
     }
 }
 
@@ -585,6 +588,69 @@ pub fn listings_filter_by_status_and_workflow_newest_first(store: &dyn StoreUnde
         ..RunFilter::default()
     };
     assert!(ids(&*reader, &none).is_empty());
+}
+
+/// A run accepted for a tenant lists under that tenant only; `before`
+/// pages through older runs; an idempotency key finds the first run
+/// accepted with it, within its tenant only, also after a restart.
+pub fn tenants_and_pages_filter_listings_and_keys_find_runs(store: &dyn StoreUnderTest) {
+    let of = |run: RunId, tenant: Option<&str>, key: Option<&str>| match accepted(run) {
+        Event::RunAccepted {
+            run,
+            workflow,
+            name,
+            lease_until,
+            input,
+            at,
+            ..
+        } => Event::RunAccepted {
+            run,
+            workflow,
+            name,
+            lease_until,
+            input,
+            at,
+            tenant: tenant.map(Into::into),
+            key: key.map(Into::into),
+        },
+        _ => unreachable!("accepted() accepts"),
+    };
+    let mut writer = store.writer();
+    write(
+        &mut *writer,
+        "a",
+        &[
+            Event::WorkflowDefined(workflow()),
+            of(1, Some("acme"), Some("k1")),
+            of(2, Some("zeta"), Some("k1")),
+            of(3, None, Some("k1")),
+            of(4, Some("acme"), None),
+            of(5, Some("acme"), Some("k2")),
+        ],
+    );
+    drop(writer);
+    drop(store.writer());
+    let reader = store.reader();
+    let acme = |before: Option<RunId>, limit: Option<usize>| RunFilter {
+        tenant: Some("acme".into()),
+        before,
+        limit,
+        ..RunFilter::default()
+    };
+    assert_eq!(ids(&*reader, &acme(None, None)), [5, 4, 1]);
+    assert_eq!(ids(&*reader, &acme(None, Some(2))), [5, 4], "first page");
+    assert_eq!(ids(&*reader, &acme(Some(4), Some(2))), [1], "the page after run 4");
+    let runs = reader.runs(&acme(None, Some(1))).unwrap();
+    assert_eq!(runs[0].tenant.as_deref(), Some("acme"));
+    assert_eq!(ids(&*reader, &RunFilter::default()), [5, 4, 3, 2, 1], "no filter: every tenant");
+    let key = |tenant, key| reader.run_by_key(tenant, key).unwrap();
+    assert_eq!(key(Some("acme"), "k1"), Some(1));
+    assert_eq!(key(Some("zeta"), "k1"), Some(2), "keys are per tenant");
+    assert_eq!(key(None, "k1"), Some(3), "no tenant is a tenant of its own");
+    assert_eq!(key(Some("acme"), "k2"), Some(5));
+    assert_eq!(key(Some("zeta"), "k2"), None, "another tenant's key is not found");
+    assert_eq!(key(Some("acme"), "k3"), None);
+    assert_eq!(reader.history(2).unwrap().unwrap().summary.tenant.as_deref(), Some("zeta"));
 }
 
 /// A fresh run reads as running once an attempt started (its start is not

@@ -28,6 +28,12 @@ pub enum Event {
         input: Vec<u8>,
         /// When.
         at: Millis,
+        /// The tenant it was submitted for, on a server with tenants.
+        tenant: Option<Arc<str>>,
+        /// The submitter's idempotency key: within its tenant, a run with
+        /// this key is the answer to any later submission with it (see
+        /// [`StoreReader::run_by_key`](super::StoreReader::run_by_key)).
+        key: Option<Arc<str>>,
     },
     /// A run started executing again: resumed after its host stopped or
     /// crashed. (A fresh run's start needs no event: its first attempt

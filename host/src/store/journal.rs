@@ -705,6 +705,8 @@ mod tests {
             lease_until: journal.lease_until(),
             input: b"{}".to_vec(),
             at: now_millis(),
+            tenant: None,
+            key: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct RunSummary {
     pub error: Option<String>,
     /// Whether retention removed its payloads (input, output, state, logs).
     pub collected: bool,
+    /// The tenant it was submitted for, on a server with tenants.
+    pub tenant: Option<String>,
 }
 
 /// One attempt at one unit of work (a step, or an item of a `for_each`).
@@ -145,6 +147,11 @@ pub struct RunFilter {
     pub status: Vec<RunState>,
     /// Only runs of this workflow (by name).
     pub workflow: Option<String>,
+    /// Only runs of this tenant.
+    pub tenant: Option<String>,
+    /// Only runs with an id below this one: the next page after a page
+    /// whose last (oldest) run this is.
+    pub before: Option<RunId>,
     /// At most this many, newest first; all when `None`.
     pub limit: Option<usize>,
 }

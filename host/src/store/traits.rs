@@ -187,6 +187,16 @@ pub trait StoreReader: Send + Sync {
     ///
     /// A [`StoreError`] if the store cannot be read.
     fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError>;
+
+    /// The first run accepted with idempotency key `key` for `tenant`
+    /// (`None`: runs with no tenant), if any. Its journal is the one writer
+    /// of its runs' acceptances, so it checks here before accepting a run
+    /// with a key.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError>;
 }
 
 /// What a [`StoreWriter::write`] refused.

@@ -20,7 +20,7 @@ use rusqlite::Connection;
 
 use self::lock::{io_error, sql_error, take_lock};
 pub use self::read::SqliteReader;
-use self::read::{Queries, attempt_columns};
+use self::read::{Queries, RunColumns, attempt_columns};
 use super::{
     Durability, Event, GcStats, Millis, RecoveredRun, RunId, StoreError, StoreWriter, WriteReport, now_millis,
 };
@@ -135,6 +135,7 @@ impl SqliteStore {
             conn: &self.conn,
             path: &self.path,
             attempt_columns: &self.attempt_columns,
+            run_columns: RunColumns::CURRENT,
         }
     }
 }

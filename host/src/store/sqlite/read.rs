@@ -10,7 +10,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 
 use super::lock::sql_error;
-use super::schema::{ADDED_ATTEMPT_COLUMNS, check_format, missing_attempt_columns};
+use super::schema::{ADDED_ATTEMPT_COLUMNS, ADDED_RUN_COLUMNS, check_format, missing_columns};
 use crate::OutcomeKind;
 use crate::store::{
     AttemptLimits, AttemptRecord, AttemptStatus, ComponentRecord, Definition, Millis, RunFilter, RunHistory,
@@ -55,6 +55,9 @@ pub struct SqliteReader {
     /// The attempt columns queries read: a file opened before a writer
     /// added [`ADDED_ATTEMPT_COLUMNS`] reads their defaults instead.
     attempt_columns: String,
+    /// Whether the file's runs have tenants and keys (a file no writer
+    /// has opened since they were added has neither).
+    run_columns: RunColumns,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -93,10 +96,15 @@ impl SqliteReader {
             // (or died before it could): nothing was recorded.
             return Err(no_journal(path));
         }
-        let attempt_columns = attempt_columns(&missing_attempt_columns(&conn, path)?);
+        let attempt_columns = attempt_columns(&missing_columns(&conn, path, "attempts", ADDED_ATTEMPT_COLUMNS)?);
+        let run_columns = match missing_columns(&conn, path, "runs", ADDED_RUN_COLUMNS)?.is_empty() {
+            true => RunColumns::CURRENT,
+            false => RunColumns::NONE,
+        };
         Ok(SqliteReader {
             path: path.to_owned(),
             attempt_columns,
+            run_columns,
             idle: Mutex::new(vec![conn]),
         })
     }
@@ -127,6 +135,7 @@ impl SqliteReader {
             conn: &conn,
             path: &self.path,
             attempt_columns: &self.attempt_columns,
+            run_columns: self.run_columns,
         });
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < IDLE_CONNECTIONS {
@@ -168,6 +177,10 @@ impl StoreReader for SqliteReader {
     fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
         self.with(|q| q.count_runs())
     }
+
+    fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
+        self.with(|q| q.run_by_key(tenant, key))
+    }
 }
 
 /// The queries over one connection: a reader's, or the writer's own.
@@ -175,6 +188,28 @@ pub(super) struct Queries<'a> {
     pub(super) conn: &'a Connection,
     pub(super) path: &'a Path,
     pub(super) attempt_columns: &'a str,
+    pub(super) run_columns: RunColumns,
+}
+
+/// The expressions that read a run's tenant and idempotency key: the
+/// columns, or `NULL` in a file from before them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunColumns {
+    tenant: &'static str,
+    key: &'static str,
+}
+
+impl RunColumns {
+    /// A file with every run column.
+    pub(super) const CURRENT: RunColumns = RunColumns {
+        tenant: "tenant",
+        key: "submission_key",
+    };
+    /// A file from before tenants and keys.
+    const NONE: RunColumns = RunColumns {
+        tenant: "NULL",
+        key: "NULL",
+    };
 }
 
 impl Queries<'_> {
@@ -206,16 +241,27 @@ impl Queries<'_> {
     }
 
     fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
-        let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM runs WHERE 1 = 1");
-        let mut args: Vec<String> = Vec::new();
+        let tenant = self.run_columns.tenant;
+        let mut sql = format!("SELECT {SUMMARY_COLUMNS}, {tenant} FROM runs WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if !filter.status.is_empty() {
             let marks = vec!["?"; filter.status.len()].join(", ");
             sql.push_str(&format!(" AND ({}) IN ({marks})", status_sql!()));
-            args.extend(filter.status.iter().map(|s| s.as_str().to_owned()));
+            args.extend(filter.status.iter().map(|s| s.as_str().to_owned().into()));
         }
         if let Some(name) = &filter.workflow {
             sql.push_str(" AND name = ?");
-            args.push(name.clone());
+            args.push(name.clone().into());
+        }
+        if let Some(t) = &filter.tenant {
+            // `NULL = ?` is never true: a file from before tenants has no
+            // tenant's runs.
+            sql.push_str(&format!(" AND {tenant} = ?"));
+            args.push(t.clone().into());
+        }
+        if let Some(before) = filter.before {
+            sql.push_str(" AND id < ?");
+            args.push((before as i64).into());
         }
         sql.push_str(" ORDER BY id DESC");
         if let Some(limit) = filter.limit {
@@ -227,19 +273,35 @@ impl Queries<'_> {
             .map_err(|e| self.error(e))
     }
 
+    pub(super) fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
+        let RunColumns { tenant: t, key: k } = self.run_columns;
+        self.conn
+            .query_row(
+                &format!("SELECT id FROM runs WHERE {k} = ?1 AND {t} IS ?2 ORDER BY id LIMIT 1"),
+                rusqlite::params![key, tenant],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|id| id.map(|id| id as RunId))
+            .map_err(|e| self.error(e))
+    }
+
     fn history(&self, id: RunId) -> Result<Option<RunHistory>, StoreError> {
         // Its run, attempts and state from one snapshot, though a writer
         // commits between the queries.
         let snapshot = self.conn.unchecked_transaction().map_err(|e| self.error(e))?;
         let row = snapshot
             .query_row(
-                &format!("SELECT {SUMMARY_COLUMNS}, input, output FROM runs WHERE id = ?1"),
+                &format!(
+                    "SELECT {SUMMARY_COLUMNS}, {}, input, output FROM runs WHERE id = ?1",
+                    self.run_columns.tenant
+                ),
                 [id as i64],
                 |r| {
                     Ok((
                         summary(r)?,
-                        r.get::<_, Option<Vec<u8>>>(9)?,
                         r.get::<_, Option<Vec<u8>>>(10)?,
+                        r.get::<_, Option<Vec<u8>>>(11)?,
                     ))
                 },
             )
@@ -494,5 +556,6 @@ fn summary(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
         finished_at: r.get(6)?,
         error: r.get(7)?,
         collected: r.get(8)?,
+        tenant: r.get(9)?,
     })
 }

@@ -55,7 +55,9 @@ CREATE TABLE runs (
     finished_at INTEGER,
     owner TEXT,
     lease_until INTEGER,
-    collected INTEGER NOT NULL DEFAULT 0
+    collected INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT,
+    submission_key TEXT
 );
 CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE TABLE attempts (
@@ -140,6 +142,20 @@ pub(super) const ADDED_ATTEMPT_COLUMNS: &[(&str, &str, &str)] = &[
     ("timeout_level", "TEXT", "NULL"),
 ];
 
+/// Run columns added since the format's first files, as
+/// [`ADDED_ATTEMPT_COLUMNS`] are for attempts.
+pub(super) const ADDED_RUN_COLUMNS: &[(&str, &str, &str)] = &[
+    ("tenant", "TEXT", "NULL"),
+    ("submission_key", "TEXT", "NULL"),
+];
+
+/// Finds a tenant's run by its idempotency key. Not unique: the one
+/// writer checks for a key before it accepts a run with it, and a unique
+/// violation would fail the whole batch, other runs' events with it.
+pub(super) const RUNS_BY_KEY: &str = "
+CREATE INDEX IF NOT EXISTS runs_key ON runs (tenant, submission_key) WHERE submission_key IS NOT NULL;
+";
+
 /// Checks what the file is, creates the schema in a new one, and sets the
 /// connection up.
 pub(super) fn prepare(conn: &mut Connection, path: &Path, durability: Durability) -> Result<(), StoreError> {
@@ -192,39 +208,44 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path, durability: Durability
             tx.execute_batch(MIGRATE_INCOMPLETE_INDEX).map_err(err)?;
             tx.commit().map_err(err)?;
         }
-        let missing = missing_attempt_columns(conn, path)?;
-        if !missing.is_empty() {
-            let tx = conn.transaction().map_err(err)?;
-            for (name, declaration, _) in ADDED_ATTEMPT_COLUMNS {
-                if missing.contains(name) {
-                    tx.execute_batch(&format!("ALTER TABLE attempts ADD COLUMN {name} {declaration};"))
-                        .map_err(err)?;
+        for (table, added) in [("attempts", ADDED_ATTEMPT_COLUMNS), ("runs", ADDED_RUN_COLUMNS)] {
+            let missing = missing_columns(conn, path, table, added)?;
+            if !missing.is_empty() {
+                let tx = conn.transaction().map_err(err)?;
+                for (name, declaration, _) in added {
+                    if missing.contains(name) {
+                        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {declaration};"))
+                            .map_err(err)?;
+                    }
                 }
+                tx.commit().map_err(err)?;
             }
-            tx.commit().map_err(err)?;
         }
     }
     let tx = conn.transaction().map_err(err)?;
+    tx.execute_batch(RUNS_BY_KEY).map_err(err)?;
     tx.execute_batch(RUN_IDS).map_err(err)?;
     tx.execute_batch(TAKE_OVER).map_err(err)?;
     tx.commit().map_err(err)?;
     Ok(())
 }
 
-/// Which of [`ADDED_ATTEMPT_COLUMNS`] the file's `attempts` lacks.
-pub(super) fn missing_attempt_columns(
+/// Which of `added` (a table's added columns) the file's `table` lacks.
+pub(super) fn missing_columns(
     conn: &Connection,
     path: &Path,
+    table: &str,
+    added: &[(&'static str, &str, &str)],
 ) -> Result<Vec<&'static str>, StoreError> {
     let err = |e| sql_error(path, e);
     let mut stmt = conn
-        .prepare("SELECT name FROM pragma_table_info('attempts')")
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
         .map_err(err)?;
     let present = stmt
         .query_map([], |r| r.get::<_, String>(0))
         .and_then(|rows| rows.collect::<Result<HashSet<String>, _>>())
         .map_err(err)?;
-    Ok(ADDED_ATTEMPT_COLUMNS
+    Ok(added
         .iter()
         .map(|(name, _, _)| *name)
         .filter(|name| !present.contains(*name))

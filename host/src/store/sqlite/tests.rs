@@ -177,7 +177,7 @@ fn a_journal_indexed_by_status_is_reindexed_and_keeps_its_incomplete_runs() {
         .unwrap()
         .collect::<rusqlite::Result<_>>()
         .unwrap();
-    assert_eq!(indexes, ["runs_unfinished"]);
+    assert_eq!(indexes, ["runs_key", "runs_unfinished"]);
     let runs = store.claim_incomplete("b", now_millis() + 1000).unwrap();
     assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [1]);
     store.check_integrity().unwrap();

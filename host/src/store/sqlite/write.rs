@@ -466,13 +466,13 @@ fn values(rows: usize, params: usize) -> String {
 }
 
 /// Parameters of one accepted run's row.
-const RUN_PARAMS: usize = 8;
+const RUN_PARAMS: usize = 10;
 
 /// The inserts of 1 to [`ROWS_PER_INSERT`] accepted runs.
 static ACCEPT_RUN_SQL: LazyLock<[String; ROWS_PER_INSERT]> = LazyLock::new(|| {
     std::array::from_fn(|k| {
         format!(
-            "INSERT OR FAIL INTO runs (id, workflow, name, input, accepted_at, owner, lease_until, status)
+            "INSERT OR FAIL INTO runs (id, workflow, name, input, accepted_at, owner, lease_until, status, tenant, submission_key)
              VALUES {}",
             values(k + 1, RUN_PARAMS)
         )
@@ -488,6 +488,8 @@ struct Accepted<'a> {
     lease_until: Millis,
     input: &'a [u8],
     at: Millis,
+    tenant: Option<&'a str>,
+    key: Option<&'a str>,
 }
 
 impl<'a> Accepted<'a> {
@@ -501,6 +503,8 @@ impl<'a> Accepted<'a> {
                 lease_until,
                 input,
                 at,
+                tenant,
+                key,
             } => Some(Accepted {
                 run: *run,
                 workflow,
@@ -509,6 +513,8 @@ impl<'a> Accepted<'a> {
                 lease_until: *lease_until,
                 input,
                 at: *at,
+                tenant: tenant.as_deref(),
+                key: key.as_deref(),
             }),
             _ => None,
         }
@@ -529,6 +535,8 @@ fn bind_run(
     stmt.raw_bind_parameter(offset + 6, a.owner)?;
     stmt.raw_bind_parameter(offset + 7, a.lease_until)?;
     stmt.raw_bind_parameter(offset + 8, RunState::Accepted.as_str())?;
+    stmt.raw_bind_parameter(offset + 9, a.tenant)?;
+    stmt.raw_bind_parameter(offset + 10, a.key)?;
     Ok(())
 }
 
