@@ -37,6 +37,22 @@
 //! batch_window = "10ms"     # batched: the most a crash can lose
 //! retention = "30d"         # finished runs' payloads are removed after this
 //! shutdown_grace = "30s"    # on SIGINT/SIGTERM, time for running steps to finish
+//!
+//! [server]                  # `stepbox serve`
+//! listen = "127.0.0.1:7700"
+//! data = ".stepbox/server"  # uploaded components and workflows
+//! max_connections = 1024
+//! max_body = "64MiB"        # larger requests get 413
+//! request_timeout = "30s"   # to send a request's headers and body
+//! max_wait = "5m"           # the longest `?wait=` a request may ask
+//! metrics_token = "sha256:…" # optional: /metrics and health need this bearer token
+//!
+//! [[tenants]]               # none: the API is open, for one implicit tenant
+//! name = "acme"
+//! tokens = ["sha256:…"]     # SHA-256 of each bearer token; `stepbox token new`
+//! max_running = 64          # its runs executing at once
+//! max_queued = 1000         # its runs accepted and waiting
+//! submissions_per_second = 100
 //! ```
 //!
 //! ```
@@ -63,6 +79,118 @@ pub struct HostConfig {
     pub limits: LimitOverrides,
     /// Where and how runs are journaled.
     pub journal: JournalSettings,
+    /// How `stepbox serve` serves.
+    pub server: ServerSettings,
+    /// Who may use the server's API, and how much.
+    pub tenants: Vec<TenantSettings>,
+}
+
+/// The `[server]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// The address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Where uploaded components and workflows are kept; `None`: `server`
+    /// beside the journal's database.
+    pub data: Option<PathBuf>,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// The largest request body; larger ones get 413.
+    pub max_body: ByteSize,
+    /// How long a client has to send a request (headers and body).
+    pub request_timeout: Duration,
+    /// The longest `?wait=` a submission may ask for.
+    pub max_wait: Duration,
+    /// When set, `/metrics`, `/healthz` and `/readyz` need this bearer token.
+    pub metrics_token: Option<TokenDigest>,
+}
+
+impl Default for ServerSettings {
+    /// Loopback port 7700, 1,024 connections, 64 MiB bodies, 30 s to send
+    /// a request, waits of up to 5 minutes.
+    fn default() -> Self {
+        ServerSettings {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data: None,
+            max_connections: 1024,
+            max_body: ByteSize::mib(64),
+            request_timeout: Duration::from_secs(30),
+            max_wait: Duration::from_secs(300),
+            metrics_token: None,
+        }
+    }
+}
+
+/// One `[[tenants]]` entry: a name, the tokens that act for it, and its quotas.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantSettings {
+    /// Its name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// The SHA-256 digests of its bearer tokens.
+    pub tokens: Vec<TokenDigest>,
+    /// Its runs executing at once, at most.
+    pub max_running: Option<usize>,
+    /// Its runs accepted and not yet executing, at most.
+    pub max_queued: Option<usize>,
+    /// Submissions (runs) per second it may make, on average.
+    pub submissions_per_second: Option<f64>,
+}
+
+/// The SHA-256 digest of a bearer token, as the configuration names it
+/// (`sha256:` and 64 hex digits): the token itself is never stored.
+///
+/// ```
+/// use stepbox::config::TokenDigest;
+/// let digest = TokenDigest::of("s3cret");
+/// assert_eq!(digest.to_string().parse::<TokenDigest>().unwrap(), digest);
+/// assert!(digest.matches("s3cret") && !digest.matches("guess"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> TokenDigest {
+        use sha2::Digest;
+        TokenDigest(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether `token` has this digest, compared in constant time.
+    pub fn matches(&self, token: &str) -> bool {
+        let other = TokenDigest::of(token);
+        self.0.iter().zip(other.0).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenDigest({self})")
+    }
+}
+
+impl std::fmt::Display for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for TokenDigest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TokenDigest, String> {
+        // Not quoted: a token pasted here by mistake must not reach a log.
+        let bad = || "not a token digest (`sha256:` and 64 hex digits; see `stepbox token new`)".to_owned();
+        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(TokenDigest(bytes))
+    }
 }
 
 /// The `[journal]` section.
@@ -127,6 +255,33 @@ struct File {
     limits: LimitKeys,
     #[serde(default)]
     journal: JournalKeys,
+    #[serde(default)]
+    server: ServerKeys,
+    #[serde(default)]
+    tenants: Vec<TenantKeys>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerKeys {
+    listen: Option<String>,
+    data: Option<PathBuf>,
+    max_connections: Option<usize>,
+    max_body: Option<String>,
+    request_timeout: Option<String>,
+    max_wait: Option<String>,
+    metrics_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantKeys {
+    name: String,
+    #[serde(default)]
+    tokens: Vec<String>,
+    max_running: Option<usize>,
+    max_queued: Option<usize>,
+    submissions_per_second: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -268,8 +423,88 @@ impl HostConfig {
         if let Some(grace) = duration("journal.shutdown_grace", &k.shutdown_grace)? {
             j.shutdown_grace = grace;
         }
+        let srv = &mut config.server;
+        let k = &file.server;
+        if let Some(listen) = &k.listen {
+            srv.listen = listen.parse().map_err(|_| {
+                invalid(format!(
+                    "`server.listen`: `{listen}` is not an address like 127.0.0.1:7700"
+                ))
+            })?;
+        }
+        srv.data = k.data.clone();
+        srv.max_connections = k.max_connections.unwrap_or(srv.max_connections);
+        if srv.max_connections == 0 {
+            return Err(invalid("`server.max_connections` must be at least 1".into()));
+        }
+        if let Some(body) = size("server.max_body", &k.max_body)? {
+            srv.max_body = body;
+        }
+        if let Some(timeout) = duration("server.request_timeout", &k.request_timeout)? {
+            srv.request_timeout = timeout;
+        }
+        if let Some(wait) = duration("server.max_wait", &k.max_wait)? {
+            srv.max_wait = wait;
+        }
+        srv.metrics_token = k
+            .metrics_token
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| invalid(format!("`server.metrics_token`: {e}")))?;
+        config.tenants = tenants(&file.tenants).map_err(invalid)?;
         Ok(config)
     }
+}
+
+/// Checks the `[[tenants]]` entries: names well formed and unique, and
+/// no token shared by two tenants (it could act for only one).
+fn tenants(keys: &[TenantKeys]) -> Result<Vec<TenantSettings>, String> {
+    let mut seen_names = std::collections::HashSet::new();
+    let mut seen_tokens = std::collections::HashMap::new();
+    keys.iter()
+        .map(|k| {
+            let name = &k.name;
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "`tenants.name`: `{name}` must be 1 to 64 letters, digits, `-` or `_`"
+                ));
+            }
+            if !seen_names.insert(name.clone()) {
+                return Err(format!("`tenants`: tenant `{name}` is configured twice"));
+            }
+            let tokens = k
+                .tokens
+                .iter()
+                .map(|t| t.parse::<TokenDigest>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("tenant `{name}`: {e}"))?;
+            for token in &tokens {
+                if let Some(other) = seen_tokens.insert(token.clone(), name.clone()) {
+                    return Err(format!("tenants `{other}` and `{name}` share a token"));
+                }
+            }
+            if k.submissions_per_second
+                .is_some_and(|r| !(r > 0.0 && r.is_finite()))
+            {
+                return Err(format!(
+                    "tenant `{name}`: `submissions_per_second` must be above 0"
+                ));
+            }
+            Ok(TenantSettings {
+                name: name.clone(),
+                tokens,
+                max_running: k.max_running,
+                max_queued: k.max_queued,
+                submissions_per_second: k.submissions_per_second,
+            })
+        })
+        .collect()
 }
 
 /// toml's messages quote the offending line over several lines; keep the
@@ -317,6 +552,37 @@ mod tests {
         assert_eq!(j.batch_window, Duration::from_millis(5));
         assert_eq!(j.retention, Some(Duration::from_secs(7 * 86400)));
         assert_eq!(j.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn tenants_and_the_server_section_are_read_and_checked() {
+        let token = TokenDigest::of("t0k3n");
+        let config = HostConfig::from_toml(&format!(
+            "[server]\nlisten = \"0.0.0.0:0\"\nmax_body = \"1MiB\"\nmax_connections = 8\n\
+             [[tenants]]\nname = \"acme\"\ntokens = [\"{token}\"]\nmax_running = 2\nsubmissions_per_second = 5.0\n"
+        ))
+        .unwrap();
+        assert_eq!(config.server.listen.port(), 0);
+        assert_eq!(
+            (config.server.max_body, config.server.max_connections),
+            (ByteSize::mib(1), 8)
+        );
+        let acme = &config.tenants[0];
+        assert_eq!((acme.name.as_str(), acme.max_running), ("acme", Some(2)));
+        assert!(acme.tokens[0].matches("t0k3n"));
+        let twice = format!(
+            "[[tenants]]\nname = \"a\"\ntokens = [\"{token}\"]\n[[tenants]]\nname = \"b\"\ntokens = [\"{token}\"]\n"
+        );
+        let err = HostConfig::from_toml(&twice).unwrap_err().to_string();
+        assert!(err.contains("share a token"), "{err}");
+        let err = HostConfig::from_toml("[[tenants]]\nname = \"a\"\ntokens = [\"hunter2\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a token digest"), "{err}");
+        let err = HostConfig::from_toml("[[tenants]]\nname = \"a/b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenants.name"), "{err}");
     }
 
     #[test]

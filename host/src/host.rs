@@ -36,7 +36,7 @@ use self::live::Registry;
 pub use self::live::{LiveRun, LiveStatus};
 use crate::config::{HostConfig, JournalSettings};
 use crate::sandbox::Sandbox;
-use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, SubmitError, Submission};
+use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, Submission, SubmitError};
 use crate::store::{
     Durability, GcStats, Journal, JournalConfig, Millis, RecoveredRun, RunId, SqliteReader, SqliteStore,
     StoreError, StoreReader, StoreWriter, now_millis,
@@ -332,6 +332,11 @@ impl Host {
         self.scheduler.metrics_text()
     }
 
+    /// The metrics in the OpenMetrics text format, as they are now.
+    pub fn metrics_openmetrics(&self) -> String {
+        self.scheduler.metrics_openmetrics()
+    }
+
     /// Keeps the metrics in `file` (Prometheus text format), rewritten
     /// every second while the host works and once more when it closes; a
     /// reader never sees half a file.
@@ -429,9 +434,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Writes `bytes` to `path` through a temporary file, so a reader never sees half of it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writers of one path at once each write a temporary file of their own.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }

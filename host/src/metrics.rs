@@ -409,6 +409,18 @@ impl Metrics {
 /// `x_total`, while classic text names the family after its samples (else
 /// they read as untyped series without help); classic text has no `# UNIT`
 /// and no `# EOF`. Histograms and gauges read the same in both.
+/// OpenMetrics text in the classic Prometheus text format: counter
+/// families named after their `_total` samples, no units, no `# EOF`.
+///
+/// ```
+/// let open = "# HELP x_runs Runs.\n# TYPE x_runs counter\nx_runs_total 3\n# EOF\n";
+/// let classic = stepbox::metrics::to_classic(open);
+/// assert_eq!(classic, "# HELP x_runs_total Runs.\n# TYPE x_runs_total counter\nx_runs_total 3\n");
+/// ```
+pub fn to_classic(openmetrics: &str) -> String {
+    classic(openmetrics)
+}
+
 fn classic(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()

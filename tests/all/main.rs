@@ -12,6 +12,7 @@ mod loading;
 mod observability;
 mod sandbox_escape;
 mod scratch_quota;
+mod serve;
 mod store_conformance;
 mod well_behaved;
 mod workflows;

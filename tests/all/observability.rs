@@ -223,7 +223,7 @@ fn the_cli_exposes_metrics_from_the_journal_and_while_it_runs() {
 
 /// `promtool check metrics` (Debian's `prometheus`, installed by
 /// scripts/setup) finds nothing wrong with `text`.
-fn promtool_accepts(text: &str) {
+pub(crate) fn promtool_accepts(text: &str) {
     use std::io::Write;
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])

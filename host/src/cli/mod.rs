@@ -88,6 +88,8 @@ enum Command {
     Report(journal::ReportCommand),
     /// Serve the HTTP API on a host (resumes incomplete runs first)
     Serve(serve::ServeCommand),
+    /// Make bearer tokens for `[[tenants]]`
+    Token(serve::TokenCommand),
     /// Run the standard benchmark scenarios; save or compare baselines
     Bench(bench::BenchCommand),
 }
@@ -133,6 +135,7 @@ pub fn main() -> ExitCode {
             Command::Metrics(cmd) => cmd.run(&cli.global),
             Command::Report(cmd) => cmd.run(&cli.global),
             Command::Serve(cmd) => cmd.run(&cli.global).await,
+            Command::Token(cmd) => cmd.run(),
             Command::Bench(cmd) => cmd.run(&cli.global).await,
         }
     });

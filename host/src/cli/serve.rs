@@ -1,8 +1,11 @@
-//! `stepbox serve`: the HTTP API; the server itself is `stepbox::server`.
+//! `stepbox serve` and `stepbox token`: the HTTP API; the server itself is
+//! `stepbox::server`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use stepbox::server::Server;
+use stepbox::config::TokenDigest;
+use stepbox::server::{Server, ServerError, ServerOptions};
 
 use super::journal::host_error;
 use super::{CliError, GlobalArgs, exit};
@@ -10,31 +13,53 @@ use super::{CliError, GlobalArgs, exit};
 /// `stepbox serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeCommand {
-    /// The address to listen on; port 0 picks a free one
-    #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
-    listen: SocketAddr,
+    /// The address to listen on (else `[server] listen`, else 127.0.0.1:7700); port 0 picks a free one
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
 }
 
 impl ServeCommand {
     pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
-        let config = stepbox::config::HostConfig {
-            journal: global.journal_settings()?,
-            ..global.host_config()?
+        let mut config = global.host_config()?;
+        config.journal = global.journal_settings()?;
+        let mut options = ServerOptions {
+            settings: config.server.clone(),
+            tenants: config.tenants.clone(),
         };
+        if let Some(listen) = self.listen {
+            options.settings.listen = listen;
+        }
+        if options.tenants.is_empty() && !options.settings.listen.ip().is_loopback() {
+            return Err(CliError::from(anyhow::anyhow!(
+                "refusing to serve an open API on {}: configure `[[tenants]]` with tokens, or listen on a loopback address",
+                options.settings.listen
+            )));
+        }
         let host = stepbox::Host::start(global.sandbox()?, config)
             .await
             .map_err(host_error)?;
         // Ready only after recovery: resume before anyone can connect.
         host.resume_incomplete().map_err(CliError::host)?;
-        let server = Server::bind(std::sync::Arc::new(host), self.listen)
+        let server = Server::bind(Arc::new(host), options)
             .await
-            .map_err(CliError::host)?;
+            .map_err(server_error)?;
         println!(
             "listening on http://{}",
             server.local_addr().map_err(CliError::host)?
         );
-        server.run(stop_signal()).await.map_err(CliError::host)?;
+        if server.is_open() {
+            eprintln!("note: no [[tenants]] are configured: the API needs no token");
+        }
+        server.run(stop_signal()).await.map_err(server_error)?;
         Ok(exit::SUCCESS)
+    }
+}
+
+fn server_error(error: ServerError) -> CliError {
+    match error {
+        ServerError::Host(e) => host_error(e),
+        ServerError::NoJournal => CliError::from(anyhow::Error::from(error)),
+        other => CliError::host(other),
     }
 }
 
@@ -47,4 +72,42 @@ async fn stop_signal() {
         }
         _ => std::future::pending().await,
     }
+}
+
+/// `stepbox token`.
+#[derive(Debug, clap::Args)]
+pub struct TokenCommand {
+    #[command(subcommand)]
+    action: TokenAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenAction {
+    /// Print a fresh bearer token, and the line that grants it in `[[tenants]] tokens`
+    New,
+}
+
+impl TokenCommand {
+    pub fn run(self) -> Result<u8, CliError> {
+        match self.action {
+            TokenAction::New => {
+                let token = fresh_token().map_err(CliError::host)?;
+                println!("token: {token}");
+                println!("tokens = [\"{}\"]", TokenDigest::of(&token));
+                Ok(exit::SUCCESS)
+            }
+        }
+    }
+}
+
+/// 32 bytes from the operating system's generator, as hex, prefixed so a
+/// leaked one is recognisable.
+fn fresh_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(format!(
+        "sbx_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
 }

@@ -421,6 +421,12 @@ impl<R: StepRunner> Scheduler<R> {
     /// The metrics in the Prometheus text format, with the gauges (queue
     /// depth, instances, memory, breakers) as they are now.
     pub fn metrics_text(&self) -> String {
+        crate::metrics::to_classic(&self.metrics_openmetrics())
+    }
+
+    /// The metrics in the OpenMetrics text format (ending in `# EOF`), with
+    /// the gauges as they are now.
+    pub fn metrics_openmetrics(&self) -> String {
         let stats = self.stats();
         self.inner.metrics.set_gauges(&HostGauges {
             queued: stats.queued_workflows as u64,
@@ -433,7 +439,7 @@ impl<R: StepRunner> Scheduler<R> {
                 .map(|(name, state)| (name, state.as_str().to_owned()))
                 .collect(),
         });
-        self.inner.metrics.encode()
+        self.inner.metrics.encode_openmetrics()
     }
 
     /// The journal runs are recorded in, if any.

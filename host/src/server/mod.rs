@@ -1,19 +1,54 @@
-//! `stepbox serve`: an HTTP front end on a [`Host`].
+//! `stepbox serve`: an HTTP API on a [`Host`].
 //!
 //! Errors are RFC 9457 `application/problem+json` (see [`Problem`]); a
-//! handler panic becomes a 500 problem instead of a dropped connection.
-//! The server binds only after the host has started and resumed its
-//! incomplete runs, so a client that can connect finds it ready.
+//! handler panic becomes a 500 problem (and a counted metric) instead of a
+//! dropped connection. The server binds only after the host has started
+//! and resumed its incomplete runs, so a client that can connect finds it
+//! ready. Connections are capped (`max_connections`: more wait to be
+//! accepted), a client has `request_timeout` to send its headers and its
+//! body, and bodies are capped at `max_body` (413).
+//!
+//! On stop it first refuses new submissions (503) while the running steps
+//! get the host's `shutdown_grace` to finish; what did not finish is left
+//! incomplete in the journal and resumes on the next start.
+//!
+//! ```no_run
+//! # async fn f(host: std::sync::Arc<stepbox::Host>) -> Result<(), stepbox::server::ServerError> {
+//! use stepbox::server::{Server, ServerOptions};
+//! let server = Server::bind(host, ServerOptions::default()).await?;
+//! println!("listening on http://{}", server.local_addr()?);
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
 
+mod auth;
+mod catalog;
+mod events;
+mod openapi;
 mod problem;
 mod routes;
+mod runs;
+mod state;
+mod uploads;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 
 pub use self::problem::Problem;
+pub use self::routes::ROUTES;
+use self::state::AppState;
+use crate::config::{ServerSettings, TenantSettings};
 use crate::host::{Host, HostError};
+
+/// How long connections still open after the host has shut down (event
+/// streams, slow clients) get before they are closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -26,33 +61,83 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("serving stopped: {0}")]
-    Serve(#[source] std::io::Error),
-    /// The host failed to shut down cleanly.
+    /// The host keeps no journal (`durability = "memory"`): a server
+    /// must record what it accepts.
+    #[error("a server needs a journal: set `[journal] durability` to strict or batched, not memory")]
+    NoJournal,
+    /// The data directory for uploads could not be made.
+    #[error("cannot use `{}` for uploads: {source}", path.display())]
+    Data {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host failed to open its store for reading or to shut down.
     #[error(transparent)]
     Host(#[from] HostError),
+}
+
+/// What a server is configured with beside its host: `stepbox.toml`'s
+/// `[server]` and `[[tenants]]`.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The `[server]` section.
+    pub settings: ServerSettings,
+    /// The tenants; none makes an open server with one implicit tenant.
+    pub tenants: Vec<TenantSettings>,
 }
 
 /// A bound server, not yet serving: its address is known (with the real
 /// port when port 0 was asked).
 pub struct Server {
-    host: Arc<Host>,
+    state: Arc<AppState>,
     listener: tokio::net::TcpListener,
 }
 
 impl Server {
-    /// Binds `addr` for `host`, which should already have resumed its
-    /// incomplete runs.
+    /// Binds the configured address for `host`, which should already have
+    /// resumed its incomplete runs.
     ///
     /// # Errors
     ///
-    /// [`ServerError::Bind`] when the address cannot be bound.
-    pub async fn bind(host: Arc<Host>, addr: SocketAddr) -> Result<Server, ServerError> {
+    /// [`ServerError::Bind`] when the address cannot be bound, and the
+    /// other [`ServerError`]s when the host has no journal or the data
+    /// directory cannot be made.
+    pub async fn bind(host: Arc<Host>, options: ServerOptions) -> Result<Server, ServerError> {
+        if host.scheduler().journal().is_none() {
+            return Err(ServerError::NoJournal);
+        }
+        let ServerOptions { settings, tenants } = options;
+        let data = settings.data.clone().unwrap_or_else(|| {
+            let db = &host.settings().db;
+            db.parent()
+                .map(|d| d.join("server"))
+                .unwrap_or_else(|| "server".into())
+        });
+        std::fs::create_dir_all(&data).map_err(|source| ServerError::Data {
+            path: data.clone(),
+            source,
+        })?;
+        let reader = crate::host::open_reader(host.settings())?;
+        let addr = settings.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Server { host, listener })
+        let state = AppState {
+            host,
+            reader,
+            tenants: auth::Tenants::new(&tenants),
+            catalog: catalog::Catalog::new(data),
+            settings,
+            keys: state::KeyLocks::default(),
+            panics: Default::default(),
+            throttled: Default::default(),
+        };
+        Ok(Server {
+            state: Arc::new(state),
+            listener,
+        })
     }
 
     /// The address it listens on.
@@ -64,27 +149,70 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` resolves, then shuts the host down gracefully
-    /// (see [`Host::shutdown`]), answers the requests in flight and closes
-    /// the host.
+    /// Whether anyone may call the API (no tenants are configured).
+    pub fn is_open(&self) -> bool {
+        self.state.tenants.is_open()
+    }
+
+    /// Serves until `stop` resolves; then refuses new submissions, shuts
+    /// the host down gracefully (see [`Host::shutdown`]), closes the
+    /// connections and the host.
     ///
     /// # Errors
     ///
-    /// A [`ServerError`] when serving or the host's shutdown fails.
+    /// A [`ServerError`] when the host's shutdown fails.
     pub async fn run(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let host = Arc::clone(&self.host);
-        let app = routes::router(Arc::clone(&self.host));
-        let stopping = Arc::clone(&host);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                stop.await;
-                if let Err(e) = stopping.shutdown(None).await {
-                    tracing::warn!("shutdown: {e}");
+        let Server { state, listener } = self;
+        let app = routes::router(Arc::clone(&state));
+        let service = TowerToHyperService::new(app);
+        let connections = Arc::new(tokio::sync::Semaphore::new(state.settings.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let timeout = state.settings.request_timeout;
+        let host = Arc::clone(&state.host);
+        // The host shuts down while connections are still served, so that
+        // submissions meanwhile hear 503 rather than a refused connection.
+        let shutdown = tokio::spawn(async move {
+            stop.await;
+            host.shutdown(None).await
+        });
+        tokio::pin!(shutdown);
+        let shut = loop {
+            let permit = tokio::select! {
+                shut = &mut shutdown => break shut,
+                permit = Arc::clone(&connections).acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { continue };
+            let stream = tokio::select! {
+                shut = &mut shutdown => break shut,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match stream {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            })
-            .await
-            .map_err(ServerError::Serve)?;
-        host.close().await?;
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service.clone());
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("connection: {e}");
+                }
+                drop(permit);
+            });
+        };
+        drop(listener);
+        let _ = tokio::time::timeout(CLOSE_GRACE, graceful.shutdown()).await;
+        let shut = shut.unwrap_or(Ok(()));
+        let closed = state.host.close().await;
+        shut?;
+        closed?;
         Ok(())
     }
 }

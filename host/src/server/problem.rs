@@ -23,6 +23,12 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong, in one line.
     pub detail: String,
+    /// The line of the request body the problem is at (workflow files, JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The column, with `line`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl Problem {
@@ -38,7 +44,22 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
+            line: None,
+            column: None,
         }
+    }
+
+    /// The same problem, at `line` and `column` of the request's body.
+    ///
+    /// ```
+    /// use stepbox::server::Problem;
+    /// let p = Problem::new(axum::http::StatusCode::BAD_REQUEST, "bad").at(3, 7);
+    /// assert_eq!((p.line, p.column), (Some(3), Some(7)));
+    /// ```
+    pub fn at(mut self, line: usize, column: usize) -> Problem {
+        self.line = Some(line);
+        self.column = Some(column);
+        self
     }
 }
 

@@ -1,30 +1,93 @@
-//! The routes and their handlers.
+//! The routes, and the handlers of the open ones (health, metrics).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use super::auth::{Unauthorized, bearer};
 use super::problem::{Problem, panic_response, problems};
-use crate::host::Host;
+use super::state::AppState;
+use super::{events, runs, uploads};
 
 /// The content type of the classic Prometheus text format.
 const METRICS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Every route, with problem errors and panics caught.
-pub fn router(host: Arc<Host>) -> Router {
-    Router::new()
+/// Every route: `(method, path)`, as the OpenAPI document must list them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("PUT", "/v1/components"),
+    ("GET", "/v1/workflows"),
+    ("PUT", "/v1/workflows/{name}"),
+    ("GET", "/v1/workflows/{name}"),
+    ("POST", "/v1/workflows/{name}/runs"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/runs/{id}"),
+    ("POST", "/v1/runs/{id}/cancel"),
+    ("GET", "/v1/runs/{id}/events"),
+    ("GET", "/v1/runs/{id}/report"),
+];
+
+/// Every route, with problem errors, the body limit, the body timeout and
+/// panics caught.
+pub fn router(state: Arc<AppState>) -> Router {
+    let settings = &state.settings;
+    let max_body = usize::try_from(settings.max_body.as_u64()).unwrap_or(usize::MAX);
+    let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            metrics_token,
+        ));
+    let api = Router::new()
+        .route("/v1/components", put(uploads::put_component))
+        .route("/v1/workflows", get(uploads::list_workflows))
+        .route(
+            "/v1/workflows/{name}",
+            put(uploads::put_workflow).get(uploads::get_workflow),
+        )
+        .route("/v1/workflows/{name}/runs", post(runs::submit))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::show))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/events", get(events::events))
+        .route("/v1/runs/{id}/report", get(runs::report));
+    let panics = Arc::clone(&state);
+    open.merge(api)
+        .route("/openapi.json", get(super::openapi::document))
         .fallback(unknown)
-        .with_state(host)
+        .with_state(Arc::clone(&state))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyTimeoutLayer::new(settings.request_timeout))
         .layer(axum::middleware::map_response(problems))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(CatchPanicLayer::custom(move |panic| {
+            panics.panics.fetch_add(1, Ordering::Relaxed);
+            panic_response(panic)
+        }))
+}
+
+/// Health and metrics are open unless `metrics_token` is set.
+async fn metrics_token(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(digest) = &state.settings.metrics_token
+        && !bearer(request.headers()).is_some_and(|token| digest.matches(token))
+    {
+        return Unauthorized("this endpoint needs the metrics bearer token").into_response();
+    }
+    next.run(request).await
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -32,15 +95,47 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready while it accepts work: the server listens only after recovery.
-async fn readyz(State(host): State<Arc<Host>>) -> Response {
-    if host.is_stopping() {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.host.is_stopping() {
         return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     axum::Json(serde_json::json!({"status": "ready"})).into_response()
 }
 
-async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, METRICS_TEXT)], host.metrics_text())
+/// The classic text format unless `Accept` asks for OpenMetrics.
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut text = state.host.metrics_openmetrics();
+    let body = text.strip_suffix("# EOF\n").map(str::len).unwrap_or(text.len());
+    text.truncate(body);
+    for (name, help, value) in [
+        (
+            "stepbox_http_handler_panics",
+            "Requests whose handler panicked, answered 500.",
+            state.panics.load(Ordering::Relaxed),
+        ),
+        (
+            "stepbox_http_throttled",
+            "Submissions refused with 429 (a tenant's rate or quota, or the host full).",
+            state.throttled.load(Ordering::Relaxed),
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"
+        ));
+    }
+    text.push_str("# EOF\n");
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    match openmetrics {
+        true => ([(header::CONTENT_TYPE, OPENMETRICS_TEXT)], text).into_response(),
+        false => (
+            [(header::CONTENT_TYPE, METRICS_TEXT)],
+            crate::metrics::to_classic(&text),
+        )
+            .into_response(),
+    }
 }
 
 async fn unknown(uri: Uri) -> Problem {

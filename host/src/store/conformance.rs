@@ -639,10 +639,18 @@ pub fn tenants_and_pages_filter_listings_and_keys_find_runs(store: &dyn StoreUnd
     };
     assert_eq!(ids(&*reader, &acme(None, None)), [5, 4, 1]);
     assert_eq!(ids(&*reader, &acme(None, Some(2))), [5, 4], "first page");
-    assert_eq!(ids(&*reader, &acme(Some(4), Some(2))), [1], "the page after run 4");
+    assert_eq!(
+        ids(&*reader, &acme(Some(4), Some(2))),
+        [1],
+        "the page after run 4"
+    );
     let runs = reader.runs(&acme(None, Some(1))).unwrap();
     assert_eq!(runs[0].tenant.as_deref(), Some("acme"));
-    assert_eq!(ids(&*reader, &RunFilter::default()), [5, 4, 3, 2, 1], "no filter: every tenant");
+    assert_eq!(
+        ids(&*reader, &RunFilter::default()),
+        [5, 4, 3, 2, 1],
+        "no filter: every tenant"
+    );
     let key = |tenant, key| reader.run_by_key(tenant, key).unwrap();
     assert_eq!(key(Some("acme"), "k1"), Some(1));
     assert_eq!(key(Some("zeta"), "k1"), Some(2), "keys are per tenant");
@@ -650,7 +658,10 @@ pub fn tenants_and_pages_filter_listings_and_keys_find_runs(store: &dyn StoreUnd
     assert_eq!(key(Some("acme"), "k2"), Some(5));
     assert_eq!(key(Some("zeta"), "k2"), None, "another tenant's key is not found");
     assert_eq!(key(Some("acme"), "k3"), None);
-    assert_eq!(reader.history(2).unwrap().unwrap().summary.tenant.as_deref(), Some("zeta"));
+    assert_eq!(
+        reader.history(2).unwrap().unwrap().summary.tenant.as_deref(),
+        Some("zeta")
+    );
 }
 
 /// A fresh run reads as running once an attempt started (its start is not

@@ -96,7 +96,8 @@ impl SqliteReader {
             // (or died before it could): nothing was recorded.
             return Err(no_journal(path));
         }
-        let attempt_columns = attempt_columns(&missing_columns(&conn, path, "attempts", ADDED_ATTEMPT_COLUMNS)?);
+        let attempt_columns =
+            attempt_columns(&missing_columns(&conn, path, "attempts", ADDED_ATTEMPT_COLUMNS)?);
         let run_columns = match missing_columns(&conn, path, "runs", ADDED_RUN_COLUMNS)?.is_empty() {
             true => RunColumns::CURRENT,
             false => RunColumns::NONE,

@@ -144,10 +144,8 @@ pub(super) const ADDED_ATTEMPT_COLUMNS: &[(&str, &str, &str)] = &[
 
 /// Run columns added since the format's first files, as
 /// [`ADDED_ATTEMPT_COLUMNS`] are for attempts.
-pub(super) const ADDED_RUN_COLUMNS: &[(&str, &str, &str)] = &[
-    ("tenant", "TEXT", "NULL"),
-    ("submission_key", "TEXT", "NULL"),
-];
+pub(super) const ADDED_RUN_COLUMNS: &[(&str, &str, &str)] =
+    &[("tenant", "TEXT", "NULL"), ("submission_key", "TEXT", "NULL")];
 
 /// Finds a tenant's run by its idempotency key. Not unique: the one
 /// writer checks for a key before it accepts a run with it, and a unique

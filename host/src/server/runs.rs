@@ -1,0 +1,507 @@
+//! Runs: submitting, listing, reading, cancelling, reporting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, Tenant};
+use super::catalog::CatalogError;
+use super::problem::Problem;
+use super::state::AppState;
+use crate::host::LiveRun;
+use crate::scheduler::{Submission, SubmitError, WorkflowReport};
+use crate::store::{RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError};
+
+/// The longest idempotency key accepted.
+const MAX_KEY: usize = 255;
+/// Runs listed per page unless `limit` says otherwise, and the most it may say.
+const PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+
+/// `?wait=` on a submission.
+#[derive(Debug, Deserialize)]
+pub struct SubmitQuery {
+    wait: Option<String>,
+}
+
+/// Runs a blocking store or catalog call off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server failed on this request",
+        )
+    })
+}
+
+/// A store failure, as a 503: the store is what is unavailable.
+pub fn store_problem(e: &StoreError) -> Problem {
+    tracing::warn!("store: {e}");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the journal cannot be read: {e}"),
+    )
+}
+
+/// A 429 that says when to try again.
+fn too_many(detail: impl Into<String>, after: Duration) -> Response {
+    let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// What a submission's body asks for: one input, or many.
+fn inputs(body: &[u8]) -> Result<(Vec<Value>, bool), Problem> {
+    let value: Value = match body.iter().all(u8::is_ascii_whitespace) {
+        true => Value::Object(Default::default()),
+        false => serde_json::from_slice(body).map_err(|e| {
+            Problem::new(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"))
+                .at(e.line(), e.column())
+        })?,
+    };
+    match value {
+        Value::Object(mut map) if map.len() == 1 && map.get("inputs").is_some_and(Value::is_array) => {
+            let Some(Value::Array(many)) = map.remove("inputs") else {
+                unreachable!("checked to be an array")
+            };
+            if many.is_empty() {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "`inputs` is empty: nothing to run",
+                ));
+            }
+            Ok((many, true))
+        }
+        one => Ok((vec![one], false)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`Idempotency-Key` must be 1 to {MAX_KEY} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The key a batch's `i`th run is recorded with.
+fn batch_key(key: &str, i: usize, batch: bool) -> String {
+    match batch {
+        false => key.to_owned(),
+        true => format!("{key}#{i}"),
+    }
+}
+
+/// `POST /v1/workflows/{name}/runs`.
+pub async fn submit(
+    State(state): State<Arc<AppState>>,
+    Caller(tenant): Caller,
+    Path(name): Path<String>,
+    Query(query): Query<SubmitQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    if state.host.is_stopping() {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    let (inputs, batch) = inputs(&body)?;
+    let wait = query
+        .wait
+        .as_deref()
+        .map(crate::limits::parse_duration)
+        .transpose()
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("`wait`: {e}")))?;
+    if let Some(wait) = wait
+        && wait > state.settings.max_wait
+    {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`wait` may be at most {} (the server's `max_wait`)",
+                humantime::format_duration(state.settings.max_wait)
+            ),
+        ));
+    }
+    let key = idempotency_key(&headers)?;
+    let _held = match &key {
+        Some(key) => Some(state.keys.hold(&tenant.name, key).await),
+        None => None,
+    };
+    if let Some(key) = &key
+        && let Some(ids) = replayed(&state, &tenant, key, inputs.len(), batch).await?
+    {
+        let runs = ids.into_iter().map(|id| accepted_view(id, &name)).collect();
+        let mut response = answer(&state, runs, batch, wait, StatusCode::OK).await;
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
+    let workflow = {
+        let (state, tenant, name) = (Arc::clone(&state), Arc::clone(&tenant.name), name.clone());
+        blocking(move || state.catalog.workflow(state.host.scheduler(), &tenant, &name)).await?
+    }
+    .map_err(|e| match e {
+        CatalogError::NoWorkflow(_) => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
+        other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
+    if let Err(after) = tenant.take_rate(inputs.len()) {
+        return Ok(throttle(
+            &state,
+            "submissions come faster than the tenant's rate",
+            after,
+        ));
+    }
+    let Some(mut shares) = tenant.reserve(inputs.len()) else {
+        return Ok(throttle(
+            &state,
+            format!(
+                "tenant `{}` has as many runs accepted and unfinished as its quota allows ({})",
+                tenant.name,
+                tenant.max_live.unwrap_or(usize::MAX)
+            ),
+            Duration::from_secs(1),
+        ));
+    };
+    let submissions: Vec<Submission> = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| Submission {
+            tenant: tenant.recorded(),
+            key: key.as_deref().map(|k| batch_key(k, i, batch).into()),
+            gate: tenant.gate.clone(),
+            ..Submission::from((Arc::clone(&workflow), input))
+        })
+        .collect();
+    let runs = match state.host.submit_all(submissions) {
+        Ok(runs) => runs,
+        Err(SubmitError::ShuttingDown) => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ));
+        }
+        Err(SubmitError::Quota(e)) => {
+            return Ok(throttle(
+                &state,
+                format!("the host is full: {e}"),
+                Duration::from_secs(1),
+            ));
+        }
+        Err(e) => return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    };
+    for run in &runs {
+        let share = shares.split_one();
+        let run = run.clone();
+        tokio::spawn(async move {
+            run.wait().await;
+            drop(share);
+        });
+    }
+    // Answer only once the acceptance is in the journal: what was answered
+    // 201 is never lost, whatever happens next.
+    if let Some(journal) = state.host.scheduler().journal()
+        && let Err(e) = journal.flush().await
+    {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the runs could not be recorded: {e}"),
+        ));
+    }
+    let views = runs.iter().map(|run| accepted_view(run.id(), &name)).collect();
+    let mut response = answer(&state, views, batch, wait, StatusCode::CREATED).await;
+    if !batch && response.status() == StatusCode::CREATED {
+        let location = format!("/v1/runs/{}", runs[0].id());
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+    }
+    Ok(response)
+}
+
+fn throttle(state: &AppState, detail: impl Into<String>, after: Duration) -> Response {
+    state.throttled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    too_many(detail, after)
+}
+
+/// The runs an earlier submission with `key` made, if there was one.
+async fn replayed(
+    state: &Arc<AppState>,
+    tenant: &Arc<Tenant>,
+    key: &str,
+    n: usize,
+    batch: bool,
+) -> Result<Option<Vec<RunId>>, Problem> {
+    let (reader, recorded, key) = (Arc::clone(&state.reader), tenant.recorded(), key.to_owned());
+    let found = blocking(move || {
+        let mut ids = Vec::new();
+        for i in 0..n.max(1) {
+            match reader.run_by_key(recorded.as_deref(), &batch_key(&key, i, batch))? {
+                Some(id) => ids.push(id),
+                None => break,
+            }
+        }
+        Ok::<_, StoreError>(ids)
+    })
+    .await?
+    .map_err(|e| store_problem(&e))?;
+    Ok((!found.is_empty()).then_some(found))
+}
+
+fn accepted_view(id: RunId, workflow: &str) -> Value {
+    json!({"id": id, "workflow": workflow, "status": "accepted", "url": format!("/v1/runs/{id}")})
+}
+
+/// The answer to a submission: the runs as accepted, or, with `wait`, as
+/// they ended (202 when the wait ran out first).
+async fn answer(
+    state: &Arc<AppState>,
+    mut views: Vec<Value>,
+    batch: bool,
+    wait: Option<Duration>,
+    status: StatusCode,
+) -> Response {
+    let mut status = status;
+    if let Some(wait) = wait {
+        let ids: Vec<RunId> = views.iter().filter_map(|v| v["id"].as_u64()).collect();
+        let ended = tokio::time::timeout(wait, ended_all(state, &ids)).await;
+        match ended {
+            Ok(reports) => {
+                for (view, report) in views.iter_mut().zip(reports) {
+                    if let Some(report) = report {
+                        *view = ended_view(&report, view);
+                    }
+                }
+                status = StatusCode::OK;
+            }
+            Err(_) => status = StatusCode::ACCEPTED,
+        }
+    }
+    let body = match batch {
+        true => json!({"runs": views}),
+        false => views.pop().unwrap_or(Value::Null),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Waits for every run in `ids` to end: the reports of those this host
+/// ran, `None` for one that had ended before (read it with GET).
+async fn ended_all(state: &Arc<AppState>, ids: &[RunId]) -> Vec<Option<Arc<WorkflowReport>>> {
+    let mut reports = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let live: Option<LiveRun> = state.host.live(id);
+        reports.push(match live {
+            Some(run) => Some(run.wait().await),
+            None => None,
+        });
+    }
+    reports
+}
+
+fn ended_view(report: &WorkflowReport, accepted: &Value) -> Value {
+    let mut view = accepted.clone();
+    view["status"] = json!(report.status);
+    view["output"] = report.output.clone().unwrap_or(Value::Null);
+    view["error"] = json!(report.error);
+    view
+}
+
+/// `?status=&workflow=&cursor=&limit=` on a listing.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    workflow: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /v1/runs`.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Caller(tenant): Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, Problem> {
+    let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
+    let status = query
+        .status
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<RunState>().map_err(|e| bad(format!("`status`: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<RunId>()
+                .map_err(|_| bad(format!("`cursor`: `{c}` is not a cursor this server gave")))
+        })
+        .transpose()?;
+    let limit = query
+        .limit
+        .as_deref()
+        .map(|l| {
+            l.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| bad(format!("`limit` must be a number from 1 to {MAX_PAGE}")))
+        })
+        .transpose()?
+        .unwrap_or(PAGE);
+    let filter = RunFilter {
+        status,
+        workflow: query.workflow,
+        tenant: tenant.recorded().map(|t| t.to_string()),
+        before,
+        limit: Some(limit),
+    };
+    let reader = Arc::clone(&state.reader);
+    let runs = blocking(move || reader.runs(&filter))
+        .await?
+        .map_err(|e| store_problem(&e))?;
+    let next = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.id.to_string()))
+        .flatten();
+    let runs: Vec<Value> = runs.iter().map(summary_view).collect();
+    Ok(Json(json!({"runs": runs, "next_cursor": next})).into_response())
+}
+
+fn summary_view(run: &RunSummary) -> Value {
+    json!({
+        "id": run.id,
+        "workflow": run.workflow,
+        "status": run.status,
+        "accepted_at": run.accepted_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+        "collected": run.collected,
+    })
+}
+
+/// Run `id`'s history, if `tenant` may see it: another tenant's run is
+/// not found, as if it did not exist.
+pub async fn history_of(state: &Arc<AppState>, tenant: &Tenant, id: &str) -> Result<RunHistory, Problem> {
+    let not_found = || Problem::new(StatusCode::NOT_FOUND, format!("no run {id}"));
+    let id: RunId = id.parse().map_err(|_| not_found())?;
+    let reader = Arc::clone(&state.reader);
+    let history = blocking(move || reader.history(id))
+        .await?
+        .map_err(|e| store_problem(&e))?
+        .filter(|h| tenant.owns(h.summary.tenant.as_deref()))
+        .ok_or_else(not_found)?;
+    Ok(history)
+}
+
+/// Bytes a run recorded, as JSON when they are, else as text.
+fn payload(bytes: Option<&[u8]>) -> Value {
+    match bytes {
+        None => Value::Null,
+        Some(b) => serde_json::from_slice(b)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
+    }
+}
+
+/// `GET /v1/runs/{id}`.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let history = history_of(&state, &tenant, &id).await?;
+    let mut view = summary_view(&history.summary);
+    view["input"] = payload(history.input.as_deref());
+    view["output"] = payload(history.output.as_deref());
+    view["attempts"] = history.attempts.iter().map(attempt_view).collect();
+    view["state"] = history
+        .state
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    view["live"] = json!(state.host.live(history.summary.id).map(|run| run.status()));
+    Ok(Json(view).into_response())
+}
+
+/// One attempt as JSON, its output as JSON.
+pub fn attempt_view(attempt: &crate::store::AttemptRecord) -> Value {
+    let mut view = serde_json::to_value(attempt).unwrap_or(Value::Null);
+    view["output"] = payload(attempt.output.as_deref());
+    view["log"] = payload(attempt.log.as_deref().map(str::as_bytes));
+    view
+}
+
+/// `POST /v1/runs/{id}/cancel`.
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let history = history_of(&state, &tenant, &id).await?;
+    let summary = &history.summary;
+    if !summary.status.is_incomplete() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!("run {} has already ended ({})", summary.id, summary.status),
+        ));
+    }
+    if !state.host.cancel(summary.id) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!("run {} is not running on this host", summary.id),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": summary.id, "cancelling": true})),
+    )
+        .into_response())
+}
+
+/// `GET /v1/runs/{id}/report`: the analysis as JSON, or with `Accept:
+/// image/svg+xml` its timeline.
+pub async fn report(
+    State(state): State<Arc<AppState>>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let history = history_of(&state, &tenant, &id).await?;
+    let reader = Arc::clone(&state.reader);
+    let digest = history.summary.workflow_digest.clone();
+    let definition = blocking(move || reader.definition(&digest))
+        .await?
+        .map_err(|e| store_problem(&e))?;
+    let analysis = crate::report::RunAnalysis::new(&history, definition.as_ref());
+    let wants_svg = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("image/svg+xml"));
+    if wants_svg {
+        let svg = crate::report::svg::render(&analysis);
+        return Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response());
+    }
+    Ok(Json(analysis).into_response())
+}
