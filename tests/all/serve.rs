@@ -20,8 +20,18 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path, config: &str) -> Served {
+        Served::start_logging(dir, config, None)
+    }
+
+    /// As `start`, with RUST_LOG set to `log`.
+    fn start_logging(dir: &Path, config: &str, log: Option<&str>) -> Served {
         std::fs::write(dir.join("stepbox.toml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
+        match log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command
             .arg("--config")
             .arg(dir.join("stepbox.toml"))
             .arg("--db")
@@ -29,7 +39,6 @@ impl Served {
             .arg("--cache-dir")
             .arg(super::cache_dir())
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -753,5 +762,186 @@ fn while_shutting_down_submissions_hear_503_and_the_running_step_finishes() {
         runs.iter()
             .all(|r| r.status == stepbox::store::RunState::Succeeded),
         "{runs:?}"
+    );
+}
+
+/// `stepbox ARGS` as a client of `served`, with `token` in STEPBOX_TOKEN.
+fn client(served: &Served, token: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
+    command
+        .args(args)
+        .env("STEPBOX_SERVER", format!("http://{}", served.addr))
+        .env_remove("STEPBOX_TOKEN")
+        .env_remove("RUST_LOG");
+    if let Some(token) = token {
+        command.env("STEPBOX_TOKEN", token);
+    }
+    command.output().unwrap()
+}
+
+/// `stepbox ARGS` on the server's journal, read locally.
+fn local(served: &Served, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args(args)
+        .arg("--db")
+        .arg(served.dir.join("stepbox.db"))
+        .env_remove("STEPBOX_SERVER")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_with_a_server_runs_workflows_there_and_prints_what_it_prints_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{QUICK}[[tenants]]\nname = \"acme\"\ntokens = [\"{}\"]\n",
+        TokenDigest::of("cli-token")
+    );
+    let served = Served::start(dir.path(), &config);
+    let file = dir.path().join("greet.yaml");
+    let hello = stepbox_tests::guest("hello");
+    std::fs::write(
+        &file,
+        format!(
+            "name: greet\nsteps:\n  - id: hello\n    component: '{}'  # local\n",
+            hello.display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let denied = client(&served, None, &["runs"]);
+    assert_eq!(denied.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("401"),
+        "{denied:?}"
+    );
+
+    let token = Some("cli-token");
+    let ran = client(&served, token, &["run", file, "--input", r#"{"name":"remote"}"#]);
+    assert_eq!(ran.status.code(), Some(0), "{ran:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).trim(),
+        r#"{"message":"Hello, remote!"}"#
+    );
+    let twice = client(
+        &served,
+        token,
+        &["run", file, "--repeat", "2", "--input", r#"{"name":"again"}"#],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&twice.stdout).lines().count(),
+        2,
+        "{twice:?}"
+    );
+
+    for args in [&["runs"][..], &["show", "1"], &["report", "1"]] {
+        let remote = client(&served, token, args);
+        assert_eq!(remote.status.code(), Some(0), "{args:?}: {remote:?}");
+        let here = local(&served, args);
+        assert_eq!(
+            String::from_utf8_lossy(&remote.stdout),
+            String::from_utf8_lossy(&here.stdout),
+            "{args:?} prints alike"
+        );
+    }
+    let metrics = client(&served, token, &["metrics"]);
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout).contains("stepbox_step_runs_total"),
+        "{metrics:?}"
+    );
+    let gone = client(&served, token, &["show", "99"]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no run 99"),
+        "{gone:?}"
+    );
+
+    let digest = served.upload("hostile", token);
+    served.send(
+        "PUT",
+        "/v1/workflows/sleepy",
+        token,
+        sleepy(&digest, 20_000).as_bytes(),
+    );
+    let id = served
+        .send("POST", "/v1/workflows/sleepy/runs", token, b"{}")
+        .json()["id"]
+        .as_u64()
+        .unwrap();
+    let cancelled = client(&served, token, &["cancel", &id.to_string()]);
+    assert_eq!(cancelled.status.code(), Some(0), "{cancelled:?}");
+    assert_eq!(served.until_ended(id, token)["status"], "cancelled");
+    let offline = local(&served, &["cancel", "1"]);
+    assert_eq!(offline.status.code(), Some(2));
+}
+
+#[test]
+fn a_client_too_slow_to_send_its_headers_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        dir.path(),
+        &format!("{QUICK}[server]\nrequest_timeout = \"500ms\"\n"),
+    );
+    let mut stream = TcpStream::connect(&served.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "held open for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "answered an unfinished request"
+    );
+    assert_eq!(
+        served.get("/healthz", None).status,
+        200,
+        "others are still served"
+    );
+}
+
+#[test]
+fn bearer_tokens_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "tok-4f1c9e0b-never-log-me";
+    let config = format!(
+        "{QUICK}[[tenants]]\nname = \"acme\"\ntokens = [\"{}\"]\n",
+        TokenDigest::of(secret)
+    );
+    let served = Served::start_logging(dir.path(), &config, Some("trace"));
+    let digest = served.upload("hello", Some(secret));
+    served.send(
+        "PUT",
+        "/v1/workflows/greet",
+        Some(secret),
+        greet(&digest).as_bytes(),
+    );
+    served.send(
+        "POST",
+        "/v1/workflows/greet/runs?wait=30s",
+        Some(secret),
+        br#"{"name":"x"}"#,
+    );
+    served.get("/v1/runs", Some("tok-wrong-guess-also-secret"));
+    let mut served = served;
+    let mut stderr = served.child.stderr.take().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc_kill(served.child.id() as i32, 15) };
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(!log.is_empty(), "trace logging wrote nothing");
+    assert!(
+        !log.contains(secret) && !log.contains("tok-wrong-guess"),
+        "a token in the log"
+    );
+    let journal = std::fs::read(dir.path().join("stepbox.db")).unwrap();
+    assert!(
+        !journal.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "a token in the journal"
     );
 }

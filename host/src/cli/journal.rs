@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytesize::ByteSize;
@@ -12,7 +12,7 @@ use stepbox::config::{HostConfig, JournalSettings};
 use stepbox::host::{Host, HostError, cutoff, open_reader};
 use stepbox::limits::parse_duration;
 use stepbox::scheduler::{RunStatus, SchedulerConfig, WorkflowReport};
-use stepbox::store::{Durability, Millis, RunFilter, RunState, StoreError};
+use stepbox::store::{Durability, RunFilter, RunState, StoreError};
 
 use super::{CliError, GlobalArgs, exit};
 
@@ -169,7 +169,13 @@ pub struct RunsCommand {
 }
 
 impl RunsCommand {
-    pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        if let Some(remote) = global.remote()? {
+            let status: Vec<String> = self.status.iter().map(|s| s.as_str().to_owned()).collect();
+            return remote
+                .runs(&status, self.workflow.as_deref(), self.limit, self.json)
+                .await;
+        }
         let settings = global.journal_settings()?;
         let store = open_reader(&settings).map_err(host_error)?;
         let runs = store
@@ -188,29 +194,7 @@ impl RunsCommand {
             }
             return Ok(exit::SUCCESS);
         }
-        writeln!(
-            out,
-            "{:>8}  {:<11}  {:<24}  {:<24}  {:>10}  ERROR",
-            "RUN", "STATUS", "WORKFLOW", "ACCEPTED", "TOOK"
-        )
-        .map_err(CliError::host)?;
-        for run in &runs {
-            let took = match (run.started_at, run.finished_at) {
-                (Some(s), Some(f)) => format!("{}ms", f - s),
-                _ => "-".into(),
-            };
-            writeln!(
-                out,
-                "{:>8}  {:<11}  {:<24}  {:<24}  {:>10}  {}",
-                run.id,
-                run.status.as_str(),
-                run.workflow,
-                timestamp(run.accepted_at),
-                took,
-                run.error.as_deref().unwrap_or("")
-            )
-            .map_err(CliError::host)?;
-        }
+        write!(out, "{}", stepbox::report::text::runs_table(&runs)).map_err(CliError::host)?;
         Ok(exit::SUCCESS)
     }
 }
@@ -226,7 +210,10 @@ pub struct ShowCommand {
 }
 
 impl ShowCommand {
-    pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        if let Some(remote) = global.remote()? {
+            return remote.show(self.run, self.json).await;
+        }
         let settings = global.journal_settings()?;
         let store = open_reader(&settings).map_err(host_error)?;
         let history = store
@@ -239,77 +226,7 @@ impl ShowCommand {
             writeln!(out).map_err(CliError::host)?;
             return Ok(exit::SUCCESS);
         }
-        let r = &history.summary;
-        let text = |b: &Option<Vec<u8>>| match b {
-            Some(b) => String::from_utf8_lossy(b).into_owned(),
-            None if r.collected => "(removed by retention)".into(),
-            None => "-".into(),
-        };
-        let lines = [
-            format!("run {} of `{}` ({})", r.id, r.workflow, r.workflow_digest),
-            format!("status:   {}", r.status),
-            format!("accepted: {}", timestamp(r.accepted_at)),
-            format!("started:  {}", r.started_at.map_or("-".into(), timestamp)),
-            format!("finished: {}", r.finished_at.map_or("-".into(), timestamp)),
-            format!("input:    {}", text(&history.input)),
-            format!("output:   {}", text(&history.output)),
-        ];
-        for line in lines {
-            writeln!(out, "{line}").map_err(CliError::host)?;
-        }
-        if let Some(error) = &r.error {
-            writeln!(out, "error:    {error}").map_err(CliError::host)?;
-        }
-        writeln!(
-            out,
-            "\n{:<20} {:>5} {:>3}  {:<11} {:<15} {:>10} {:>9} {:>12} {:>10} {:>21}  STARTED",
-            "STEP",
-            "ITEM",
-            "#",
-            "STATUS",
-            "OUTCOME",
-            "DURATION",
-            "QUEUED",
-            "FUEL",
-            "PEAK MEM",
-            "PEAK TMP/LIMIT"
-        )
-        .map_err(CliError::host)?;
-        for a in &history.attempts {
-            writeln!(
-                out,
-                "{:<20} {:>5} {:>3}  {:<11} {:<15} {:>10} {:>9} {:>12} {:>10} {:>21}  {}",
-                a.step,
-                a.item.map_or("-".into(), |i| i.to_string()),
-                a.attempt,
-                a.status.as_str(),
-                a.outcome.map_or("-", |k| k.as_str()),
-                format!("{:.2}ms", a.usage.total().as_secs_f64() * 1e3),
-                format!("{:.2}ms", a.usage.queue_wait.as_secs_f64() * 1e3),
-                a.usage.fuel_consumed,
-                ByteSize(a.usage.peak_memory).display().iec().to_string(),
-                match a.limits.scratch {
-                    // Journals from before the scratch quota recorded none.
-                    0 => "-".to_owned(),
-                    limit => format!(
-                        "{}/{}",
-                        ByteSize(a.usage.peak_scratch).display().iec(),
-                        ByteSize(limit).display().iec()
-                    ),
-                },
-                timestamp(a.started_at)
-            )
-            .map_err(CliError::host)?;
-            if let Some(message) = &a.message {
-                writeln!(out, "{:<20} {message}", "").map_err(CliError::host)?;
-            }
-        }
-        if !history.state.is_empty() {
-            writeln!(out, "\nstate:").map_err(CliError::host)?;
-            for (key, value) in &history.state {
-                writeln!(out, "  {key} = {value}").map_err(CliError::host)?;
-            }
-        }
+        write!(out, "{}", stepbox::report::text::history_text(&history)).map_err(CliError::host)?;
         Ok(exit::SUCCESS)
     }
 }
@@ -360,7 +277,13 @@ pub struct ReportCommand {
 }
 
 impl ReportCommand {
-    pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        if let Some(remote) = global.remote()? {
+            let id = self
+                .run
+                .context("with --server, report on one run: `report --workflow` reads a local journal")?;
+            return remote.report(id, self.svg.as_deref(), self.json).await;
+        }
         let settings = global.journal_settings()?;
         let store = open_reader(&settings).map_err(host_error)?;
         if let Some(name) = &self.workflow {
@@ -411,6 +334,27 @@ impl ReportCommand {
     }
 }
 
+/// `stepbox cancel`.
+#[derive(Debug, clap::Args)]
+pub struct CancelCommand {
+    /// The run's id
+    run: u64,
+}
+
+impl CancelCommand {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        match global.remote()? {
+            Some(remote) => remote.cancel(self.run).await,
+            // A local run belongs to the process running it: only that
+            // process's Ctrl-C stops it.
+            None => Err(anyhow::anyhow!(
+                "cancel talks to a server: give --server URL (or STEPBOX_SERVER); a local `stepbox run` stops with Ctrl-C"
+            )
+            .into()),
+        }
+    }
+}
+
 /// `stepbox metrics`.
 #[derive(Debug, clap::Args)]
 pub struct MetricsCommand {
@@ -420,7 +364,15 @@ pub struct MetricsCommand {
 }
 
 impl MetricsCommand {
-    pub fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        if let Some(remote) = global.remote()? {
+            if self.since.is_some() {
+                return Err(
+                    anyhow::anyhow!("--since reads a local journal; a server's metrics are live").into(),
+                );
+            }
+            return remote.metrics().await;
+        }
         let settings = global.journal_settings()?;
         let store = open_reader(&settings).map_err(host_error)?;
         let since = self.since.map_or(0, cutoff);
@@ -428,9 +380,4 @@ impl MetricsCommand {
         print!("{}", metrics.encode());
         Ok(exit::SUCCESS)
     }
-}
-
-fn timestamp(ms: Millis) -> String {
-    let at: SystemTime = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(at).to_string()
 }

@@ -4,6 +4,7 @@ mod bench;
 mod exit;
 mod inspect;
 mod journal;
+mod remote;
 mod serve;
 mod step;
 mod workflow;
@@ -53,6 +54,18 @@ struct GlobalArgs {
     /// Log lines as text, or as JSON objects (one per line) for machines
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// Talk to a `stepbox serve` at this URL (run, runs, show, cancel, report, metrics) instead of a local journal
+    #[arg(long, global = true, env = "STEPBOX_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// The bearer token for --server
+    #[arg(
+        long,
+        global = true,
+        env = "STEPBOX_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
 }
 
 /// How log lines are written.
@@ -88,6 +101,8 @@ enum Command {
     Report(journal::ReportCommand),
     /// Serve the HTTP API on a host (resumes incomplete runs first)
     Serve(serve::ServeCommand),
+    /// Cancel a run on a server (--server)
+    Cancel(journal::CancelCommand),
     /// Make bearer tokens for `[[tenants]]`
     Token(serve::TokenCommand),
     /// Run the standard benchmark scenarios; save or compare baselines
@@ -129,13 +144,14 @@ pub fn main() -> ExitCode {
             Command::Validate(cmd) => cmd.run(&cli.global),
             Command::Plan(cmd) => cmd.run(),
             Command::Resume(cmd) => cmd.run(&cli.global).await,
-            Command::Runs(cmd) => cmd.run(&cli.global),
-            Command::Show(cmd) => cmd.run(&cli.global),
+            Command::Runs(cmd) => cmd.run(&cli.global).await,
+            Command::Show(cmd) => cmd.run(&cli.global).await,
             Command::Gc(cmd) => cmd.run(&cli.global),
-            Command::Metrics(cmd) => cmd.run(&cli.global),
-            Command::Report(cmd) => cmd.run(&cli.global),
+            Command::Metrics(cmd) => cmd.run(&cli.global).await,
+            Command::Report(cmd) => cmd.run(&cli.global).await,
             Command::Serve(cmd) => cmd.run(&cli.global).await,
             Command::Token(cmd) => cmd.run(),
+            Command::Cancel(cmd) => cmd.run(&cli.global).await,
             Command::Bench(cmd) => cmd.run(&cli.global).await,
         }
     });
@@ -191,6 +207,15 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
 }
 
 impl GlobalArgs {
+    /// The server `--server` names, if it does.
+    fn remote(&self) -> Result<Option<remote::Remote>, CliError> {
+        self.server
+            .as_deref()
+            .filter(|url| !url.is_empty())
+            .map(|url| remote::Remote::new(url, self.token.clone()))
+            .transpose()
+    }
+
     /// The host configuration: `--config`, else `./stepbox.toml` if it exists, else defaults.
     fn host_config(&self) -> Result<HostConfig, CliError> {
         let default = PathBuf::from("stepbox.toml");

@@ -82,6 +82,18 @@ struct QuotaArgs {
 }
 
 impl QuotaArgs {
+    /// Whether any flag was given.
+    fn any(&self) -> bool {
+        self.max_workflows.is_some()
+            || self.max_queued.is_some()
+            || self.max_instances.is_some()
+            || self.memory_budget.is_some()
+            || self.max_steps.is_some()
+            || self.max_fan_out.is_some()
+            || self.max_state.is_some()
+            || self.global_timeout.is_some()
+    }
+
     /// `base` (from the configuration file) with every flag given applied over it.
     fn config(&self, base: SchedulerConfig) -> SchedulerConfig {
         let mut quotas = base.quotas;
@@ -136,6 +148,15 @@ impl RunCommand {
         let input = read_input(&self.input)?;
         let input: serde_json::Value = serde_json::from_slice(&input)
             .with_context(|| format!("input is not valid JSON ({})", describe_source(&self.input)))?;
+        if let Some(remote) = global.remote()? {
+            if self.parallel.is_some() || self.quotas.any() {
+                return Err(anyhow::anyhow!(
+                    "--parallel and the quota flags apply to a local host; a server has its own configuration"
+                )
+                .into());
+            }
+            return remote.run(&self.files, &input, self.repeat, self.json).await;
+        }
         let workflows: Vec<Workflow> = self
             .files
             .iter()

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod svg;
+pub mod text;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -1,7 +1,7 @@
 //! The routes, and the handlers of the open ones (health, metrics).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -66,16 +66,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runs/{id}/report", get(runs::report));
-    let panics = Arc::clone(&state);
-    open.merge(api)
+    let routes = open
+        .merge(api)
         .route("/openapi.json", get(super::openapi::document))
         .fallback(unknown)
         .with_state(Arc::clone(&state))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(RequestBodyTimeoutLayer::new(settings.request_timeout))
+        .layer(RequestBodyTimeoutLayer::new(settings.request_timeout));
+    protect(routes, Arc::clone(&state.panics))
+}
+
+/// Every error answer becomes a problem, and a panic a 500 counted in `panics`.
+fn protect(routes: Router, panics: Arc<AtomicU64>) -> Router {
+    routes
         .layer(axum::middleware::map_response(problems))
         .layer(CatchPanicLayer::custom(move |panic| {
-            panics.panics.fetch_add(1, Ordering::Relaxed);
+            panics.fetch_add(1, Ordering::Relaxed);
             panic_response(panic)
         }))
 }
@@ -140,4 +146,62 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 
 async fn unknown(uri: Uri) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn answer(
+        app: Router,
+        method: &str,
+        path: &str,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap(), kind)
+    }
+
+    async fn boom() -> &'static str {
+        panic!("a handler's bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_counted_500_problem_and_the_server_goes_on() {
+        let panics = Arc::new(AtomicU64::new(0));
+        let app = protect(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/fine", get(|| async { "ok" })),
+            Arc::clone(&panics),
+        );
+        let (status, problem, kind) = answer(app.clone(), "GET", "/boom").await;
+        assert_eq!(
+            (status, problem["status"].as_u64()),
+            (StatusCode::INTERNAL_SERVER_ERROR, Some(500))
+        );
+        assert_eq!(kind.as_deref(), Some(super::super::problem::PROBLEM_JSON));
+        assert!(
+            !problem["detail"].as_str().unwrap().contains("a handler's bug"),
+            "internals leak: {problem}"
+        );
+        assert_eq!(panics.load(Ordering::Relaxed), 1);
+        let (status, problem, _) = answer(app, "POST", "/fine").await;
+        assert_eq!(
+            (status, problem["status"].as_u64()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some(405))
+        );
+    }
 }

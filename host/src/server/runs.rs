@@ -31,6 +31,23 @@ pub struct SubmitQuery {
     wait: Option<String>,
 }
 
+/// Whether the request's `Accept` names `media` (plain text, SVG...).
+pub fn accepts(headers: &HeaderMap, media: &str) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            accept
+                .split(',')
+                .any(|m| m.split(';').next().unwrap_or("").trim() == media)
+        })
+}
+
+/// Plain text, as the CLI prints it.
+fn plain(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}
+
 /// Runs a blocking store or catalog call off the async threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f).await.map_err(|_| {
@@ -325,6 +342,7 @@ fn ended_view(report: &WorkflowReport, accepted: &Value) -> Value {
     view["status"] = json!(report.status);
     view["output"] = report.output.clone().unwrap_or(Value::Null);
     view["error"] = json!(report.error);
+    view["failed_kind"] = json!(report.failed_kind);
     view
 }
 
@@ -342,6 +360,7 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Query(query): Query<ListQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, detail);
     let status = query
@@ -381,6 +400,9 @@ pub async fn list(
     let runs = blocking(move || reader.runs(&filter))
         .await?
         .map_err(|e| store_problem(&e))?;
+    if accepts(&headers, "text/plain") {
+        return Ok(plain(crate::report::text::runs_table(&runs)));
+    }
     let next = (runs.len() == limit)
         .then(|| runs.last().map(|r| r.id.to_string()))
         .flatten();
@@ -429,8 +451,12 @@ pub async fn show(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let history = history_of(&state, &tenant, &id).await?;
+    if accepts(&headers, "text/plain") {
+        return Ok(plain(crate::report::text::history_text(&history)));
+    }
     let mut view = summary_view(&history.summary);
     view["input"] = payload(history.input.as_deref());
     view["output"] = payload(history.output.as_deref());
@@ -495,13 +521,12 @@ pub async fn report(
         .await?
         .map_err(|e| store_problem(&e))?;
     let analysis = crate::report::RunAnalysis::new(&history, definition.as_ref());
-    let wants_svg = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("image/svg+xml"));
-    if wants_svg {
+    if accepts(&headers, "image/svg+xml") {
         let svg = crate::report::svg::render(&analysis);
         return Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response());
+    }
+    if accepts(&headers, "text/plain") {
+        return Ok(plain(analysis.text()));
     }
     Ok(Json(analysis).into_response())
 }

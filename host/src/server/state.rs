@@ -27,7 +27,7 @@ pub struct AppState {
     /// with one key never both submit.
     pub keys: KeyLocks,
     /// Requests whose handler panicked (answered 500).
-    pub panics: AtomicU64,
+    pub panics: Arc<AtomicU64>,
     /// Submissions refused with 429, by cause.
     pub throttled: AtomicU64,
 }
