@@ -13,11 +13,12 @@
 //! incomplete in the journal and resumes on the next start.
 //!
 //! ```no_run
-//! # async fn f(host: std::sync::Arc<stepbox::Host>) -> Result<(), stepbox::server::ServerError> {
+//! # async fn f(host: std::sync::Arc<stepbox::Host>) -> Result<(), Box<dyn std::error::Error>> {
 //! use stepbox::server::{Server, ServerOptions};
 //! let server = Server::bind(host, ServerOptions::default()).await?;
 //! println!("listening on http://{}", server.local_addr()?);
-//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! # Ok(())
 //! # }
 //! ```
 
