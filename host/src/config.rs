@@ -32,11 +32,12 @@
 //! handles = 512             # open files, streams, pollables at once
 //!
 //! [journal]
-//! db = ".stepbox/stepbox.db"
+//! db = ".stepbox/stepbox.db"  # or postgres://user:password@host/database
 //! durability = "strict"     # strict, batched or memory
 //! batch_window = "10ms"     # batched: the most a crash can lose
 //! retention = "30d"         # finished runs' payloads are removed after this
 //! shutdown_grace = "30s"    # on SIGINT/SIGTERM, time for running steps to finish
+//! pool = 8                  # PostgreSQL: connections a host's readers hold at most
 //!
 //! [server]                  # `stepbox serve`
 //! listen = "127.0.0.1:7700"
@@ -206,6 +207,8 @@ pub struct JournalSettings {
     pub retention: Option<Duration>,
     /// On SIGINT/SIGTERM, how long running steps get to finish.
     pub shutdown_grace: Duration,
+    /// With PostgreSQL, the most connections a host's readers hold at once.
+    pub pool: u32,
 }
 
 impl Default for JournalSettings {
@@ -217,6 +220,7 @@ impl Default for JournalSettings {
             batch_window: Duration::from_millis(10),
             retention: None,
             shutdown_grace: Duration::from_secs(30),
+            pool: crate::store::DEFAULT_POOL,
         }
     }
 }
@@ -292,6 +296,7 @@ struct JournalKeys {
     batch_window: Option<String>,
     retention: Option<String>,
     shutdown_grace: Option<String>,
+    pool: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -422,6 +427,11 @@ impl HostConfig {
         j.retention = duration("journal.retention", &k.retention)?;
         if let Some(grace) = duration("journal.shutdown_grace", &k.shutdown_grace)? {
             j.shutdown_grace = grace;
+        }
+        match k.pool {
+            Some(0) => return Err(invalid("`journal.pool` must be at least 1".into())),
+            Some(pool) => j.pool = pool,
+            None => {}
         }
         let srv = &mut config.server;
         let k = &file.server;

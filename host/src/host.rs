@@ -38,8 +38,8 @@ use crate::config::{HostConfig, JournalSettings};
 use crate::sandbox::Sandbox;
 use crate::scheduler::{PreparedWorkflow, Scheduler, SchedulerError, Submission, SubmitError};
 use crate::store::{
-    Durability, GcStats, Journal, JournalConfig, Millis, RecoveredRun, RunId, SqliteReader, SqliteStore,
-    StoreError, StoreReader, StoreWriter, now_millis,
+    Durability, GcStats, Journal, JournalConfig, Millis, PostgresReader, PostgresStore, RecoveredRun, RunId,
+    SqliteReader, SqliteStore, StoreError, StoreReader, StoreWriter, now_millis, redact,
 };
 
 /// Why a host could not start or stop cleanly.
@@ -51,14 +51,6 @@ pub enum HostError {
     /// The scheduler's configuration is out of range.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
-    /// The store location names a kind of store this build does not have.
-    #[error("{location}: {why}")]
-    UnsupportedStore {
-        /// The location as given.
-        location: String,
-        /// What is missing.
-        why: &'static str,
-    },
     /// The metrics file could not be written.
     #[error("cannot write metrics to {}: {source}", path.display())]
     MetricsFile {
@@ -97,29 +89,21 @@ impl StoreLocation {
         }
     }
 
-    fn sqlite(&self) -> Result<&Path, HostError> {
+    /// The location as messages name it: a URL's password masked.
+    pub fn display(&self) -> String {
         match self {
-            StoreLocation::Sqlite(path) => Ok(path),
-            StoreLocation::Postgres(url) => Err(HostError::UnsupportedStore {
-                location: redact(url),
-                why: "this build of stepbox keeps runs in SQLite only; give a file path as --db",
-            }),
+            StoreLocation::Sqlite(path) => path.display().to_string(),
+            StoreLocation::Postgres(url) => redact(url),
         }
     }
 }
 
-/// A URL without its password, fit for a message.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
+/// A store's writing side, opened at `location`.
+fn open_writer(location: &StoreLocation, durability: Durability) -> Result<Box<dyn StoreWriter>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Box::new(SqliteStore::open(path, durability)?),
+        StoreLocation::Postgres(url) => Box::new(PostgresStore::open(url, durability)?),
+    })
 }
 
 /// Opens the store at `settings.db` for reading only: for listings,
@@ -129,8 +113,10 @@ fn redact(url: &str) -> String {
 ///
 /// A [`HostError`] when the store cannot be opened.
 pub fn open_reader(settings: &JournalSettings) -> Result<Arc<dyn StoreReader>, HostError> {
-    let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
-    Ok(Arc::new(SqliteReader::open(&path)?))
+    Ok(match StoreLocation::parse(&settings.db) {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteReader::open(&path)?),
+        StoreLocation::Postgres(url) => Arc::new(PostgresReader::open(&url, settings.pool)?),
+    })
 }
 
 /// Removes the payloads of runs finished before `age` ago, keeping their
@@ -140,8 +126,7 @@ pub fn open_reader(settings: &JournalSettings) -> Result<Arc<dyn StoreReader>, H
 ///
 /// A [`HostError`] when the store cannot be opened or written.
 pub fn collect(settings: &JournalSettings, age: Duration) -> Result<GcStats, HostError> {
-    let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
-    let mut store = SqliteStore::open(&path, settings.durability)?;
+    let mut store = open_writer(&StoreLocation::parse(&settings.db), settings.durability)?;
     Ok(store.collect(cutoff(age))?)
 }
 
@@ -154,29 +139,31 @@ pub fn collect(settings: &JournalSettings, age: Duration) -> Result<GcStats, Hos
 ///
 /// A [`HostError`] when the store cannot be opened, read or written.
 pub async fn open_journal(settings: &JournalSettings) -> Result<(Journal, Vec<RecoveredRun>), HostError> {
-    let path = StoreLocation::parse(&settings.db).sqlite()?.to_owned();
+    let location = StoreLocation::parse(&settings.db);
     let (durability, retention) = (settings.durability, settings.retention);
-    let store = tokio::task::spawn_blocking(move || -> Result<SqliteStore, StoreError> {
-        let mut store = SqliteStore::open(&path, durability)?;
+    let config = JournalConfig {
+        durability,
+        batch_window: settings.batch_window,
+        ..JournalConfig::default()
+    };
+    // Every store call blocks (a PostgreSQL client's must not run on an
+    // async thread at all): opening, retention and the first claim run here.
+    tokio::task::spawn_blocking(move || -> Result<(Journal, Vec<RecoveredRun>), StoreError> {
+        let mut store = open_writer(&location, durability)?;
         if let Some(age) = retention {
             let stats = store.collect(cutoff(age))?;
             if stats.runs > 0 {
                 tracing::info!(runs = stats.runs, freed = stats.bytes_freed, "retention");
             }
         }
-        Ok(store)
+        Journal::start(store, config)
     })
     .await
     .map_err(|e| StoreError::Other {
         path: settings.db.clone(),
         detail: format!("opening the store stopped: {e}"),
-    })??;
-    let config = JournalConfig {
-        durability,
-        batch_window: settings.batch_window,
-        ..JournalConfig::default()
-    };
-    Ok(Journal::start(Box::new(store), config)?)
+    })?
+    .map_err(HostError::from)
 }
 
 /// The instant `age` ago, in journal time.
@@ -452,21 +439,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_postgres_url_loses_its_password_in_messages() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
-    }
-
-    #[test]
-    fn a_postgres_location_is_refused_by_name_without_its_password() {
-        let err = StoreLocation::parse("postgresql://u:pw@h/db".as_ref())
-            .sqlite()
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(text.starts_with("postgresql://u:***@h/db: "), "{text}");
-        assert!(!text.contains("pw"));
+    fn a_postgres_location_is_named_without_its_password() {
+        let location = StoreLocation::parse("postgresql://u:pw@h/db".as_ref());
+        assert_eq!(location.display(), "postgresql://u:***@h/db");
     }
 }

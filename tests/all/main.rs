@@ -10,10 +10,11 @@ mod hostile;
 mod hostile_suite;
 mod loading;
 mod observability;
+mod postgres;
 mod sandbox_escape;
 mod scratch_quota;
-mod serve;
-mod store_conformance;
+pub(crate) mod serve;
+pub(crate) mod store_conformance;
 mod well_behaved;
 mod workflows;
 

@@ -12,19 +12,25 @@ use stepbox::config::TokenDigest;
 
 /// A `stepbox serve` process on a loopback port of its own, with its own
 /// journal and data directory under `dir`.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     addr: String,
     dir: PathBuf,
 }
 
 impl Served {
-    fn start(dir: &Path, config: &str) -> Served {
+    pub(crate) fn start(dir: &Path, config: &str) -> Served {
         Served::start_logging(dir, config, None)
     }
 
     /// As `start`, with RUST_LOG set to `log`.
     fn start_logging(dir: &Path, config: &str, log: Option<&str>) -> Served {
+        let db = dir.join("stepbox.db");
+        Served::start_on(dir, config, log, db.to_str().unwrap())
+    }
+
+    /// As `start_logging`, journaling in `db` (a file or a postgres:// URL).
+    pub(crate) fn start_on(dir: &Path, config: &str, log: Option<&str>, db: &str) -> Served {
         std::fs::write(dir.join("stepbox.toml"), config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
         match log {
@@ -35,7 +41,7 @@ impl Served {
             .arg("--config")
             .arg(dir.join("stepbox.toml"))
             .arg("--db")
-            .arg(dir.join("stepbox.db"))
+            .arg(db)
             .arg("--cache-dir")
             .arg(super::cache_dir())
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -64,7 +70,7 @@ impl Served {
     }
 
     /// Sends SIGTERM and waits for the exit code.
-    fn terminate(mut self) -> Option<i32> {
+    pub(crate) fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id() as i32;
         // SAFETY: kill(2) on our own child.
         unsafe { libc_kill(pid, 15) };
@@ -73,17 +79,17 @@ impl Served {
         code
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         request(&self.addr, method, path, headers, body)
     }
 
-    fn get(&self, path: &str, token: Option<&str>) -> Answer {
+    pub(crate) fn get(&self, path: &str, token: Option<&str>) -> Answer {
         let auth = token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
         self.request("GET", path, &headers, b"")
     }
 
-    fn send(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Answer {
+    pub(crate) fn send(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Answer {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
         if path.starts_with("/v1/workflows/") && method == "PUT" {
@@ -95,7 +101,7 @@ impl Served {
     }
 
     /// Uploads `guest` and returns its digest.
-    fn upload(&self, guest: &str, token: Option<&str>) -> String {
+    pub(crate) fn upload(&self, guest: &str, token: Option<&str>) -> String {
         let bytes = std::fs::read(stepbox_tests::guest(guest)).unwrap();
         let answer = self.send("PUT", "/v1/components", token, &bytes);
         assert!(matches!(answer.status, 200 | 201), "{answer:?}");
@@ -124,7 +130,7 @@ impl Served {
     }
 
     /// Polls run `id` until it has ended; returns its history.
-    fn until_ended(&self, id: u64, token: Option<&str>) -> Value {
+    pub(crate) fn until_ended(&self, id: u64, token: Option<&str>) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let run = self.get(&format!("/v1/runs/{id}"), token).json();
@@ -151,14 +157,14 @@ unsafe extern "C" {
 
 /// An HTTP answer.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
@@ -237,9 +243,9 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     out
 }
 
-const QUICK: &str = "[journal]\nshutdown_grace = \"0s\"\n";
+pub(crate) const QUICK: &str = "[journal]\nshutdown_grace = \"0s\"\n";
 
-fn greet(digest: &str) -> String {
+pub(crate) fn greet(digest: &str) -> String {
     format!("name: greet\nsteps:\n  - id: hello\n    component: {digest}\n")
 }
 

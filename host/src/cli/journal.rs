@@ -28,7 +28,6 @@ pub fn journal_error(error: StoreError) -> CliError {
 pub fn host_error(error: HostError) -> CliError {
     match error {
         HostError::Store(e) => journal_error(e),
-        HostError::UnsupportedStore { .. } => CliError::from(anyhow::Error::from(error)),
         other => CliError::host(other),
     }
 }

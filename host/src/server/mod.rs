@@ -111,10 +111,13 @@ impl Server {
         }
         let ServerOptions { settings, tenants } = options;
         let data = settings.data.clone().unwrap_or_else(|| {
-            let db = &host.settings().db;
-            db.parent()
-                .map(|d| d.join("server"))
-                .unwrap_or_else(|| "server".into())
+            match crate::host::StoreLocation::parse(&host.settings().db) {
+                crate::host::StoreLocation::Sqlite(db) => db
+                    .parent()
+                    .map(|d| d.join("server"))
+                    .unwrap_or_else(|| "server".into()),
+                crate::host::StoreLocation::Postgres(_) => ".stepbox/server".into(),
+            }
         });
         std::fs::create_dir_all(&data).map_err(|source| ServerError::Data {
             path: data.clone(),

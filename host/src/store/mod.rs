@@ -36,6 +36,7 @@ pub mod conformance;
 mod error;
 mod event;
 mod journal;
+mod postgres;
 mod records;
 mod sqlite;
 mod traits;
@@ -47,6 +48,7 @@ pub use self::event::{
     AttemptEnd, AttemptLimits, AttemptStatus, ComponentRecord, Event, RunState, WorkflowRecord,
 };
 pub use self::journal::{CommitObserver, Journal, JournalConfig, JournalStats, Ticket};
+pub use self::postgres::{DEFAULT_POOL, PostgresReader, PostgresStore, redact};
 pub use self::records::{
     AttemptRecord, Definition, GcStats, RecoveredRun, RunFilter, RunHistory, RunSummary, WorkflowUnavailable,
 };

@@ -164,3 +164,34 @@ pub struct GcStats {
     /// Bytes the database file shrank by.
     pub bytes_freed: u64,
 }
+
+impl WorkflowRecord {
+    /// A workflow record from its `definition` and its components' rows
+    /// (digest, then name and bytes unless the component is gone), in
+    /// position order; components listed twice share their bytes.
+    pub(crate) fn assemble(
+        digest: &str,
+        definition: Definition,
+        components: impl IntoIterator<Item = (String, Option<String>, Option<Vec<u8>>)>,
+    ) -> Result<Arc<WorkflowRecord>, WorkflowUnavailable> {
+        let mut by_digest: std::collections::HashMap<String, Arc<[u8]>> = std::collections::HashMap::new();
+        let mut records = Vec::new();
+        for (digest, name, bytes) in components {
+            let (Some(name), Some(bytes)) = (name, bytes) else {
+                return Err(WorkflowUnavailable::ComponentGone { digest });
+            };
+            let bytes = by_digest
+                .entry(digest.clone())
+                .or_insert_with(|| bytes.into())
+                .clone();
+            records.push(super::ComponentRecord { digest, name, bytes });
+        }
+        Ok(Arc::new(WorkflowRecord {
+            digest: digest.to_owned(),
+            name: definition.name,
+            path: definition.path,
+            source: definition.source,
+            components: records,
+        }))
+    }
+}

@@ -2,7 +2,6 @@
 //! [`SqliteReader`], and through the writer's own connection when it
 //! claims runs for recovery.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,8 +12,8 @@ use super::lock::sql_error;
 use super::schema::{ADDED_ATTEMPT_COLUMNS, ADDED_RUN_COLUMNS, check_format, missing_columns};
 use crate::OutcomeKind;
 use crate::store::{
-    AttemptLimits, AttemptRecord, AttemptStatus, ComponentRecord, Definition, Millis, RunFilter, RunHistory,
-    RunId, RunState, RunSummary, StoreError, StoreReader, WorkflowRecord, WorkflowUnavailable,
+    AttemptLimits, AttemptRecord, AttemptStatus, Definition, Millis, RunFilter, RunHistory, RunId, RunState,
+    RunSummary, StoreError, StoreReader, WorkflowRecord, WorkflowUnavailable,
 };
 
 /// A run's status as the journal reports it. A fresh run's start is not
@@ -395,25 +394,7 @@ impl Queries<'_> {
                     .collect()
             })
             .map_err(|e| self.error(e))?;
-        let mut by_digest: HashMap<String, Arc<[u8]>> = HashMap::new();
-        let mut records = Vec::with_capacity(components.len());
-        for (digest, name, bytes) in components {
-            let (Some(name), Some(bytes)) = (name, bytes) else {
-                return Ok(Err(WorkflowUnavailable::ComponentGone { digest }));
-            };
-            let bytes = by_digest
-                .entry(digest.clone())
-                .or_insert_with(|| bytes.into())
-                .clone();
-            records.push(ComponentRecord { digest, name, bytes });
-        }
-        Ok(Ok(Arc::new(WorkflowRecord {
-            digest: digest.to_owned(),
-            name: definition.name,
-            path: definition.path,
-            source: definition.source,
-            components: records,
-        })))
+        Ok(WorkflowRecord::assemble(digest, definition, components))
     }
 
     /// Run `run`'s attempts matching `filter` (SQL after `WHERE run = ?1`).

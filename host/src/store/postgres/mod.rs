@@ -1,0 +1,373 @@
+//! The PostgreSQL store: the same [`StoreWriter`] and [`StoreReader`] as
+//! SQLite's, for several hosts sharing one database.
+//!
+//! Each writer holds one connection of its own (its journal's writer
+//! thread is the only user); a reader holds a bounded pool of connections
+//! (r2d2), shared by every task that queries. Several writers may write
+//! one database at once: ids come from one counter row, and a write is
+//! fenced by the owner of each run it touches, read `FOR UPDATE` in the
+//! writing transaction, so a claim cannot come between the check and the
+//! write.
+//!
+//! Statements are explicit SQL; the layout is embedded and laid out by the
+//! first writer (see `schema`). The URL's password never appears in an
+//! error: the database is named by its URL with the password masked.
+//!
+//! ```no_run
+//! use stepbox::store::{Durability, PostgresStore, StoreWriter};
+//! let mut store = PostgresStore::open("postgres://stepbox@db/stepbox", Durability::Strict)?;
+//! let ids = store.allocate_run_ids(10)?;
+//! # Ok::<(), stepbox::store::StoreError>(())
+//! ```
+
+mod read;
+mod schema;
+mod write;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::{
+    AttemptRecord, Definition, Durability, Event, GcStats, Millis, RecoveredRun, RunFilter, RunHistory,
+    RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, WriteReport, now_millis,
+};
+
+/// Connections a reader's pool holds at most, by default.
+pub const DEFAULT_POOL: u32 = 8;
+
+/// How long a query waits for a pooled connection before it fails.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// `url` with its password masked: how errors name the database.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Runs `f` where a blocking client may block: here, unless this thread
+/// belongs to an async runtime (the `postgres` client refuses to block
+/// there), then on a thread of its own. A store's methods may so be called
+/// from anywhere, as SQLite's can.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// A database error as a store error naming `location`.
+fn pg_error(location: &str, e: &postgres::Error) -> StoreError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    StoreError::Other {
+        path: PathBuf::from(location),
+        detail,
+    }
+}
+
+fn config(url: &str, location: &str) -> Result<postgres::Config, StoreError> {
+    url.parse::<postgres::Config>().map_err(|e| StoreError::Other {
+        path: PathBuf::from(location),
+        detail: format!("not a PostgreSQL URL: {e}"),
+    })
+}
+
+/// The writing side on PostgreSQL: one connection.
+pub struct PostgresStore {
+    /// Always `Some` but in `drop`.
+    client: Option<Client>,
+    location: String,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing a connection blocks too.
+        if let Some(client) = self.client.take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` for writing, laying out its
+    /// tables if it has none. Under [`Durability::Batched`] a commit does
+    /// not wait for the server's disk (`synchronous_commit = off`): a
+    /// crash of the database server, not of the host, may lose the last
+    /// commits.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Other`] naming the URL (password masked) when the
+    /// server cannot be reached or refuses, [`StoreError::NewerFormat`].
+    pub fn open(url: &str, durability: Durability) -> Result<PostgresStore, StoreError> {
+        off_runtime(|| PostgresStore::connect(url, durability))
+    }
+
+    fn connect(url: &str, durability: Durability) -> Result<PostgresStore, StoreError> {
+        let location = redact(url);
+        let mut client = config(url, &location)?
+            .connect(NoTls)
+            .map_err(|e| StoreError::Other {
+                path: PathBuf::from(&location),
+                detail: format!("cannot connect: {e}"),
+            })?;
+        let found = schema::migrate(&mut client).map_err(|e| pg_error(&location, &e))?;
+        if found > schema::FORMAT {
+            return Err(StoreError::NewerFormat {
+                path: PathBuf::from(&location),
+                found,
+                known: schema::FORMAT,
+            });
+        }
+        let sync = match durability {
+            Durability::Strict => "on",
+            Durability::Batched | Durability::Memory => "off",
+        };
+        client
+            .batch_execute(&format!("SET synchronous_commit = {sync}"))
+            .map_err(|e| pg_error(&location, &e))?;
+        Ok(PostgresStore {
+            client: Some(client),
+            location,
+        })
+    }
+
+    /// Runs `f` on the connection, off any async runtime.
+    fn with<T: Send>(
+        &mut self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StoreError> {
+        let location = &self.location;
+        let client = self
+            .client
+            .as_mut()
+            .expect("a store's client is there until it drops");
+        off_runtime(move || f(client)).map_err(|e| pg_error(location, &e))
+    }
+}
+
+impl StoreWriter for PostgresStore {
+    fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
+        self.with(|c| write::write(c, owner, events))
+    }
+
+    fn allocate_run_ids(&mut self, count: u64) -> Result<Range<RunId>, StoreError> {
+        self.with(|c| write::allocate(c, count))
+    }
+
+    fn release_run_ids(&mut self, unused: Range<RunId>) -> Result<bool, StoreError> {
+        self.with(|c| write::give_back(c, unused))
+    }
+
+    fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL",
+                &[&owner, &until],
+            )
+        })
+    }
+
+    fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
+        self.with(|c| write::claim(c, owner, until, now_millis()))
+    }
+
+    fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND finished_at IS NULL",
+                &[&owner],
+            )
+        })
+    }
+
+    fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
+        self.with(|c| write::collect(c, before))
+    }
+}
+
+/// The query side on PostgreSQL: a bounded pool of connections, shared.
+///
+/// Each query reads one snapshot, as [`StoreReader`] promises, but for
+/// [`StoreReader::scan_attempts`]: it reads in pages of 10,000 attempts,
+/// each page one snapshot, so that a long journal is never held in memory.
+pub struct PostgresReader {
+    /// Always `Some` but in `drop`.
+    pool: Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>,
+    location: String,
+}
+
+impl Drop for PostgresReader {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            off_runtime(move || drop(pool));
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresReader")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresReader {
+    /// A reader of the database at `url`, with at most `pool` connections
+    /// (a query that finds them all busy waits up to 5 s, then fails).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Other`] when the server cannot be reached, or has no
+    /// stepbox tables yet; [`StoreError::NewerFormat`].
+    pub fn open(url: &str, pool: u32) -> Result<PostgresReader, StoreError> {
+        off_runtime(|| PostgresReader::connect(url, pool))
+    }
+
+    fn connect(url: &str, pool: u32) -> Result<PostgresReader, StoreError> {
+        let location = redact(url);
+        let config = config(url, &location)?;
+        // One connection first: an unreachable server is one clear error
+        // at once, not a pool retrying for its timeout.
+        let mut first = config.connect(NoTls).map_err(|e| StoreError::Other {
+            path: PathBuf::from(&location),
+            detail: format!("cannot connect: {e}"),
+        })?;
+        let found = schema::version(&mut first).map_err(|e| pg_error(&location, &e))?;
+        drop(first);
+        if found == 0 {
+            return Err(StoreError::Other {
+                path: PathBuf::from(&location),
+                detail: "no journal here yet (no host has written to this database); check --db".into(),
+            });
+        }
+        if found > schema::FORMAT {
+            return Err(StoreError::NewerFormat {
+                path: PathBuf::from(&location),
+                found,
+                known: schema::FORMAT,
+            });
+        }
+        let pool = r2d2::Pool::builder()
+            .max_size(pool.max(1))
+            .min_idle(Some(0))
+            .connection_timeout(POOL_WAIT)
+            // Failures reach the query that waited, as its error; the
+            // pool does not log them besides.
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(PostgresConnectionManager::new(config, NoTls));
+        Ok(PostgresReader {
+            pool: Some(pool),
+            location,
+        })
+    }
+
+    /// Connections the pool holds now, and how many of them are idle.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.pool().state();
+        (state.connections, state.idle_connections)
+    }
+
+    fn pool(&self) -> &r2d2::Pool<PostgresConnectionManager<NoTls>> {
+        self.pool
+            .as_ref()
+            .expect("a reader's pool is there until it drops")
+    }
+
+    fn with<T: Send>(
+        &self,
+        query: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let mut client = self.pool().get().map_err(|e| StoreError::Other {
+                path: PathBuf::from(&self.location),
+                detail: format!("no database connection free within {POOL_WAIT:?}: {e}"),
+            })?;
+            query(&mut client).map_err(|e| pg_error(&self.location, &e))
+        })
+    }
+}
+
+impl StoreReader for PostgresReader {
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        self.with(|c| read::runs(c, filter))
+    }
+
+    fn history(&self, id: RunId) -> Result<Option<RunHistory>, StoreError> {
+        self.with(|c| read::history(c, id))
+    }
+
+    fn definition(&self, digest: &str) -> Result<Option<Definition>, StoreError> {
+        self.with(|c| read::definition(c, digest))
+    }
+
+    fn scan_attempts(&self, since: Millis, visit: &mut dyn FnMut(&AttemptRecord)) -> Result<(), StoreError> {
+        const PAGE: i64 = 10_000;
+        let mut after = None;
+        loop {
+            let page = self.with(|c| read::scan_page(c, since, after.as_ref(), PAGE))?;
+            let full = page.len() as i64 == PAGE;
+            for (_, attempt) in &page {
+                visit(attempt);
+            }
+            match page.into_iter().last() {
+                Some((key, _)) if full => after = Some(key),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
+        self.with(read::count_runs)
+    }
+
+    fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
+        self.with(|c| read::run_by_key(c, tenant, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_loses_its_password_in_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+        let err = PostgresStore::open("postgres://u:pw@127.0.0.1:1/none", Durability::Strict).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("postgres://u:***@127.0.0.1:1/none") && !text.contains("pw"),
+            "{text}"
+        );
+    }
+}

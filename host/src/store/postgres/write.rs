@@ -1,0 +1,397 @@
+//! Writing: batches of events fenced by their runs' owners, leases and
+//! claims, run ids, and retention.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::{Client, Transaction};
+
+use super::read;
+use crate::store::{
+    AttemptEnd, Event, GcStats, Millis, RecoveredRun, Refused, RunId, WorkflowRecord, WriteReport,
+};
+
+type Res<T> = Result<T, postgres::Error>;
+
+/// Which of the runs `events` touch (but do not accept) `owner` does not
+/// own, with how many of the batch's events each has. The owned rows stay
+/// locked (`FOR UPDATE`) until the transaction ends, so no claim comes
+/// between this check and the writes.
+fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Refused>> {
+    let mut accepted: HashSet<RunId> = HashSet::new();
+    let mut touched: HashMap<RunId, usize> = HashMap::new();
+    for event in events {
+        match event {
+            Event::RunAccepted { run, .. } => {
+                accepted.insert(*run);
+            }
+            other => {
+                if let Some(run) = other.run() {
+                    *touched.entry(run).or_default() += 1;
+                }
+            }
+        }
+    }
+    touched.retain(|run, _| !accepted.contains(run));
+    if touched.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = touched.keys().map(|&id| id as i64).collect();
+    let owned: HashSet<RunId> = tx
+        .query(
+            "SELECT id FROM runs WHERE owner = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
+            &[&owner, &ids],
+        )?
+        .iter()
+        .map(|r| r.get::<_, i64>(0) as RunId)
+        .collect();
+    let mut refused: Vec<Refused> = touched
+        .into_iter()
+        .filter(|(run, _)| !owned.contains(run))
+        .map(|(run, events)| Refused { run, events })
+        .collect();
+    refused.sort_unstable_by_key(|r| r.run);
+    Ok(refused)
+}
+
+/// Writes `events` as `owner` in one transaction, but for those of runs
+/// `owner` does not own.
+pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<WriteReport> {
+    let mut tx = client.transaction()?;
+    let refused = fence(&mut tx, owner, events)?;
+    let refused_runs: HashSet<RunId> = refused.iter().map(|r| r.run).collect();
+    let events: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.run().is_none_or(|run| !refused_runs.contains(&run)))
+        .collect();
+    accept(&mut tx, owner, &events)?;
+    let mut ends: Vec<&AttemptEnd> = Vec::new();
+    for &event in &events {
+        match event {
+            Event::WorkflowDefined(w) => define(&mut tx, w)?,
+            Event::RunAccepted { .. } => {}
+            Event::RunStarted { run, at } => {
+                tx.execute(
+                    "UPDATE runs SET status = 'running', started_at = coalesce(started_at, $2) WHERE id = $1",
+                    &[&(*run as i64), at],
+                )?;
+            }
+            Event::AttemptStarted {
+                run,
+                step,
+                item,
+                attempt,
+                at,
+            } => {
+                tx.execute(
+                    "INSERT INTO attempts (run, step, item, attempt, status, started_at)
+                     VALUES ($1, $2, $3, $4, 'started', $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &(*run as i64),
+                        &&**step,
+                        &item_key(*item),
+                        &i64::from(*attempt),
+                        at,
+                    ],
+                )?;
+            }
+            Event::AttemptEnded(end) => ends.push(end),
+            Event::StateWritten { run, key, value } => {
+                tx.execute(
+                    "INSERT INTO state (run, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
+                    &[&(*run as i64), key, value],
+                )?;
+            }
+            Event::RunEnded {
+                run,
+                status,
+                output,
+                error,
+                started,
+                at,
+            } => {
+                let finished = (!status.is_incomplete()).then_some(*at);
+                tx.execute(
+                    "UPDATE runs SET status = $2, output = $3, error = $4, finished_at = $5,
+                     started_at = coalesce(started_at, $6) WHERE id = $1",
+                    &[
+                        &(*run as i64),
+                        &status.as_str(),
+                        output,
+                        error,
+                        &finished,
+                        started,
+                    ],
+                )?;
+            }
+        }
+    }
+    end_attempts(&mut tx, &ends)?;
+    tx.commit()?;
+    Ok(WriteReport { refused })
+}
+
+/// A workflow's definition and components, once each.
+fn define(tx: &mut Transaction<'_>, w: &WorkflowRecord) -> Res<()> {
+    for (position, c) in w.components.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO components (digest, name, bytes) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&c.digest, &c.name, &&c.bytes[..]],
+        )?;
+        tx.execute(
+            "INSERT INTO workflow_components (workflow, position, component) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&w.digest, &(position as i64), &c.digest],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO workflows (digest, name, path, source) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        &[&w.digest, &w.name, &w.path, &w.source],
+    )?;
+    Ok(())
+}
+
+/// The batch's accepted runs, in one statement: a batch accepting
+/// thousands of runs is one round trip. A run id already in the database
+/// fails the batch (ids are never reused).
+fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
+    let mut ids = Vec::new();
+    let mut workflows = Vec::new();
+    let mut names = Vec::new();
+    let mut inputs: Vec<&[u8]> = Vec::new();
+    let mut ats = Vec::new();
+    let mut leases = Vec::new();
+    let mut tenants: Vec<Option<&str>> = Vec::new();
+    let mut keys: Vec<Option<&str>> = Vec::new();
+    for event in events {
+        if let Event::RunAccepted {
+            run,
+            workflow,
+            name,
+            lease_until,
+            input,
+            at,
+            tenant,
+            key,
+        } = event
+        {
+            ids.push(*run as i64);
+            workflows.push(&**workflow);
+            names.push(&**name);
+            inputs.push(input);
+            ats.push(*at);
+            leases.push(*lease_until);
+            tenants.push(tenant.as_deref());
+            keys.push(key.as_deref());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO runs (id, workflow, name, input, accepted_at, lease_until, tenant, submission_key, owner, status)
+         SELECT *, $9::text, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
+                                               $6::bigint[], $7::text[], $8::text[])",
+        &[&ids, &workflows, &names, &inputs, &ats, &leases, &tenants, &keys, &owner],
+    )?;
+    Ok(())
+}
+
+/// The batch's attempt ends, in one statement: each overwrites its start
+/// (or an end written before, by a run resumed twice).
+fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
+    if ends.is_empty() {
+        return Ok(());
+    }
+    let col = |f: &dyn Fn(&AttemptEnd) -> i64| ends.iter().map(|a| f(a)).collect::<Vec<i64>>();
+    let runs = col(&|a| a.run as i64);
+    let steps: Vec<&str> = ends.iter().map(|a| &*a.step).collect();
+    let items = col(&|a| item_key(a.item));
+    let attempts = col(&|a| i64::from(a.attempt));
+    let statuses: Vec<&str> = ends.iter().map(|a| a.status.as_str()).collect();
+    let lasts: Vec<bool> = ends.iter().map(|a| a.last).collect();
+    let outcomes: Vec<&str> = ends.iter().map(|a| a.outcome.as_str()).collect();
+    let messages: Vec<Option<&str>> = ends.iter().map(|a| a.message.as_deref()).collect();
+    let started = col(&|a| a.started_us / 1000);
+    let finished = col(&|a| a.at);
+    let durations = col(&|a| micros(a.usage.total()));
+    let waits = col(&|a| micros(a.usage.queue_wait));
+    let fuel = col(&|a| a.usage.fuel_consumed as i64);
+    let memory = col(&|a| a.usage.peak_memory as i64);
+    let outputs: Vec<Option<&[u8]>> = ends.iter().map(|a| a.output.as_deref()).collect();
+    let logs: Vec<Option<&str>> = ends.iter().map(|a| a.log.as_deref()).collect();
+    let components: Vec<&str> = ends.iter().map(|a| &*a.component).collect();
+    let fuel_limits = col(&|a| a.limits.fuel as i64);
+    let memory_limits = col(&|a| a.limits.memory as i64);
+    let time_limits = col(&|a| micros(a.limits.time));
+    let started_us = col(&|a| a.started_us);
+    let scratch = col(&|a| a.usage.peak_scratch as i64);
+    let scratch_limits = col(&|a| a.limits.scratch as i64);
+    let levels: Vec<Option<&str>> = ends.iter().map(|a| a.timeout_level.map(|l| l.as_str())).collect();
+    tx.execute(
+        "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
+             started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
+             component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch,
+             scratch_limit, timeout_level)
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bool[],
+             $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
+             $14::bigint[], $15::bytea[], $16::text[], $17::text[], $18::bigint[], $19::bigint[],
+             $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], $24::text[])
+         ON CONFLICT (run, step, item, attempt) DO UPDATE SET
+             status = excluded.status, last = excluded.last, outcome = excluded.outcome,
+             message = excluded.message, started_at = excluded.started_at,
+             finished_at = excluded.finished_at, duration_us = excluded.duration_us,
+             queue_wait_us = excluded.queue_wait_us, fuel = excluded.fuel,
+             peak_memory = excluded.peak_memory, output = excluded.output, log = excluded.log,
+             component = excluded.component, fuel_limit = excluded.fuel_limit,
+             memory_limit = excluded.memory_limit, time_limit_us = excluded.time_limit_us,
+             started_us = excluded.started_us, peak_scratch = excluded.peak_scratch,
+             scratch_limit = excluded.scratch_limit, timeout_level = excluded.timeout_level",
+        &[
+            &runs,
+            &steps,
+            &items,
+            &attempts,
+            &statuses,
+            &lasts,
+            &outcomes,
+            &messages,
+            &started,
+            &finished,
+            &durations,
+            &waits,
+            &fuel,
+            &memory,
+            &outputs,
+            &logs,
+            &components,
+            &fuel_limits,
+            &memory_limits,
+            &time_limits,
+            &started_us,
+            &scratch,
+            &scratch_limits,
+            &levels,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Takes, for `owner` until `until`, every incomplete run no live host
+/// holds, and reads what resuming each one it now holds needs.
+pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<Vec<RecoveredRun>> {
+    let mut tx = client.transaction()?;
+    // Under READ COMMITTED a row another claimant just took is re-checked
+    // after its commit: its fresh lease keeps it out of this claim.
+    tx.execute(
+        "UPDATE runs SET owner = $1, lease_until = $2 WHERE finished_at IS NULL
+         AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until < $3)",
+        &[&owner, &until, &now],
+    )?;
+    let claimed = tx.query(
+        "SELECT id, workflow, input FROM runs WHERE finished_at IS NULL AND owner = $1 ORDER BY id",
+        &[&owner],
+    )?;
+    let mut workflows: HashMap<String, _> = HashMap::new();
+    let mut runs = Vec::with_capacity(claimed.len());
+    for row in claimed {
+        let id = row.get::<_, i64>(0) as RunId;
+        let digest: String = row.get(1);
+        let workflow = match workflows.get(&digest) {
+            Some(w) => Clone::clone(w),
+            None => {
+                let w = read::workflow_record(&mut tx, &digest)?;
+                workflows.insert(digest, w.clone());
+                w
+            }
+        };
+        runs.push(RecoveredRun {
+            id,
+            workflow: workflow.map(|w: Arc<WorkflowRecord>| w),
+            input: row
+                .get::<_, Option<Vec<u8>>>(2)
+                .unwrap_or_else(|| b"null".to_vec()),
+            done: read::attempts_of(&mut tx, id, "AND last AND status IN ('completed', 'failed')")?,
+            attempts: read::unit_attempts(&mut tx, id)?,
+            state: read::state_of(&mut tx, id)?,
+        });
+    }
+    tx.commit()?;
+    Ok(runs)
+}
+
+/// The next `count` ids, past every run in the database whoever wrote it.
+pub(super) fn allocate(client: &mut Client, count: u64) -> Res<Range<RunId>> {
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    let end: i64 = client
+        .query_one(
+            "UPDATE run_ids SET next = greatest(next, (SELECT coalesce(max(id), 0) + 1 FROM runs)) + $1
+             WHERE only_row = 1 RETURNING next",
+            &[&count],
+        )?
+        .get(0);
+    Ok((end - count) as RunId..end as RunId)
+}
+
+/// Gives `unused` back if it is the end of the last block handed out.
+pub(super) fn give_back(client: &mut Client, unused: Range<RunId>) -> Res<bool> {
+    if unused.is_empty() {
+        return Ok(false);
+    }
+    let n = client.execute(
+        "UPDATE run_ids SET next = $1 WHERE only_row = 1 AND next = $2",
+        &[&(unused.start as i64), &(unused.end as i64)],
+    )?;
+    Ok(n == 1)
+}
+
+/// Removes the payloads of runs finished before `before`, keeping their
+/// audit record; components no uncollected run uses go too.
+pub(super) fn collect(client: &mut Client, before: Millis) -> Res<GcStats> {
+    let size = |c: &mut Client| -> Res<i64> {
+        Ok(c.query_one("SELECT pg_database_size(current_database())", &[])?
+            .get(0))
+    };
+    let size_before = size(client)?;
+    let mut tx = client.transaction()?;
+    let ids: Vec<i64> = tx
+        .query(
+            "UPDATE runs SET input = NULL, output = NULL, collected = TRUE
+             WHERE NOT collected AND finished_at IS NOT NULL AND finished_at < $1 RETURNING id",
+            &[&before],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.execute(
+        "UPDATE attempts SET output = NULL, log = NULL WHERE run = ANY($1)",
+        &[&ids],
+    )?;
+    tx.execute("DELETE FROM state WHERE run = ANY($1)", &[&ids])?;
+    tx.execute(
+        "DELETE FROM components WHERE digest NOT IN (
+             SELECT wc.component FROM workflow_components wc
+             JOIN runs r ON r.workflow = wc.workflow WHERE NOT r.collected)",
+        &[],
+    )?;
+    tx.commit()?;
+    // The space goes back to the tables (for new rows), not to the disk:
+    // a plain VACUUM marks it free without locking writers out.
+    client.batch_execute("VACUUM runs, attempts, state, components")?;
+    let size_after = size(client)?;
+    Ok(GcStats {
+        runs: ids.len() as u64,
+        bytes_freed: size_before.saturating_sub(size_after).max(0) as u64,
+    })
+}
+
+fn item_key(item: Option<u32>) -> i64 {
+    item.map_or(-1, i64::from)
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

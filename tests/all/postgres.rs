@@ -1,0 +1,125 @@
+//! The CLI on a PostgreSQL journal: `--db postgres://…` runs, records and
+//! lists runs as it does on SQLite; an unreachable server is one clear
+//! line with exit code 4 and no password.
+
+use std::process::{Command, Output};
+
+use super::store_conformance::postgres::TestDatabase;
+
+fn stepbox(db: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stepbox"))
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .arg("--cache-dir")
+        .arg(super::cache_dir())
+        .env_remove("RUST_LOG")
+        .env_remove("STEPBOX_SERVER")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn runs_are_journaled_in_postgres_and_read_back_by_every_command() {
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("greet.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: greet\nsteps:\n  - id: hello\n    component: {}\n",
+            stepbox_tests::guest("hello").display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let ran = stepbox(
+        db.url(),
+        &["run", file, "--input", r#"{"name":"pg"}"#, "--repeat", "3"],
+    );
+    assert_eq!(ran.status.code(), Some(0), "{ran:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout).matches("Hello, pg!").count(),
+        3
+    );
+
+    let runs = stepbox(db.url(), &["runs", "--json"]);
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&runs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{runs:?}");
+    assert!(listed.iter().all(|r| r["status"] == "succeeded"), "{listed:?}");
+    let ids: Vec<u64> = listed.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [3, 2, 1], "ids from the database's counter, newest first");
+
+    let show = stepbox(db.url(), &["show", "2"]);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("status:   succeeded") && text.contains("hello"),
+        "{text}"
+    );
+    let metrics = stepbox(db.url(), &["metrics"]);
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout).contains("stepbox_step_runs_total"),
+        "{metrics:?}"
+    );
+    let gc = stepbox(db.url(), &["gc", "--older-than", "0s"]);
+    assert_eq!(gc.status.code(), Some(0), "{gc:?}");
+    let collected = stepbox(db.url(), &["show", "2"]);
+    assert!(
+        String::from_utf8_lossy(&collected.stdout).contains("(removed by retention)"),
+        "{collected:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_postgres_is_one_line_exit_4_without_the_password() {
+    let out = stepbox("postgres://app:hunter2@127.0.0.1:1/stepbox", &["runs"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("postgres://app:***@127.0.0.1:1/stepbox"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_server_on_postgres_keeps_an_idempotent_run_across_a_restart() {
+    use super::serve::{QUICK, Served, greet};
+
+    let db = TestDatabase::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Uploads in the test's directory, not the default one under the
+    // working directory.
+    let config = format!(
+        "{QUICK}[server]\ndata = \"{}\"\n",
+        dir.path().join("uploads").display()
+    );
+    let served = Served::start_on(dir.path(), &config, None, db.url());
+    let digest = served.upload("hello", None);
+    assert_eq!(
+        served
+            .send("PUT", "/v1/workflows/greet", None, greet(&digest).as_bytes())
+            .status,
+        201
+    );
+    let submit = |served: &Served| {
+        served.request(
+            "POST",
+            "/v1/workflows/greet/runs?wait=30s",
+            &[("content-type", "application/json"), ("idempotency-key", "k-1")],
+            br#"{"name":"pg"}"#,
+        )
+    };
+    let first = submit(&served).json();
+    assert_eq!(first["output"]["message"], "Hello, pg!", "{first}");
+    assert_eq!(served.terminate(), Some(0));
+    let served = Served::start_on(dir.path(), &config, None, db.url());
+    let again = submit(&served);
+    assert_eq!(
+        (again.status, again.json()["id"].clone()),
+        (200, first["id"].clone())
+    );
+    let history = served.until_ended(first["id"].as_u64().unwrap(), None);
+    assert_eq!(history["attempts"].as_array().unwrap().len(), 1);
+}
