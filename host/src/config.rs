@@ -38,6 +38,7 @@
 //! retention = "30d"         # finished runs' payloads are removed after this
 //! shutdown_grace = "30s"    # on SIGINT/SIGTERM, time for running steps to finish
 //! pool = 8                  # PostgreSQL: connections a host's readers hold at most
+//! lease = "5s"              # a crashed host's runs are taken over after this (SQLite: 30s)
 //!
 //! [server]                  # `stepbox serve`
 //! listen = "127.0.0.1:7700"
@@ -209,6 +210,11 @@ pub struct JournalSettings {
     pub shutdown_grace: Duration,
     /// With PostgreSQL, the most connections a host's readers hold at once.
     pub pool: u32,
+    /// How long a host's claim on its runs lasts without renewal (it renews
+    /// every third of it): after a crash, how soon another host sharing the
+    /// store takes its runs over. `None`: 5 s with PostgreSQL, 30 s with
+    /// SQLite (whose lock already proves its one host alive).
+    pub lease: Option<Duration>,
 }
 
 impl Default for JournalSettings {
@@ -221,6 +227,7 @@ impl Default for JournalSettings {
             retention: None,
             shutdown_grace: Duration::from_secs(30),
             pool: crate::store::DEFAULT_POOL,
+            lease: None,
         }
     }
 }
@@ -297,6 +304,7 @@ struct JournalKeys {
     retention: Option<String>,
     shutdown_grace: Option<String>,
     pool: Option<u32>,
+    lease: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -427,6 +435,10 @@ impl HostConfig {
         j.retention = duration("journal.retention", &k.retention)?;
         if let Some(grace) = duration("journal.shutdown_grace", &k.shutdown_grace)? {
             j.shutdown_grace = grace;
+        }
+        j.lease = duration("journal.lease", &k.lease)?;
+        if j.lease.is_some_and(|l| l < Duration::from_millis(100)) {
+            return Err(invalid("`journal.lease` must be at least 100ms".into()));
         }
         match k.pool {
             Some(0) => return Err(invalid("`journal.pool` must be at least 1".into())),

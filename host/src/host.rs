@@ -141,9 +141,14 @@ pub fn collect(settings: &JournalSettings, age: Duration) -> Result<GcStats, Hos
 pub async fn open_journal(settings: &JournalSettings) -> Result<(Journal, Vec<RecoveredRun>), HostError> {
     let location = StoreLocation::parse(&settings.db);
     let (durability, retention) = (settings.durability, settings.retention);
+    let lease = settings.lease.unwrap_or(match location {
+        StoreLocation::Postgres(_) => SHARED_LEASE,
+        StoreLocation::Sqlite(_) => crate::store::DEFAULT_LEASE,
+    });
     let config = JournalConfig {
         durability,
         batch_window: settings.batch_window,
+        lease,
         ..JournalConfig::default()
     };
     // Every store call blocks (a PostgreSQL client's must not run on an
@@ -166,6 +171,10 @@ pub async fn open_journal(settings: &JournalSettings) -> Result<(Journal, Vec<Re
     .map_err(HostError::from)
 }
 
+/// The lease of a host on a store it shares (PostgreSQL): another host
+/// takes a crashed host's runs over within 1.2 times it.
+pub const SHARED_LEASE: Duration = Duration::from_secs(5);
+
 /// The instant `age` ago, in journal time.
 pub fn cutoff(age: Duration) -> Millis {
     now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
@@ -182,6 +191,9 @@ pub struct Host {
     metrics_file: Mutex<Option<PathBuf>>,
     /// Set by [`Host::shutdown`].
     stopping: AtomicBool,
+    /// Runs it executes at once (`max_workflows`): what it takes over
+    /// from other hosts is in proportion to what is free of it.
+    slots: usize,
 }
 
 impl std::fmt::Debug for Host {
@@ -224,19 +236,25 @@ impl Host {
             journal: settings,
             ..
         } = config;
+        let slots = scheduler_config.quotas.max_workflows;
         if settings.durability == Durability::Memory {
             scheduler_config.quotas.max_queued = scheduler_config.quotas.max_queued.max(extra);
             let scheduler = Scheduler::new(sandbox, scheduler_config)?;
-            return Ok(Host::assemble(scheduler, settings, Vec::new()));
+            return Ok(Host::assemble(scheduler, settings, Vec::new(), slots));
         }
         let (journal, recovered) = open_journal(&settings).await?;
         let quotas = &mut scheduler_config.quotas;
         quotas.max_queued = quotas.max_queued.max(extra + recovered.len());
         let scheduler = Scheduler::with_journal(sandbox, scheduler_config, journal)?;
-        Ok(Host::assemble(scheduler, settings, recovered))
+        Ok(Host::assemble(scheduler, settings, recovered, slots))
     }
 
-    fn assemble(scheduler: Scheduler, settings: JournalSettings, recovered: Vec<RecoveredRun>) -> Host {
+    fn assemble(
+        scheduler: Scheduler,
+        settings: JournalSettings,
+        recovered: Vec<RecoveredRun>,
+        slots: usize,
+    ) -> Host {
         Host {
             scheduler,
             settings,
@@ -244,6 +262,7 @@ impl Host {
             live: Registry::default(),
             metrics_file: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            slots,
         }
     }
 
@@ -273,6 +292,65 @@ impl Host {
         runs.into_iter()
             .map(|run| Ok(self.live.track(self.scheduler.resume(run)?)))
             .collect()
+    }
+
+    /// Keeps taking over the runs of hosts that died or stopped, when the
+    /// store is shared (PostgreSQL): every fifth of a lease (so that a dead
+    /// host's runs move within 1.2 leases), it claims as many
+    /// orphaned runs as it has free slots (`max_workflows` less its runs
+    /// running and queued), oldest first, and resumes them. Until
+    /// [`Host::shutdown`]. A store one host owns alone has no orphans.
+    pub fn share_work(self: &Arc<Self>) {
+        let Some(journal) = self.scheduler.journal().cloned() else {
+            return;
+        };
+        if !matches!(
+            StoreLocation::parse(&self.settings.db),
+            StoreLocation::Postgres(_)
+        ) {
+            return;
+        }
+        let every = (journal.lease() / 5).max(Duration::from_millis(100));
+        let host = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if host.is_stopping() {
+                    return;
+                }
+                let stats = host.scheduler.stats();
+                let free = host
+                    .slots
+                    .saturating_sub(stats.running_workflows + stats.queued_workflows);
+                if free == 0 {
+                    continue;
+                }
+                let claiming = journal.clone();
+                let claimed = tokio::task::spawn_blocking(move || claiming.claim_orphans(free)).await;
+                let runs = match claimed {
+                    Ok(Ok(runs)) => runs,
+                    Ok(Err(e)) => {
+                        tracing::warn!("cannot claim other hosts' runs: {e}");
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                for run in runs {
+                    let id = run.id;
+                    match host.scheduler.resume(run) {
+                        Ok(handle) => {
+                            tracing::info!(run = id, "took over a run from a host that is gone");
+                            host.live.track(handle);
+                        }
+                        // Shutting down: it stays claimed and is released
+                        // with the rest as this host stops.
+                        Err(e) => tracing::warn!(run = id, "cannot resume a claimed run: {e}"),
+                    }
+                }
+            }
+        });
     }
 
     /// Submits a run of `workflow` on `input` (see [`Scheduler::submit`]).

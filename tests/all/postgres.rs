@@ -123,3 +123,78 @@ fn a_server_on_postgres_keeps_an_idempotent_run_across_a_restart() {
     let history = served.until_ended(first["id"].as_u64().unwrap(), None);
     assert_eq!(history["attempts"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_killed_hosts_runs_are_taken_over_and_no_completed_step_runs_again() {
+    use std::time::{Duration, Instant};
+
+    use super::serve::Served;
+    let db = TestDatabase::new();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &tempfile::TempDir| {
+        format!(
+            "[journal]\nshutdown_grace = \"0s\"\nlease = \"1s\"\n[server]\ndata = \"{}\"\n",
+            dir.path().join("uploads").display()
+        )
+    };
+    let a = Served::start_on(dir_a.path(), &config(&dir_a), None, db.url());
+    let b = Served::start_on(dir_b.path(), &config(&dir_b), None, db.url());
+    let digest = a.upload("hostile", None);
+    let workflow = format!(
+        "name: chain\nsteps:\n  - id: one\n    component: {digest}\n    input: {{mode: sleep, ms: 300}}\n  \
+         - id: two\n    component: {digest}\n    needs: [one]\n    input: {{mode: sleep, ms: 300}}\n  \
+         - id: three\n    component: {digest}\n    needs: [two]\n    input: {{mode: sleep, ms: 300}}\n"
+    );
+    assert_eq!(
+        a.send("PUT", "/v1/workflows/chain", None, workflow.as_bytes())
+            .status,
+        201
+    );
+    let inputs = serde_json::json!({"inputs": vec![serde_json::json!({}); 6]});
+    let accepted = a.send(
+        "POST",
+        "/v1/workflows/chain/runs",
+        None,
+        inputs.to_string().as_bytes(),
+    );
+    assert_eq!(accepted.status, 201, "{accepted:?}");
+    let ids: Vec<u64> = accepted.json()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    // Once a first step completed on A, kill it mid-work.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = b.get(&format!("/v1/runs/{}", ids[0]), None).json();
+        let done = run["attempts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["status"] == "completed"));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never completed a step: {run}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.kill();
+    let killed = Instant::now();
+    for &id in &ids {
+        let run = b.until_ended(id, None);
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let attempts = run["attempts"].as_array().unwrap();
+        for step in ["one", "two", "three"] {
+            let completed = attempts
+                .iter()
+                .filter(|a| a["step"] == step && a["status"] == "completed")
+                .count();
+            assert_eq!(
+                completed, 1,
+                "run {id}: step {step} completed {completed} times: {run}"
+            );
+        }
+    }
+    let took = killed.elapsed();
+    eprintln!("B finished A's 6 runs {took:?} after A was killed (lease 1s)");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}

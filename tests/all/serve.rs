@@ -69,6 +69,13 @@ impl Served {
         }
     }
 
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::mem::forget(self);
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub(crate) fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id() as i32;
@@ -249,7 +256,7 @@ pub(crate) fn greet(digest: &str) -> String {
     format!("name: greet\nsteps:\n  - id: hello\n    component: {digest}\n")
 }
 
-fn sleepy(digest: &str, ms: u64) -> String {
+pub(crate) fn sleepy(digest: &str, ms: u64) -> String {
     format!(
         "name: sleepy\nsteps:\n  - id: nap\n    component: {digest}\n    input: {{mode: sleep, ms: {ms}}}\n    timeout: 60s\n"
     )

@@ -40,9 +40,9 @@ impl ServeCommand {
             .map_err(host_error)?;
         // Ready only after recovery: resume before anyone can connect.
         host.resume_incomplete().map_err(CliError::host)?;
-        let server = Server::bind(Arc::new(host), options)
-            .await
-            .map_err(server_error)?;
+        let host = Arc::new(host);
+        host.share_work();
+        let server = Server::bind(host, options).await.map_err(server_error)?;
         println!(
             "listening on http://{}",
             server.local_addr().map_err(CliError::host)?

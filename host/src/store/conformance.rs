@@ -61,6 +61,7 @@ macro_rules! store_conformance {
             recovery_returns_incomplete_runs_with_what_they_did,
             a_live_lease_of_another_owner_is_not_claimed_an_expired_one_is,
             writes_of_a_run_another_owner_claimed_are_refused,
+            orphans_are_claimed_from_dead_hosts_only_and_once,
             id_blocks_never_overlap_and_released_tails_are_reused,
             listings_filter_by_status_and_workflow_newest_first,
             tenants_and_pages_filter_listings_and_keys_find_runs,
@@ -499,6 +500,39 @@ pub fn writes_of_a_run_another_owner_claimed_are_refused(store: &dyn StoreUnderT
         "a renews only run 2"
     );
     assert_eq!(claim(&mut *writer, "c"), [1]);
+}
+
+/// Orphan claims take other owners' runs whose lease ended, at most the
+/// limit, oldest first, never the claimant's own or a live lease; two
+/// claimants never take the same run. (A store one host owns alone has
+/// no orphans: it claims none, and the rest is not checked.)
+pub fn orphans_are_claimed_from_dead_hosts_only_and_once(store: &dyn StoreUnderTest) {
+    let mut writer = store.writer();
+    let now = now_millis();
+    let mut events = vec![Event::WorkflowDefined(workflow())];
+    events.extend((1..=4).map(|run| accepted_until(run, now - 1_000)));
+    write(&mut *writer, "dead", &events);
+    write(&mut *writer, "live", &[accepted_until(5, now + 60_000)]);
+    write(&mut *writer, "me", &[accepted_until(6, now - 1_000)]);
+    let mine = writer.claim_orphans("me", now + 60_000, 2).unwrap();
+    if store.second_writer().is_none() {
+        assert!(mine.is_empty(), "a store one host owns has no orphans: {mine:?}");
+        return;
+    }
+    let ids = |runs: &[super::RecoveredRun]| runs.iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(&mine), [1, 2], "the oldest, at most the limit, never its own");
+    assert_eq!(mine[0].input, br#"{"text":"a b"}"#);
+    assert!(mine[0].workflow.is_ok());
+    let mut other = store.second_writer().unwrap();
+    let theirs = other.claim_orphans("other", now + 60_000, 10).unwrap();
+    assert_eq!(
+        ids(&theirs),
+        [3, 4, 6],
+        "not me's fresh claims, not the live lease"
+    );
+    assert!(writer.claim_orphans("me", now + 60_000, 10).unwrap().is_empty());
+    let report = writer.write("dead", &[state(1, "k", "late")]).unwrap();
+    assert_eq!(report.refused_events(), 1, "the dead host's late write is fenced");
 }
 
 /// Id blocks never overlap (between two writers too, where a store allows

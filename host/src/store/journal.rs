@@ -324,6 +324,23 @@ impl Journal {
         now_millis().saturating_add(lease)
     }
 
+    /// How long this host's claims last without renewal.
+    pub fn lease(&self) -> Duration {
+        self.shared.lease
+    }
+
+    /// Claims, for this host, at most `limit` runs of hosts that died or
+    /// stopped (see [`StoreWriter::claim_orphans`]), to resume. Blocks on
+    /// the store: call it off the async threads.
+    ///
+    /// # Errors
+    ///
+    /// The store's [`StoreError`]; nothing is claimed then.
+    pub fn claim_orphans(&self, limit: usize) -> Result<Vec<RecoveredRun>, StoreError> {
+        let until = self.lease_until();
+        lock(&self.shared.store).claim_orphans(&self.shared.owner, until, limit)
+    }
+
     /// A new run id, never handed out before by this store (to this host
     /// or any other sharing it). Ids come from the store in blocks; the
     /// first call after a block is used up asks it for another.

@@ -110,6 +110,29 @@ pub trait StoreWriter: Send {
     /// A [`StoreError`] if the store cannot be read or written.
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError>;
 
+    /// Claims for `owner`, until `until`, at most `limit` incomplete runs
+    /// of *other* owners that no live host holds (their lease ended, or
+    /// their owner released them), oldest first, and returns what resuming
+    /// each needs: how a host that shares a store takes over the work of
+    /// one that died or stopped. Never returns runs `owner` holds already,
+    /// nor one that another claimant takes at the same moment.
+    ///
+    /// A store one host owns alone (a SQLite file, whose lock proves it)
+    /// has no such runs while it is open: the default claims none.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read or written.
+    fn claim_orphans(
+        &mut self,
+        owner: &str,
+        until: Millis,
+        limit: usize,
+    ) -> Result<Vec<RecoveredRun>, StoreError> {
+        let _ = (owner, until, limit);
+        Ok(Vec::new())
+    }
+
     /// Gives up every incomplete run `owner` holds, so that another host
     /// may claim them at once rather than when their leases end: for a
     /// host that stops gracefully. `owner`'s later writes for them are

@@ -197,6 +197,15 @@ impl StoreWriter for PostgresStore {
         self.with(|c| write::claim(c, owner, until, now_millis()))
     }
 
+    fn claim_orphans(
+        &mut self,
+        owner: &str,
+        until: Millis,
+        limit: usize,
+    ) -> Result<Vec<RecoveredRun>, StoreError> {
+        self.with(|c| write::claim_orphans(c, owner, until, now_millis(), limit))
+    }
+
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
         self.with(|c| {
             c.execute(

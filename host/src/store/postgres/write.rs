@@ -292,18 +292,62 @@ pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis
         &[&owner, &until, &now],
     )?;
     let claimed = tx.query(
-        "SELECT id, workflow, input FROM runs WHERE finished_at IS NULL AND owner = $1 ORDER BY id",
+        "SELECT id FROM runs WHERE finished_at IS NULL AND owner = $1 ORDER BY id",
         &[&owner],
     )?;
+    let ids: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
+    let runs = recover(&mut tx, &ids)?;
+    tx.commit()?;
+    Ok(runs)
+}
+
+/// Takes for `owner` at most `limit` incomplete runs of other owners whose
+/// lease ended (or that were released), skipping rows another claimant
+/// has locked, and reads what resuming them needs.
+pub(super) fn claim_orphans(
+    client: &mut Client,
+    owner: &str,
+    until: Millis,
+    now: Millis,
+    limit: usize,
+) -> Res<Vec<RecoveredRun>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = client.transaction()?;
+    let mut ids: Vec<i64> = tx
+        .query(
+            "UPDATE runs SET owner = $1, lease_until = $2 WHERE id IN (
+                 SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
+                 AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3)
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+            &[&owner, &until, &now, &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ids.sort_unstable();
+    let runs = recover(&mut tx, &ids)?;
+    tx.commit()?;
+    Ok(runs)
+}
+
+/// What resuming each of runs `ids` needs, read in the claiming transaction.
+fn recover(tx: &mut Transaction<'_>, ids: &[i64]) -> Res<Vec<RecoveredRun>> {
+    let rows = tx.query(
+        "SELECT id, workflow, input FROM runs WHERE id = ANY($1) ORDER BY id",
+        &[&ids],
+    )?;
     let mut workflows: HashMap<String, _> = HashMap::new();
-    let mut runs = Vec::with_capacity(claimed.len());
-    for row in claimed {
+    let mut runs = Vec::with_capacity(rows.len());
+    for row in rows {
         let id = row.get::<_, i64>(0) as RunId;
         let digest: String = row.get(1);
         let workflow = match workflows.get(&digest) {
             Some(w) => Clone::clone(w),
             None => {
-                let w = read::workflow_record(&mut tx, &digest)?;
+                let w = read::workflow_record(tx, &digest)?;
                 workflows.insert(digest, w.clone());
                 w
             }
@@ -314,12 +358,11 @@ pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis
             input: row
                 .get::<_, Option<Vec<u8>>>(2)
                 .unwrap_or_else(|| b"null".to_vec()),
-            done: read::attempts_of(&mut tx, id, "AND last AND status IN ('completed', 'failed')")?,
-            attempts: read::unit_attempts(&mut tx, id)?,
-            state: read::state_of(&mut tx, id)?,
+            done: read::attempts_of(tx, id, "AND last AND status IN ('completed', 'failed')")?,
+            attempts: read::unit_attempts(tx, id)?,
+            state: read::state_of(tx, id)?,
         });
     }
-    tx.commit()?;
     Ok(runs)
 }
 
