@@ -139,6 +139,22 @@ fn a_killed_hosts_runs_are_taken_over_and_no_completed_step_runs_again() {
     };
     let a = Served::start_on(dir_a.path(), &config(&dir_a), None, db.url());
     let b = Served::start_on(dir_b.path(), &config(&dir_b), None, db.url());
+    // Both are seen alive by their heartbeats, before they own any run.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = stepbox(db.url(), &["hosts", "--json"]);
+        let alive = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|h| h["heartbeat_at"].is_i64())
+            })
+            .count();
+        if alive == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not two live hosts: {listed:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let digest = a.upload("hostile", None);
     let workflow = format!(
         "name: chain\nsteps:\n  - id: one\n    component: {digest}\n    input: {{mode: sleep, ms: 300}}\n  \

@@ -333,6 +333,35 @@ impl ReportCommand {
     }
 }
 
+/// `stepbox hosts`.
+#[derive(Debug, clap::Args)]
+pub struct HostsCommand {
+    /// One JSON object per line
+    #[arg(long)]
+    json: bool,
+}
+
+impl HostsCommand {
+    pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
+        if let Some(remote) = global.remote()? {
+            return remote.hosts(self.json).await;
+        }
+        let settings = global.journal_settings()?;
+        let store = open_reader(&settings).map_err(host_error)?;
+        let hosts = store.hosts().map_err(journal_error)?;
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            for host in &hosts {
+                serde_json::to_writer(&mut out, host).map_err(CliError::host)?;
+                writeln!(out).map_err(CliError::host)?;
+            }
+        } else {
+            write!(out, "{}", stepbox::report::text::hosts_table(&hosts)).map_err(CliError::host)?;
+        }
+        Ok(exit::SUCCESS)
+    }
+}
+
 /// `stepbox cancel`.
 #[derive(Debug, clap::Args)]
 pub struct CancelCommand {

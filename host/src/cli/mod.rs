@@ -101,6 +101,8 @@ enum Command {
     Report(journal::ReportCommand),
     /// Serve the HTTP API on a host (resumes incomplete runs first)
     Serve(serve::ServeCommand),
+    /// List the hosts writing to the journal, with their leases and the runs each owns
+    Hosts(journal::HostsCommand),
     /// Cancel a run on a server (--server)
     Cancel(journal::CancelCommand),
     /// Make bearer tokens for `[[tenants]]`
@@ -152,6 +154,7 @@ pub fn main() -> ExitCode {
             Command::Serve(cmd) => cmd.run(&cli.global).await,
             Command::Token(cmd) => cmd.run(),
             Command::Cancel(cmd) => cmd.run(&cli.global).await,
+            Command::Hosts(cmd) => cmd.run(&cli.global).await,
             Command::Bench(cmd) => cmd.run(&cli.global).await,
         }
     });

@@ -184,6 +184,22 @@ impl Remote {
         Ok(exit::SUCCESS)
     }
 
+    /// `stepbox hosts --server`.
+    pub async fn hosts(&self, as_json: bool) -> Result<u8, CliError> {
+        if as_json {
+            for host in self.get_json("/v1/hosts").await?["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!("{host}");
+            }
+        } else {
+            print!("{}", self.get_text("/v1/hosts").await?);
+        }
+        Ok(exit::SUCCESS)
+    }
+
     /// `stepbox metrics --server`: the server's live metrics.
     pub async fn metrics(&self) -> Result<u8, CliError> {
         print!("{}", self.get_text("/metrics").await?);

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytesize::ByteSize;
 
-use crate::store::{Millis, RunHistory, RunSummary};
+use crate::store::{HostSummary, Millis, RunHistory, RunSummary};
 
 /// A journal time as RFC 3339, to the millisecond.
 ///
@@ -107,6 +107,25 @@ pub fn history_text(history: &RunHistory) -> String {
         for (key, value) in &history.state {
             let _ = writeln!(out, "  {key} = {value}");
         }
+    }
+    out
+}
+
+/// The table `stepbox hosts` prints.
+pub fn hosts_table(hosts: &[HostSummary]) -> String {
+    let mut out = format!(
+        "{:<40}  {:>6}  {:<24}  LEASE UNTIL\n",
+        "HOST", "RUNS", "HEARTBEAT"
+    );
+    for host in hosts {
+        let _ = writeln!(
+            out,
+            "{:<40}  {:>6}  {:<24}  {}",
+            host.owner,
+            host.runs,
+            host.heartbeat_at.map_or("-".into(), timestamp),
+            host.lease_until.map_or("-".into(), timestamp)
+        );
     }
     out
 }

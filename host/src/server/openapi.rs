@@ -118,6 +118,10 @@ fn operation(method: &str, path: &str) -> Operation {
             "The run's analysis (JSON), or its timeline with Accept: image/svg+xml",
             &[("200", "the report"), ("404", "no such run")],
         ),
+        ("GET", "/v1/hosts") => op(
+            "The hosts writing to the journal: heartbeats, leases, the runs each owns",
+            &[("200", "the hosts")],
+        ),
         _ => op("", &[("200", "")]),
     }
 }

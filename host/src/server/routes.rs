@@ -38,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/runs/{id}/cancel"),
     ("GET", "/v1/runs/{id}/events"),
     ("GET", "/v1/runs/{id}/report"),
+    ("GET", "/v1/hosts"),
 ];
 
 /// Every route, with problem errors, the body limit, the body timeout and
@@ -65,7 +66,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}", get(runs::show))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/events", get(events::events))
-        .route("/v1/runs/{id}/report", get(runs::report));
+        .route("/v1/runs/{id}/report", get(runs::report))
+        .route("/v1/hosts", get(runs::hosts));
     let routes = open
         .merge(api)
         .route("/openapi.json", get(super::openapi::document))

@@ -530,3 +530,20 @@ pub async fn report(
     }
     Ok(Json(analysis).into_response())
 }
+
+/// `GET /v1/hosts`: the hosts writing to the journal (any tenant may see
+/// them: they are the service's, not a tenant's).
+pub async fn hosts(
+    State(state): State<Arc<AppState>>,
+    Caller(_): Caller,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let reader = Arc::clone(&state.reader);
+    let hosts = blocking(move || reader.hosts())
+        .await?
+        .map_err(|e| store_problem(&e))?;
+    if accepts(&headers, "text/plain") {
+        return Ok(plain(crate::report::text::hosts_table(&hosts)));
+    }
+    Ok(Json(json!({"hosts": hosts})).into_response())
+}

@@ -62,6 +62,7 @@ macro_rules! store_conformance {
             a_live_lease_of_another_owner_is_not_claimed_an_expired_one_is,
             writes_of_a_run_another_owner_claimed_are_refused,
             orphans_are_claimed_from_dead_hosts_only_and_once,
+            hosts_are_listed_with_the_runs_they_own,
             id_blocks_never_overlap_and_released_tails_are_reused,
             listings_filter_by_status_and_workflow_newest_first,
             tenants_and_pages_filter_listings_and_keys_find_runs,
@@ -533,6 +534,38 @@ pub fn orphans_are_claimed_from_dead_hosts_only_and_once(store: &dyn StoreUnderT
     assert!(writer.claim_orphans("me", now + 60_000, 10).unwrap().is_empty());
     let report = writer.write("dead", &[state(1, "k", "late")]).unwrap();
     assert_eq!(report.refused_events(), 1, "the dead host's late write is fenced");
+}
+
+/// The hosts listed are the owners of incomplete runs, with how many each
+/// owns; a host that renewed is listed with its lease, and one that
+/// released its runs is not listed for them.
+pub fn hosts_are_listed_with_the_runs_they_own(store: &dyn StoreUnderTest) {
+    let mut writer = store.writer();
+    let now = now_millis();
+    write(
+        &mut *writer,
+        "a",
+        &[
+            Event::WorkflowDefined(workflow()),
+            accepted(1),
+            accepted(2),
+            accepted(3),
+        ],
+    );
+    write(&mut *writer, "a", &[run_ended(3, RunState::Succeeded, None)]);
+    write(&mut *writer, "b", &[accepted(4)]);
+    writer.renew_leases("b", now + 60_000).unwrap();
+    let reader = store.reader();
+    let hosts = reader.hosts().unwrap();
+    let seen: Vec<(&str, u64)> = hosts.iter().map(|h| (h.owner.as_str(), h.runs)).collect();
+    assert_eq!(seen, [("a", 2), ("b", 1)], "{hosts:?}");
+    assert!(
+        hosts[1].lease_until.is_some_and(|l| l >= now + 59_000),
+        "{hosts:?}"
+    );
+    writer.release_leases("a").unwrap();
+    let seen: Vec<String> = reader.hosts().unwrap().into_iter().map(|h| h.owner).collect();
+    assert_eq!(seen, ["b"], "a released its runs");
 }
 
 /// Id blocks never overlap (between two writers too, where a store allows

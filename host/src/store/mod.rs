@@ -50,7 +50,8 @@ pub use self::event::{
 pub use self::journal::{CommitObserver, Journal, JournalConfig, JournalStats, Ticket};
 pub use self::postgres::{DEFAULT_POOL, PostgresReader, PostgresStore, redact};
 pub use self::records::{
-    AttemptRecord, Definition, GcStats, RecoveredRun, RunFilter, RunHistory, RunSummary, WorkflowUnavailable,
+    AttemptRecord, Definition, GcStats, HostSummary, RecoveredRun, RunFilter, RunHistory, RunSummary,
+    WorkflowUnavailable,
 };
 pub use self::sqlite::{SqliteReader, SqliteStore};
 pub use self::traits::{Refused, StoreReader, StoreWriter, WriteReport};

@@ -156,6 +156,20 @@ pub struct RunFilter {
     pub limit: Option<usize>,
 }
 
+/// A host writing to the store, as `stepbox hosts` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostSummary {
+    /// Its owner name (unique per process start).
+    pub owner: String,
+    /// When it last renewed its leases, where the store keeps heartbeats
+    /// (PostgreSQL).
+    pub heartbeat_at: Option<Millis>,
+    /// Until when its claims last without another renewal.
+    pub lease_until: Option<Millis>,
+    /// The incomplete runs it owns.
+    pub runs: u64,
+}
+
 /// What retention removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GcStats {

@@ -10,8 +10,8 @@
 use std::ops::Range;
 
 use super::{
-    AttemptRecord, Definition, Event, GcStats, Millis, RecoveredRun, RunFilter, RunHistory, RunId, RunState,
-    RunSummary, StoreError,
+    AttemptRecord, Definition, Event, GcStats, HostSummary, Millis, RecoveredRun, RunFilter, RunHistory,
+    RunId, RunState, RunSummary, StoreError,
 };
 
 /// The writing side of a store: one per host, owned by its journal.
@@ -220,6 +220,15 @@ pub trait StoreReader: Send + Sync {
     ///
     /// A [`StoreError`] if the store cannot be read.
     fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError>;
+
+    /// The hosts writing to the store: each owner of incomplete runs, and
+    /// (where the store keeps heartbeats) each host whose lease is live,
+    /// with how many incomplete runs it owns; by owner name.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn hosts(&self) -> Result<Vec<HostSummary>, StoreError>;
 }
 
 /// What a [`StoreWriter::write`] refused.

@@ -32,8 +32,8 @@ use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    AttemptRecord, Definition, Durability, Event, GcStats, Millis, RecoveredRun, RunFilter, RunHistory,
-    RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, WriteReport, now_millis,
+    AttemptRecord, Definition, Durability, Event, GcStats, HostSummary, Millis, RecoveredRun, RunFilter,
+    RunHistory, RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, WriteReport, now_millis,
 };
 
 /// Connections a reader's pool holds at most, by default.
@@ -185,12 +185,7 @@ impl StoreWriter for PostgresStore {
     }
 
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL",
-                &[&owner, &until],
-            )
-        })
+        self.with(|c| write::renew(c, owner, until, now_millis()))
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
@@ -207,12 +202,7 @@ impl StoreWriter for PostgresStore {
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND finished_at IS NULL",
-                &[&owner],
-            )
-        })
+        self.with(|c| write::release(c, owner))
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
@@ -358,6 +348,10 @@ impl StoreReader for PostgresReader {
 
     fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
         self.with(|c| read::run_by_key(c, tenant, key))
+    }
+
+    fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
+        self.with(|c| read::hosts(c, now_millis()))
     }
 }
 

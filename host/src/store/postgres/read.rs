@@ -10,8 +10,8 @@ use postgres::{Client, GenericClient, IsolationLevel, Row};
 use crate::outcome::{OutcomeKind, Usage};
 use crate::policy::TimeoutLevel;
 use crate::store::{
-    AttemptLimits, AttemptRecord, AttemptStatus, Definition, Millis, RunFilter, RunHistory, RunId, RunState,
-    RunSummary, WorkflowRecord, WorkflowUnavailable,
+    AttemptLimits, AttemptRecord, AttemptStatus, Definition, HostSummary, Millis, RunFilter, RunHistory,
+    RunId, RunState, RunSummary, WorkflowRecord, WorkflowUnavailable,
 };
 
 type Res<T> = Result<T, postgres::Error>;
@@ -209,6 +209,27 @@ pub(super) fn count_runs(client: &mut Client) -> Res<Vec<(RunState, u64)>> {
                 status.parse().unwrap_or(RunState::Running),
                 r.get::<_, i64>(1) as u64,
             )
+        })
+        .collect())
+}
+
+/// Hosts with a live heartbeat, and owners of incomplete runs, by owner.
+pub(super) fn hosts(client: &mut Client, now: Millis) -> Res<Vec<HostSummary>> {
+    let rows = client.query(
+        "SELECT coalesce(h.owner, r.owner), h.heartbeat_at, coalesce(h.lease_until, r.lease_until), coalesce(r.runs, 0)
+         FROM (SELECT * FROM hosts WHERE lease_until >= $1) h
+         FULL JOIN (SELECT owner, max(lease_until) AS lease_until, count(*) AS runs FROM runs
+                    WHERE finished_at IS NULL AND owner IS NOT NULL GROUP BY owner) r ON r.owner = h.owner
+         ORDER BY coalesce(h.owner, r.owner) COLLATE \"C\"",
+        &[&now],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| HostSummary {
+            owner: r.get(0),
+            heartbeat_at: r.get(1),
+            lease_until: r.get(2),
+            runs: r.get::<_, i64>(3) as u64,
         })
         .collect())
 }

@@ -85,6 +85,11 @@ CREATE TABLE state (
     value TEXT NOT NULL,
     PRIMARY KEY (run, key)
 );
+CREATE TABLE hosts (
+    owner TEXT PRIMARY KEY,
+    heartbeat_at BIGINT NOT NULL,
+    lease_until BIGINT NOT NULL
+);
 CREATE TABLE run_ids (
     only_row BIGINT PRIMARY KEY CHECK (only_row = 1),
     next BIGINT NOT NULL

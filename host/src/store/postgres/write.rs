@@ -366,6 +366,37 @@ fn recover(tx: &mut Transaction<'_>, ids: &[i64]) -> Res<Vec<RecoveredRun>> {
     Ok(runs)
 }
 
+/// Extends `owner`'s leases on its incomplete runs, and its heartbeat:
+/// one row per host, so that a host with no runs is seen alive too. Rows
+/// of hosts gone for a day are cleared.
+pub(super) fn renew(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<u64> {
+    let mut tx = client.transaction()?;
+    let renewed = tx.execute(
+        "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL",
+        &[&owner, &until],
+    )?;
+    tx.execute(
+        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+         ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
+        &[&owner, &now, &until],
+    )?;
+    tx.execute("DELETE FROM hosts WHERE lease_until < $1", &[&(now - 86_400_000)])?;
+    tx.commit()?;
+    Ok(renewed)
+}
+
+/// Gives up `owner`'s incomplete runs and its heartbeat: it is stopping.
+pub(super) fn release(client: &mut Client, owner: &str) -> Res<u64> {
+    let mut tx = client.transaction()?;
+    let released = tx.execute(
+        "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND finished_at IS NULL",
+        &[&owner],
+    )?;
+    tx.execute("DELETE FROM hosts WHERE owner = $1", &[&owner])?;
+    tx.commit()?;
+    Ok(released)
+}
+
 /// The next `count` ids, past every run in the database whoever wrote it.
 pub(super) fn allocate(client: &mut Client, count: u64) -> Res<Range<RunId>> {
     let count = i64::try_from(count).unwrap_or(i64::MAX);

@@ -9,11 +9,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params_from_iter};
 
 use super::lock::sql_error;
-use super::schema::{ADDED_ATTEMPT_COLUMNS, ADDED_RUN_COLUMNS, check_format, missing_columns};
+use super::schema::{ADDED_ATTEMPT_COLUMNS, ADDED_RUN_COLUMNS, INCOMPLETE, check_format, missing_columns};
 use crate::OutcomeKind;
 use crate::store::{
-    AttemptLimits, AttemptRecord, AttemptStatus, Definition, Millis, RunFilter, RunHistory, RunId, RunState,
-    RunSummary, StoreError, StoreReader, WorkflowRecord, WorkflowUnavailable,
+    AttemptLimits, AttemptRecord, AttemptStatus, Definition, HostSummary, Millis, RunFilter, RunHistory,
+    RunId, RunState, RunSummary, StoreError, StoreReader, WorkflowRecord, WorkflowUnavailable,
 };
 
 /// A run's status as the journal reports it. A fresh run's start is not
@@ -181,6 +181,10 @@ impl StoreReader for SqliteReader {
     fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
         self.with(|q| q.run_by_key(tenant, key))
     }
+
+    fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
+        self.with(|q| q.hosts())
+    }
 }
 
 /// The queries over one connection: a reader's, or the writer's own.
@@ -270,6 +274,28 @@ impl Queries<'_> {
         self.conn
             .prepare(&sql)
             .and_then(|mut s| s.query_map(params_from_iter(args.iter()), summary)?.collect())
+            .map_err(|e| self.error(e))
+    }
+
+    /// The owners of incomplete runs: a file keeps no heartbeats (its one
+    /// writer holds its lock).
+    pub(super) fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
+        self.conn
+            .prepare(&format!(
+                "SELECT owner, max(lease_until), count(*) FROM runs WHERE {INCOMPLETE} AND owner IS NOT NULL
+                 GROUP BY owner ORDER BY owner"
+            ))
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok(HostSummary {
+                        owner: r.get(0)?,
+                        heartbeat_at: None,
+                        lease_until: r.get(1)?,
+                        runs: r.get::<_, i64>(2)? as u64,
+                    })
+                })?
+                .collect()
+            })
             .map_err(|e| self.error(e))
     }
 
