@@ -57,7 +57,10 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Ref
 }
 
 /// Writes `events` as `owner` in one transaction, but for those of runs
-/// `owner` does not own.
+/// `owner` does not own. Each kind of event is written in one statement
+/// for the whole batch (a round trip each, not one per event): the
+/// tables they touch are independent, so the order across kinds does not
+/// matter, and within a kind the batch's order is kept where it could.
 pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<WriteReport> {
     let mut tx = client.transaction()?;
     let refused = fence(&mut tx, owner, events)?;
@@ -66,72 +69,178 @@ pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<W
         .iter()
         .filter(|e| e.run().is_none_or(|run| !refused_runs.contains(&run)))
         .collect();
-    accept(&mut tx, owner, &events)?;
-    let mut ends: Vec<&AttemptEnd> = Vec::new();
-    for &event in &events {
-        match event {
-            Event::WorkflowDefined(w) => define(&mut tx, w)?,
-            Event::RunAccepted { .. } => {}
-            Event::RunStarted { run, at } => {
-                tx.execute(
-                    "UPDATE runs SET status = 'running', started_at = coalesce(started_at, $2) WHERE id = $1",
-                    &[&(*run as i64), at],
-                )?;
-            }
-            Event::AttemptStarted {
-                run,
-                step,
-                item,
-                attempt,
-                at,
-            } => {
-                tx.execute(
-                    "INSERT INTO attempts (run, step, item, attempt, status, started_at)
-                     VALUES ($1, $2, $3, $4, 'started', $5) ON CONFLICT DO NOTHING",
-                    &[
-                        &(*run as i64),
-                        &&**step,
-                        &item_key(*item),
-                        &i64::from(*attempt),
-                        at,
-                    ],
-                )?;
-            }
-            Event::AttemptEnded(end) => ends.push(end),
-            Event::StateWritten { run, key, value } => {
-                tx.execute(
-                    "INSERT INTO state (run, key, value) VALUES ($1, $2, $3)
-                     ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
-                    &[&(*run as i64), key, value],
-                )?;
-            }
-            Event::RunEnded {
-                run,
-                status,
-                output,
-                error,
-                started,
-                at,
-            } => {
-                let finished = (!status.is_incomplete()).then_some(*at);
-                tx.execute(
-                    "UPDATE runs SET status = $2, output = $3, error = $4, finished_at = $5,
-                     started_at = coalesce(started_at, $6) WHERE id = $1",
-                    &[
-                        &(*run as i64),
-                        &status.as_str(),
-                        output,
-                        error,
-                        &finished,
-                        started,
-                    ],
-                )?;
-            }
+    for event in &events {
+        if let Event::WorkflowDefined(w) = event {
+            define(&mut tx, w)?;
         }
     }
+    accept(&mut tx, owner, &events)?;
+    start_attempts(&mut tx, &events)?;
+    start_and_end_runs(&mut tx, &events)?;
+    write_state(&mut tx, &events)?;
+    let ends: Vec<&AttemptEnd> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AttemptEnded(end) => Some(&**end),
+            _ => None,
+        })
+        .collect();
     end_attempts(&mut tx, &ends)?;
     tx.commit()?;
     Ok(WriteReport { refused })
+}
+
+/// The batch's attempt starts, but those its ends overwrite anyway: under
+/// load most attempts start and end within one batch.
+fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+    let ended: HashSet<(RunId, &str, Option<u32>, u32)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AttemptEnded(a) => Some((a.run, &*a.step, a.item, a.attempt)),
+            _ => None,
+        })
+        .collect();
+    let (mut runs, mut steps, mut items, mut attempts, mut ats) = (vec![], vec![], vec![], vec![], vec![]);
+    for event in events {
+        if let Event::AttemptStarted {
+            run,
+            step,
+            item,
+            attempt,
+            at,
+        } = event
+            && !ended.contains(&(*run, &**step, *item, *attempt))
+        {
+            runs.push(*run as i64);
+            steps.push(&**step);
+            items.push(item_key(*item));
+            attempts.push(i64::from(*attempt));
+            ats.push(*at);
+        }
+    }
+    if runs.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO attempts (run, step, item, attempt, status, started_at)
+         SELECT r, s, i, a, 'started', t FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+             AS u(r, s, i, a, t)
+         ON CONFLICT DO NOTHING",
+        &[&runs, &steps, &items, &attempts, &ats],
+    )?;
+    Ok(())
+}
+
+/// The batch's run starts (resumptions) and ends. When a run starts or
+/// ends more than once in the batch (ended interrupted, then resumed),
+/// they are written one by one, in order; else each kind in one statement.
+fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+    let mut seen = HashSet::new();
+    let once = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunStarted { run, .. } | Event::RunEnded { run, .. } => Some(*run),
+            _ => None,
+        })
+        .all(|run| seen.insert(run));
+    if !once {
+        for event in events {
+            match event {
+                Event::RunStarted { run, at } => start_runs(tx, &[*run as i64], &[*at])?,
+                Event::RunEnded { .. } => end_runs(tx, &[event])?,
+                _ => {}
+            }
+        }
+        return Ok(());
+    }
+    let (mut ids, mut ats) = (vec![], vec![]);
+    for event in events {
+        if let Event::RunStarted { run, at } = event {
+            ids.push(*run as i64);
+            ats.push(*at);
+        }
+    }
+    start_runs(tx, &ids, &ats)?;
+    let ends: Vec<&Event> = events
+        .iter()
+        .copied()
+        .filter(|e| matches!(e, Event::RunEnded { .. }))
+        .collect();
+    end_runs(tx, &ends)
+}
+
+fn start_runs(tx: &mut Transaction<'_>, ids: &[i64], ats: &[i64]) -> Res<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE runs SET status = 'running', started_at = coalesce(runs.started_at, u.at)
+         FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE runs.id = u.id",
+        &[&ids, &ats],
+    )?;
+    Ok(())
+}
+
+/// `ends`: [`Event::RunEnded`]s, each of another run.
+fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
+    let (mut ids, mut statuses, mut outputs, mut errors, mut finished, mut started) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for event in ends {
+        if let Event::RunEnded {
+            run,
+            status,
+            output,
+            error,
+            started: start,
+            at,
+        } = event
+        {
+            ids.push(*run as i64);
+            statuses.push(status.as_str());
+            outputs.push(output.as_deref());
+            errors.push(error.as_deref());
+            finished.push((!status.is_incomplete()).then_some(*at));
+            started.push(*start);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "UPDATE runs SET status = u.status, output = u.output, error = u.error, finished_at = u.finished,
+             started_at = coalesce(runs.started_at, u.started)
+         FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[])
+             AS u(id, status, output, error, finished, started)
+         WHERE runs.id = u.id",
+        &[&ids, &statuses, &outputs, &errors, &finished, &started],
+    )?;
+    Ok(())
+}
+
+/// The batch's state writes, in one statement: the last value written to
+/// a key in the batch is the one kept.
+fn write_state(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+    let mut last: HashMap<(RunId, &str), &str> = HashMap::new();
+    let mut order = Vec::new();
+    for event in events {
+        if let Event::StateWritten { run, key, value } = event
+            && last.insert((*run, key.as_str()), value.as_str()).is_none()
+        {
+            order.push((*run, key.as_str()));
+        }
+    }
+    if order.is_empty() {
+        return Ok(());
+    }
+    let runs: Vec<i64> = order.iter().map(|(run, _)| *run as i64).collect();
+    let keys: Vec<&str> = order.iter().map(|(_, key)| *key).collect();
+    let values: Vec<&str> = order.iter().map(|k| last[k]).collect();
+    tx.execute(
+        "INSERT INTO state (run, key, value) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])
+         ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
+        &[&runs, &keys, &values],
+    )?;
+    Ok(())
 }
 
 /// A workflow's definition and components, once each.
