@@ -295,8 +295,9 @@ impl Host {
     }
 
     /// Keeps taking over the runs of hosts that died or stopped, when the
-    /// store is shared (PostgreSQL): every fifth of a lease (so that a dead
-    /// host's runs move within 1.2 leases), it claims as many
+    /// store is shared (PostgreSQL): every fifth of a lease, and at least
+    /// every second (so that a dead host's runs move within 1.2 leases, a
+    /// stopped one's within a second), it claims as many
     /// orphaned runs as it has free slots (`max_workflows` less its runs
     /// running and queued), oldest first, and resumes them. Until
     /// [`Host::shutdown`]. A store one host owns alone has no orphans.
@@ -310,7 +311,9 @@ impl Host {
         ) {
             return;
         }
-        let every = (journal.lease() / 5).max(Duration::from_millis(100));
+        // Also at least every second: a host stopping releases its runs,
+        // and they should move at once, not a long lease later.
+        let every = (journal.lease() / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let host = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -122,6 +122,9 @@ fn a_server_on_postgres_keeps_an_idempotent_run_across_a_restart() {
     );
     let history = served.until_ended(first["id"].as_u64().unwrap(), None);
     assert_eq!(history["attempts"].as_array().unwrap().len(), 1);
+    let metrics = served.get("/metrics", None).text();
+    assert!(metrics.contains("stepbox_db_pool_max_connections 8"), "{metrics}");
+    super::observability::promtool_accepts(&metrics);
 }
 
 #[test]
@@ -213,4 +216,45 @@ fn a_killed_hosts_runs_are_taken_over_and_no_completed_step_runs_again() {
     let took = killed.elapsed();
     eprintln!("B finished A's 6 runs {took:?} after A was killed (lease 1s)");
     assert!(took < Duration::from_secs(20), "took {took:?}");
+}
+
+#[test]
+fn a_host_stopped_by_sigterm_hands_its_runs_over_at_once_not_after_its_lease() {
+    use std::time::{Duration, Instant};
+
+    use super::serve::{Served, sleepy};
+    let db = TestDatabase::new();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A lease far longer than the hand-off may take.
+    let config = |dir: &tempfile::TempDir| {
+        format!(
+            "[journal]\nshutdown_grace = \"0s\"\nlease = \"30s\"\n[server]\ndata = \"{}\"\n",
+            dir.path().join("uploads").display()
+        )
+    };
+    let a = Served::start_on(dir_a.path(), &config(&dir_a), None, db.url());
+    let b = Served::start_on(dir_b.path(), &config(&dir_b), None, db.url());
+    let digest = a.upload("hostile", None);
+    a.send(
+        "PUT",
+        "/v1/workflows/sleepy",
+        None,
+        sleepy(&digest, 1000).as_bytes(),
+    );
+    let id = a.send("POST", "/v1/workflows/sleepy/runs", None, b"{}").json()["id"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a.get(&format!("/v1/runs/{id}"), None).json()["live"] != "running" {
+        assert!(Instant::now() < deadline, "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = Instant::now();
+    assert_eq!(a.terminate(), Some(0));
+    let run = b.until_ended(id, None);
+    let took = stopped.elapsed();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(took < Duration::from_secs(8), "waited for the lease: {took:?}");
+    let attempts = run["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "interrupted on A, run again on B: {run}");
 }

@@ -131,6 +131,25 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
             "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"
         ));
     }
+    if let Some(pool) = state.reader.pool() {
+        for (name, help, value) in [
+            (
+                "stepbox_db_pool_connections",
+                "Database connections the readers' pool holds open.",
+                pool.connections,
+            ),
+            ("stepbox_db_pool_idle_connections", "Of them, idle.", pool.idle),
+            (
+                "stepbox_db_pool_max_connections",
+                "The most the readers' pool opens.",
+                pool.max,
+            ),
+        ] {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        }
+    }
     text.push_str("# EOF\n");
     let openmetrics = headers
         .get(header::ACCEPT)

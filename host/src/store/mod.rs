@@ -54,7 +54,7 @@ pub use self::records::{
     WorkflowUnavailable,
 };
 pub use self::sqlite::{SqliteReader, SqliteStore};
-pub use self::traits::{Refused, StoreReader, StoreWriter, WriteReport};
+pub use self::traits::{PoolState, Refused, StoreReader, StoreWriter, WriteReport};
 
 /// A run's id: unique in its store and stable across restarts.
 pub type RunId = u64;

@@ -229,6 +229,23 @@ pub trait StoreReader: Send + Sync {
     ///
     /// A [`StoreError`] if the store cannot be read.
     fn hosts(&self) -> Result<Vec<HostSummary>, StoreError>;
+
+    /// Its pool of database connections, where it keeps one (PostgreSQL):
+    /// for the `stepbox_db_pool_*` metrics.
+    fn pool(&self) -> Option<PoolState> {
+        None
+    }
+}
+
+/// A reader's connection pool, as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// Connections open.
+    pub connections: u32,
+    /// Of them, idle.
+    pub idle: u32,
+    /// The most it opens.
+    pub max: u32,
 }
 
 /// What a [`StoreWriter::write`] refused.

@@ -32,8 +32,9 @@ use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    AttemptRecord, Definition, Durability, Event, GcStats, HostSummary, Millis, RecoveredRun, RunFilter,
-    RunHistory, RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, WriteReport, now_millis,
+    AttemptRecord, Definition, Durability, Event, GcStats, HostSummary, Millis, PoolState, RecoveredRun,
+    RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, WriteReport,
+    now_millis,
 };
 
 /// Connections a reader's pool holds at most, by default.
@@ -287,13 +288,7 @@ impl PostgresReader {
         })
     }
 
-    /// Connections the pool holds now, and how many of them are idle.
-    pub fn pool_state(&self) -> (u32, u32) {
-        let state = self.pool().state();
-        (state.connections, state.idle_connections)
-    }
-
-    fn pool(&self) -> &r2d2::Pool<PostgresConnectionManager<NoTls>> {
+    fn connections(&self) -> &r2d2::Pool<PostgresConnectionManager<NoTls>> {
         self.pool
             .as_ref()
             .expect("a reader's pool is there until it drops")
@@ -304,7 +299,7 @@ impl PostgresReader {
         query: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
     ) -> Result<T, StoreError> {
         off_runtime(|| {
-            let mut client = self.pool().get().map_err(|e| StoreError::Other {
+            let mut client = self.connections().get().map_err(|e| StoreError::Other {
                 path: PathBuf::from(&self.location),
                 detail: format!("no database connection free within {POOL_WAIT:?}: {e}"),
             })?;
@@ -352,6 +347,16 @@ impl StoreReader for PostgresReader {
 
     fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
         self.with(|c| read::hosts(c, now_millis()))
+    }
+
+    fn pool(&self) -> Option<PoolState> {
+        let pool = self.connections();
+        let state = pool.state();
+        Some(PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+            max: pool.max_size(),
+        })
     }
 }
 
