@@ -174,6 +174,14 @@ impl Catalog {
         Ok(prepared)
     }
 
+    /// Workflow `name` of `tenant` if it is prepared already: without
+    /// blocking, for the path every submission takes.
+    pub fn cached(&self, tenant: &Arc<str>, name: &str) -> Option<Arc<PreparedWorkflow>> {
+        lock(&self.prepared)
+            .get(&(Arc::clone(tenant), name.to_owned()))
+            .cloned()
+    }
+
     /// Workflow `name` of `tenant` as uploaded, if it was.
     ///
     /// # Errors

@@ -176,14 +176,18 @@ pub async fn submit(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
         return Ok(response);
     }
-    let workflow = {
-        let (state, tenant, name) = (Arc::clone(&state), Arc::clone(&tenant.name), name.clone());
-        blocking(move || state.catalog.workflow(state.host.scheduler(), &tenant, &name)).await?
-    }
-    .map_err(|e| match e {
-        CatalogError::NoWorkflow(_) => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
-        other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-    })?;
+    let workflow = match state.catalog.cached(&tenant.name, &name) {
+        Some(workflow) => workflow,
+        // Read and prepared (components compiled) once after a start.
+        None => {
+            let (state, tenant, name) = (Arc::clone(&state), Arc::clone(&tenant.name), name.clone());
+            blocking(move || state.catalog.workflow(state.host.scheduler(), &tenant, &name)).await?
+        }
+        .map_err(|e| match e {
+            CatalogError::NoWorkflow(_) => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
+            other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?,
+    };
     if let Err(after) = tenant.take_rate(inputs.len()) {
         return Ok(throttle(
             &state,
