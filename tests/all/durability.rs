@@ -296,14 +296,16 @@ steps:
     input: {mode: sleep, ms: SLEEP}
 ";
 
-/// Polls the journal until some attempt at `step` has started.
+/// Polls the journal until every run in it (all accepted together) has an
+/// attempt at `step` started: on a loaded machine one run may lag another.
 fn wait_for_attempt(place: &Place, step: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if place.db().exists()
             && let Ok(store) = SqliteReader::open(&place.db())
             && let Ok(runs) = store.runs(&RunFilter::default())
-            && runs.iter().any(|r| {
+            && !runs.is_empty()
+            && runs.iter().all(|r| {
                 store
                     .history(r.id)
                     .ok()
