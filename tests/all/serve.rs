@@ -973,3 +973,33 @@ fn bearer_tokens_never_reach_the_logs() {
         "a token in the journal"
     );
 }
+
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &format!("{QUICK}[server]\nmax_connections = 2\n"));
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(&served.addr).unwrap())
+        .collect();
+    // Let the server accept both (each now holds a slot, waiting for headers).
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&served.addr).unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut first = [0u8; 1];
+    let early = third.read(&mut first);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "served beyond the cap: {early:?}"
+    );
+    drop(held);
+    third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{answer:?}"
+    );
+}
