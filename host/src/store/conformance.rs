@@ -106,6 +106,16 @@ pub(crate) fn workflow() -> Arc<WorkflowRecord> {
 
 /// Run `run` accepted, its lease ending at `lease_until`.
 pub(crate) fn accepted_until(run: RunId, lease_until: Millis) -> Event {
+    accepted_for(run, lease_until, None, None)
+}
+
+/// Run `run` accepted for `tenant` with idempotency key `key`.
+pub(crate) fn accepted_for(
+    run: RunId,
+    lease_until: Millis,
+    tenant: Option<&str>,
+    key: Option<&str>,
+) -> Event {
     Event::RunAccepted {
         run,
         workflow: "wf1".into(),
@@ -113,8 +123,8 @@ pub(crate) fn accepted_until(run: RunId, lease_until: Millis) -> Event {
         lease_until,
         input: br#"{"text":"a b"}"#.to_vec(),
         at: now_millis(),
-        tenant: None,
-        key: None,
+        tenant: tenant.map(Into::into),
+        key: key.map(Into::into),
     }
 }
 
@@ -661,27 +671,8 @@ pub fn listings_filter_by_status_and_workflow_newest_first(store: &dyn StoreUnde
 /// pages through older runs; an idempotency key finds the first run
 /// accepted with it, within its tenant only, also after a restart.
 pub fn tenants_and_pages_filter_listings_and_keys_find_runs(store: &dyn StoreUnderTest) {
-    let of = |run: RunId, tenant: Option<&str>, key: Option<&str>| match accepted(run) {
-        Event::RunAccepted {
-            run,
-            workflow,
-            name,
-            lease_until,
-            input,
-            at,
-            ..
-        } => Event::RunAccepted {
-            run,
-            workflow,
-            name,
-            lease_until,
-            input,
-            at,
-            tenant: tenant.map(Into::into),
-            key: key.map(Into::into),
-        },
-        _ => unreachable!("accepted() accepts"),
-    };
+    let lease = now_millis() + 60_000;
+    let of = |run: RunId, tenant, key| accepted_for(run, lease, tenant, key);
     let mut writer = store.writer();
     write(
         &mut *writer,

@@ -57,18 +57,24 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Runs `f` where a blocking client may block: here, unless this thread
-/// belongs to an async runtime (the `postgres` client refuses to block
-/// there), then on a thread of its own. A store's methods may so be called
-/// from anywhere, as SQLite's can.
+/// Runs `f` where a blocking client may block (the `postgres` client
+/// refuses to inside an async runtime), so that a store's methods may be
+/// called from anywhere, as SQLite's can: as is outside any runtime (the
+/// journal's writer thread); through `block_in_place` in a multi-thread
+/// runtime, which leaves the runtime for `f` without a thread of its own
+/// (on a blocking-pool thread, such as a server's query, it costs
+/// nothing); on a thread of its own only in a current-thread runtime,
+/// where `block_in_place` cannot be used.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => f(),
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(f).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
-    std::thread::scope(|scope| match scope.spawn(f).join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 /// A database error as a store error naming `location`.
