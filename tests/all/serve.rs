@@ -86,6 +86,11 @@ impl Served {
         code
     }
 
+    /// The `host:port` it listens on.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
     pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         request(&self.addr, method, path, headers, body)
     }
@@ -190,8 +195,21 @@ impl Answer {
 
 /// One HTTP/1.1 request on a connection of its own (`Connection: close`),
 /// read to its end, chunked bodies decoded.
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(addr).unwrap();
+pub(crate) fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    try_request(addr, method, path, headers, body)
+        .unwrap_or_else(|| panic!("{method} {path}: no answer from {addr}"))
+}
+
+/// As [`request`], or `None` when nothing answers (the connection is
+/// refused, or closed before an HTTP head came back).
+pub(crate) fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Answer> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -201,12 +219,12 @@ fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body:
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes()).ok()?;
     // A server may answer (413, say) before it read the whole body.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    parse(&raw)
+    raw.windows(4).any(|w| w == b"\r\n\r\n").then(|| parse(&raw))
 }
 
 fn parse(raw: &[u8]) -> Answer {
@@ -673,6 +691,73 @@ fn sigterm_refuses_nothing_accepted_and_the_next_start_finishes_it() {
     let attempts = run["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "interrupted once, then run again: {run}");
     assert_eq!(served.dir, dir.path());
+}
+
+#[test]
+fn sigterm_under_load_loses_no_accepted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), QUICK);
+    let digest = served.upload("hello", None);
+    served.send("PUT", "/v1/workflows/greet", None, greet(&digest).as_bytes());
+    let addr = served.addr.clone();
+    // Eight clients submit as fast as they are answered until the server
+    // stops answering; each keeps the ids it was given a 201 for.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut accepted = Vec::new();
+                let mut refused = 0;
+                while let Some(answer) = try_request(
+                    &addr,
+                    "POST",
+                    "/v1/workflows/greet/runs",
+                    &[("content-type", "application/json")],
+                    br#"{"name":"load"}"#,
+                ) {
+                    match answer.status {
+                        201 => accepted.push(answer.json()["id"].as_u64().unwrap()),
+                        503 => refused += 1,
+                        other => panic!("a submission under load got {other}: {answer:?}"),
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(served.terminate(), Some(0));
+    let mut accepted = Vec::new();
+    for client in clients {
+        accepted.extend(client.join().unwrap().0);
+    }
+    assert!(
+        accepted.len() >= 8,
+        "the load was real: {} accepted",
+        accepted.len()
+    );
+
+    let served = Served::start(dir.path(), QUICK);
+    for &id in &accepted {
+        let run = served.until_ended(id, None);
+        assert_eq!(run["status"], "succeeded", "accepted run {id}: {run}");
+    }
+    let listed = served.get("/v1/runs?limit=1000", None).json();
+    let incomplete: Vec<&Value> = listed["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] != "succeeded")
+        .collect();
+    assert!(
+        incomplete.is_empty() || {
+            // Runs resumed by the restart may still be finishing.
+            incomplete.iter().all(|r| {
+                served.until_ended(r["id"].as_u64().unwrap(), None)["status"] == "succeeded"
+            })
+        },
+        "{incomplete:?}"
+    );
 }
 
 #[test]
