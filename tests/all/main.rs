@@ -11,6 +11,7 @@ mod hostile_suite;
 mod loading;
 mod observability;
 mod postgres;
+mod prometheus;
 mod sandbox_escape;
 mod scratch_quota;
 pub(crate) mod serve;
