@@ -626,6 +626,61 @@ fn an_idempotency_key_answers_with_the_same_run_across_a_restart() {
     );
     assert_eq!(other.status, 201);
     assert_ne!(other.json()["id"].as_u64(), Some(id));
+    // Waiting on a replay of a run that ended before this server started
+    // answers how it ended, read from the journal.
+    let waited = served.request(
+        "POST",
+        "/v1/workflows/greet/runs?wait=10s",
+        &[
+            ("content-type", "application/json"),
+            ("idempotency-key", "order-17"),
+        ],
+        br#"{"name":"once"}"#,
+    );
+    let view = waited.json();
+    assert_eq!(
+        (waited.status, view["id"].as_u64(), view["status"].as_str()),
+        (200, Some(id), Some("succeeded")),
+        "{view}"
+    );
+    assert_eq!(view["output"], json!({"message": "Hello, once!"}));
+}
+
+#[test]
+fn a_waited_submission_answers_how_its_run_ended_however_quick_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), QUICK);
+    let digest = served.upload("hello", None);
+    served.send("PUT", "/v1/workflows/greet", None, greet(&digest).as_bytes());
+    // A trivial run can end before the request looks it up (most often
+    // under concurrent load): the answer must still be its end, never
+    // "accepted" with a 200.
+    let addr = served.addr.clone();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let answer = request(
+                        &addr,
+                        "POST",
+                        "/v1/workflows/greet/runs?wait=30s",
+                        &[("content-type", "application/json")],
+                        format!(r#"{{"name":"quick {c}.{i}"}}"#).as_bytes(),
+                    );
+                    let view = answer.json();
+                    assert_eq!(
+                        (answer.status, view["status"].as_str()),
+                        (200, Some("succeeded")),
+                        "submission {c}.{i}: {view}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
 }
 
 #[test]
@@ -752,9 +807,9 @@ fn sigterm_under_load_loses_no_accepted_run() {
     assert!(
         incomplete.is_empty() || {
             // Runs resumed by the restart may still be finishing.
-            incomplete.iter().all(|r| {
-                served.until_ended(r["id"].as_u64().unwrap(), None)["status"] == "succeeded"
-            })
+            incomplete
+                .iter()
+                .all(|r| served.until_ended(r["id"].as_u64().unwrap(), None)["status"] == "succeeded")
         },
         "{incomplete:?}"
     );

@@ -169,8 +169,9 @@ pub async fn submit(
     if let Some(key) = &key
         && let Some(ids) = replayed(&state, &tenant, key, inputs.len(), batch).await?
     {
+        let handles = ids.iter().map(|_| None).collect();
         let runs = ids.into_iter().map(|id| accepted_view(id, &name)).collect();
-        let mut response = answer(&state, runs, batch, wait, StatusCode::OK).await;
+        let mut response = answer(&state, runs, handles, batch, wait, StatusCode::OK).await;
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -252,7 +253,8 @@ pub async fn submit(
         ));
     }
     let views = runs.iter().map(|run| accepted_view(run.id(), &name)).collect();
-    let mut response = answer(&state, views, batch, wait, StatusCode::CREATED).await;
+    let handles = runs.iter().cloned().map(Some).collect();
+    let mut response = answer(&state, views, handles, batch, wait, StatusCode::CREATED).await;
     if !batch && response.status() == StatusCode::CREATED {
         let location = format!("/v1/runs/{}", runs[0].id());
         if let Ok(value) = HeaderValue::from_str(&location) {
@@ -296,10 +298,12 @@ fn accepted_view(id: RunId, workflow: &str) -> Value {
 }
 
 /// The answer to a submission: the runs as accepted, or, with `wait`, as
-/// they ended (202 when the wait ran out first).
+/// they ended (202 when the wait ran out first). `handles` are the runs'
+/// own where this request submitted them.
 async fn answer(
     state: &Arc<AppState>,
     mut views: Vec<Value>,
+    handles: Vec<Option<LiveRun>>,
     batch: bool,
     wait: Option<Duration>,
     status: StatusCode,
@@ -307,16 +311,18 @@ async fn answer(
     let mut status = status;
     if let Some(wait) = wait {
         let ids: Vec<RunId> = views.iter().filter_map(|v| v["id"].as_u64()).collect();
-        let ended = tokio::time::timeout(wait, ended_all(state, &ids)).await;
+        let ended = tokio::time::timeout(wait, ended_all(state, &ids, handles)).await;
         match ended {
-            Ok(reports) => {
-                for (view, report) in views.iter_mut().zip(reports) {
-                    if let Some(report) = report {
-                        *view = ended_view(&report, view);
-                    }
+            Ok(Ok(ends)) => {
+                for (view, end) in views.iter_mut().zip(ends) {
+                    *view = match end {
+                        Ended::Here(report) => ended_view(&report, view),
+                        Ended::Before(history) => stored_view(&history, view),
+                    };
                 }
                 status = StatusCode::OK;
             }
+            Ok(Err(problem)) => return problem.into_response(),
             Err(_) => status = StatusCode::ACCEPTED,
         }
     }
@@ -327,18 +333,61 @@ async fn answer(
     (status, Json(body)).into_response()
 }
 
-/// Waits for every run in `ids` to end: the reports of those this host
-/// ran, `None` for one that had ended before (read it with GET).
-async fn ended_all(state: &Arc<AppState>, ids: &[RunId]) -> Vec<Option<Arc<WorkflowReport>>> {
-    let mut reports = Vec::with_capacity(ids.len());
-    for &id in ids {
-        let live: Option<LiveRun> = state.host.live(id);
-        reports.push(match live {
-            Some(run) => Some(run.wait().await),
-            None => None,
-        });
+/// How a waited-for run ended.
+enum Ended {
+    /// This host ran it: its report.
+    Here(Arc<WorkflowReport>),
+    /// It was not live here (it ended before, or another host runs it):
+    /// its history once it ended, read from the journal.
+    Before(Box<RunHistory>),
+}
+
+/// How often a run that is not live here is looked up in the journal
+/// while a request waits for its end.
+const ENDED_POLL: Duration = Duration::from_millis(50);
+
+/// Waits for every run in `ids` to end, by its handle where the request
+/// has one (a quick run may be over before it could be found by id),
+/// else by its id among this host's live runs, else in the journal.
+async fn ended_all(
+    state: &Arc<AppState>,
+    ids: &[RunId],
+    handles: Vec<Option<LiveRun>>,
+) -> Result<Vec<Ended>, Problem> {
+    let mut ends = Vec::with_capacity(ids.len());
+    for (&id, handle) in ids.iter().zip(handles) {
+        if let Some(run) = handle.or_else(|| state.host.live(id)) {
+            ends.push(Ended::Here(run.wait().await));
+            continue;
+        }
+        loop {
+            let reader = Arc::clone(&state.reader);
+            let history = blocking(move || reader.history(id))
+                .await?
+                .map_err(|e| store_problem(&e))?;
+            match history {
+                Some(history) if !history.summary.status.is_incomplete() => {
+                    ends.push(Ended::Before(Box::new(history)));
+                    break;
+                }
+                _ => tokio::time::sleep(ENDED_POLL).await,
+            }
+        }
     }
-    reports
+    Ok(ends)
+}
+
+/// The view of a run that ended before it was waited for, from its history.
+fn stored_view(history: &RunHistory, accepted: &Value) -> Value {
+    let mut view = accepted.clone();
+    view["status"] = json!(history.summary.status);
+    view["output"] = history
+        .output
+        .as_deref()
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .unwrap_or(Value::Null);
+    view["error"] = json!(history.summary.error);
+    view
 }
 
 fn ended_view(report: &WorkflowReport, accepted: &Value) -> Value {
