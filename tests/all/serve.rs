@@ -434,6 +434,27 @@ fn the_openapi_document_lists_every_route_the_server_answers() {
     }
 }
 
+/// Found by the `http_request` fuzz target: a path quoting control
+/// characters back gave a detail of two lines.
+#[test]
+fn a_problem_quoting_a_clients_control_characters_stays_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), QUICK);
+    for path in [
+        "/v1/runs/%00wait=5%0Ds",
+        "/v1/runs/%0D%0A7/report",
+        "/v1/workflows/a%0Ab",
+    ] {
+        let answer = served.get(path, None);
+        let problem = answer.json();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            answer.status == 404 && !detail.contains(['\n', '\r', '\0']),
+            "{path}: {answer:?}"
+        );
+    }
+}
+
 #[test]
 fn bad_uploads_are_problems_that_say_what_and_where() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,18 +32,23 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// A plain problem with `status` and `detail`.
+    /// A plain problem with `status` and `detail`. Control characters in
+    /// `detail` (a client's path or header quoted back, say) are escaped,
+    /// so that a detail is always one line.
     ///
     /// ```
-    /// let p = stepbox::server::Problem::new(axum::http::StatusCode::NOT_FOUND, "no run 7");
+    /// use axum::http::StatusCode;
+    /// use stepbox::server::Problem;
+    /// let p = Problem::new(StatusCode::NOT_FOUND, "no run 7");
     /// assert_eq!(p.status, 404);
+    /// assert_eq!(Problem::new(StatusCode::NOT_FOUND, "no run \r\n7").detail, r"no run \r\n7");
     /// ```
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
         Problem {
             kind: "about:blank".to_owned(),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
-            detail: detail.into(),
+            detail: one_line(detail.into()),
             line: None,
             column: None,
         }
@@ -61,6 +66,21 @@ impl Problem {
         self.column = Some(column);
         self
     }
+}
+
+/// `detail` with its control characters escaped (`\n`, `\u{0}`...).
+fn one_line(detail: String) -> String {
+    if !detail.chars().any(char::is_control) {
+        return detail;
+    }
+    let mut out = String::with_capacity(detail.len() + 8);
+    for c in detail.chars() {
+        match c.is_control() {
+            true => out.extend(c.escape_default()),
+            false => out.push(c),
+        }
+    }
+    out
 }
 
 impl IntoResponse for Problem {
