@@ -153,6 +153,16 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Every route of the API as an [`axum::Router`], served by this
+    /// server's host and tenants: to mount the API in an application's own
+    /// HTTP server, or to drive it in-process (the request fuzzer does).
+    /// Connection limits and header timeouts are [`Server::run`]'s, not the
+    /// router's; the body limit, body timeout, problem answers and panic
+    /// guard come with the router.
+    pub fn router(&self) -> axum::Router {
+        routes::router(Arc::clone(&self.state))
+    }
+
     /// Whether anyone may call the API (no tenants are configured).
     pub fn is_open(&self) -> bool {
         self.state.tenants.is_open()
