@@ -1,6 +1,7 @@
 //! `stepbox serve` and `stepbox token`: the HTTP API; the server itself is
 //! `stepbox::server`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -43,15 +44,34 @@ impl ServeCommand {
         let host = Arc::new(host);
         host.share_work();
         let server = Server::bind(host, options).await.map_err(server_error)?;
-        println!(
-            "listening on http://{}",
-            server.local_addr().map_err(CliError::host)?
-        );
+        let addr = server.local_addr().map_err(CliError::host)?;
+        // Scripts and tests read the first line: it stays first and alone.
+        println!("listening on http://{addr}");
+        // Printed once, not checked again: a failure to print it (stdout
+        // closed by whoever read the first line) must not stop the server.
+        let _ = writeln!(std::io::stdout(), "{}", sign_in_line(&server, addr, global));
+        let _ = std::io::stdout().flush();
         if server.is_open() {
             eprintln!("note: no [[tenants]] are configured: the API needs no token");
         }
         server.run(stop_signal()).await.map_err(server_error)?;
         Ok(exit::SUCCESS)
+    }
+}
+
+/// The dashboard's address, as a sign-in link when it can be one: the
+/// server keeps only digests of the tenants' tokens, so it can put a token
+/// in the link only when it was given one (`--token`, `STEPBOX_TOKEN`) that
+/// a tenant holds. An open server needs no sign-in.
+fn sign_in_line(server: &Server, addr: SocketAddr, global: &GlobalArgs) -> String {
+    if server.is_open() {
+        return format!("dashboard: http://{addr}/ui/");
+    }
+    match global.token().filter(|t| server.knows_token(t)) {
+        Some(token) => format!("dashboard: http://{addr}/ui/login?token={token}"),
+        None => format!(
+            "dashboard: http://{addr}/ui/login (sign in with a tenant's token, or open /ui/login?token=TOKEN)"
+        ),
     }
 }
 

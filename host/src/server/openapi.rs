@@ -92,7 +92,7 @@ fn operation(method: &str, path: &str) -> Operation {
             )
         },
         ("GET", "/v1/runs") => Operation {
-            query: &["status", "workflow", "cursor", "limit"],
+            query: &["status", "workflow", "since", "until", "cursor", "limit"],
             ..op(
                 "The tenant's runs, newest first, a page at a time",
                 &[("200", "a page and the next cursor")],
@@ -122,6 +122,20 @@ fn operation(method: &str, path: &str) -> Operation {
             "The hosts writing to the journal: heartbeats, leases, the runs each owns",
             &[("200", "the hosts")],
         ),
+        ("GET", "/v1/overview") => Operation {
+            query: &["workflow", "since", "until"],
+            ..op(
+                "The tenant's runs by status, and the host's throughput, queue, instances and breakers",
+                &[("200", "the overview")],
+            )
+        },
+        ("GET", "/v1/workflows/{name}/report") => Operation {
+            query: &["last"],
+            ..op(
+                "A workflow over its last runs: per-component and per-step p50/p95/p99 and error rates",
+                &[("200", "the report"), ("404", "no such workflow")],
+            )
+        },
         _ => op("", &[("200", "")]),
     }
 }
@@ -161,8 +175,14 @@ pub fn build() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "stepbox", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "session": {
+                "type": "apiKey", "in": "cookie", "name": "stepbox_session",
+                "description": "the dashboard's session (sign in at /ui/login); state-changing requests also need its X-CSRF-Token",
+            },
+        }},
+        "security": [{"bearer": []}, {"session": []}],
         "paths": paths,
     })
 }

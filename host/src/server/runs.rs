@@ -350,13 +350,38 @@ fn ended_view(report: &WorkflowReport, accepted: &Value) -> Value {
     view
 }
 
-/// `?status=&workflow=&cursor=&limit=` on a listing.
+/// `?status=&workflow=&since=&until=&cursor=&limit=` on a listing.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     status: Option<String>,
     workflow: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     cursor: Option<String>,
     limit: Option<String>,
+}
+
+/// An instant in a query: milliseconds since the Unix epoch, or a
+/// duration (`90s`, `1h`, `7d`) meaning that long ago.
+///
+/// # Errors
+///
+/// A 400 problem naming `field` when it is neither.
+pub fn instant(field: &str, value: Option<&str>) -> Result<Option<crate::store::Millis>, Problem> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    let ago = crate::limits::parse_duration(value).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{field}` is milliseconds since the epoch or a duration ago such as `1h`: {e}"),
+        )
+    })?;
+    let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+    Ok(Some(crate::store::now_millis().saturating_sub(ago)))
 }
 
 /// `GET /v1/runs`.
@@ -395,8 +420,10 @@ pub async fn list(
         .unwrap_or(PAGE);
     let filter = RunFilter {
         status,
-        workflow: query.workflow,
+        workflow: query.workflow.filter(|w| !w.is_empty()),
         tenant: tenant.recorded().map(|t| t.to_string()),
+        since: instant("since", query.since.as_deref())?,
+        until: instant("until", query.until.as_deref())?,
         before,
         limit: Some(limit),
     };
@@ -414,7 +441,8 @@ pub async fn list(
     Ok(Json(json!({"runs": runs, "next_cursor": next})).into_response())
 }
 
-fn summary_view(run: &RunSummary) -> Value {
+/// A run's summary as JSON.
+pub fn summary_view(run: &RunSummary) -> Value {
     json!({
         "id": run.id,
         "workflow": run.workflow,

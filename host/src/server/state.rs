@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::auth::Tenants;
 use super::catalog::Catalog;
+use super::session::Sessions;
 use crate::config::ServerSettings;
 use crate::host::Host;
 use crate::store::StoreReader;
@@ -30,6 +31,11 @@ pub struct AppState {
     pub panics: Arc<AtomicU64>,
     /// Submissions refused with 429, by cause.
     pub throttled: AtomicU64,
+    /// The dashboard's signed-in browsers.
+    pub sessions: Sessions,
+    /// The host's recent throughput, computed at most once a second
+    /// however many dashboards ask.
+    pub throughput: Mutex<Option<(std::time::Instant, serde_json::Value)>>,
 }
 
 /// One async lock per (tenant, idempotency key) in use.

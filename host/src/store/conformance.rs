@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod windows;
+pub use self::windows::windows_bound_listings_and_counts_follow_filters;
+
 use super::{
     AttemptEnd, AttemptLimits, AttemptRecord, AttemptStatus, ComponentRecord, Definition, Event, Millis,
     Refused, RunFilter, RunId, RunState, StoreReader, StoreWriter, WorkflowRecord, now_millis,
@@ -71,6 +74,7 @@ macro_rules! store_conformance {
             a_failed_batch_leaves_nothing,
             collecting_removes_payloads_and_keeps_the_audit,
             concurrent_readers_see_only_whole_batches,
+            windows_bound_listings_and_counts_follow_filters,
         );
     };
     (@each $fresh:expr; $($property:ident),* $(,)?) => {

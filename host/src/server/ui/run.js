@@ -1,0 +1,587 @@
+// stepbox dashboard: a run's page. Its timeline is a canvas that draws only
+// the lanes in view, and its attempts a list that builds only the rows in
+// view, so a 10,000-item fan-out costs what 30 rows cost. Live news comes
+// over Server-Sent Events; a burst of events is applied once per frame.
+'use strict';
+
+(function () {
+  const SB = window.SB;
+  const h = SB.h;
+
+  // As the SVG timeline (report/svg.rs) colours them.
+  const COLOURS = {
+    completed: '#43a047', retryable: '#fdd835', failed: '#e53935', 'invalid-input': '#c62828',
+    timeout: '#fb8c00', 'out-of-fuel': '#8e24aa', 'memory-limit': '#6d4c41', 'scratch-limit': '#5d4037',
+    trap: '#d81b60', cancelled: '#9e9e9e', interrupted: '#ffb300', started: '#1e88e5',
+  };
+  const colour = (o) => COLOURS[o] || '#757575';
+  const ENDED = ['succeeded', 'failed', 'cancelled'];
+  const ROW = 30;
+
+  const outcomeOf = (a) => a.outcome || a.status;
+  const keyOf = (a) => a.step + '\u0000' + (a.item === null || a.item === undefined ? '' : a.item);
+  const unitName = (a) => (a.item === null || a.item === undefined ? a.step : a.step + ' [' + a.item + ']');
+
+  // The run's attempts, by unit (lane), updated in place as news comes.
+  class Model {
+    constructor(run) {
+      this.run = run;
+      this.attempts = [];
+      this.byKey = new Map();
+      this.lanes = [];
+      this.laneOf = new Map();
+      this.critical = new Set();
+      for (const a of run.attempts) this.upsert(a);
+    }
+    upsert(a) {
+      const k = keyOf(a) + '\u0000' + a.attempt;
+      const at = this.byKey.get(k);
+      if (at !== undefined) {
+        // An attempt event carries no output when it was not kept; keep what we had.
+        this.attempts[at] = a;
+      } else {
+        this.byKey.set(k, this.attempts.length);
+        this.attempts.push(a);
+      }
+      const lk = keyOf(a);
+      let lane = this.laneOf.get(lk);
+      if (!lane) {
+        lane = { step: a.step, item: a.item, bars: [] };
+        this.laneOf.set(lk, lane);
+        this.lanes.push(lane);
+      }
+      const i = lane.bars.findIndex((b) => b.attempt === a.attempt);
+      if (i >= 0) lane.bars[i] = a;
+      else lane.bars.push(a);
+    }
+    origin() {
+      let min = Infinity;
+      for (const a of this.attempts) if (a.started_us < min) min = a.started_us;
+      return min === Infinity ? 0 : min;
+    }
+    // The end of an attempt in µs since the epoch; a running one ends now.
+    static end(a) {
+      if (a.status === 'started') return Date.now() * 1000;
+      return a.started_us + a.usage.queue_wait + a.usage.wall_time;
+    }
+    // Per step: units, attempts, outcomes, time, peak use against limits.
+    steps() {
+      const steps = new Map();
+      for (const a of this.attempts) {
+        let s = steps.get(a.step);
+        if (!s) {
+          s = { step: a.step, units: new Set(), attempts: 0, outcomes: {}, queue: 0, exec: 0, first: Infinity, last: 0,
+            use: { fuel: [0, 0], memory: [0, 0], time: [0, 0], scratch: [0, 0] }, at: {} };
+          steps.set(a.step, s);
+        }
+        s.units.add(a.item);
+        s.attempts++;
+        const o = outcomeOf(a);
+        s.outcomes[o] = (s.outcomes[o] || 0) + 1;
+        s.queue += a.usage.queue_wait;
+        s.exec += a.usage.wall_time;
+        s.first = Math.min(s.first, a.started_us);
+        s.last = Math.max(s.last, Model.end(a));
+        if (a.status !== 'started') {
+          for (const [kind, used, limit] of usageOf(a)) {
+            if (limit > 0 && used / limit >= (s.use[kind][1] ? s.use[kind][0] / s.use[kind][1] : -1)) {
+              s.use[kind] = [used, limit];
+              s.at[kind] = a;
+            }
+          }
+        }
+      }
+      return [...steps.values()];
+    }
+  }
+
+  // [kind, used, limit] of an ended attempt: time in ms.
+  function usageOf(a) {
+    return [
+      ['fuel', a.usage.fuel_consumed, a.limits.fuel],
+      ['memory', a.usage.peak_memory, a.limits.memory],
+      ['time', (a.usage.queue_wait + a.usage.wall_time) / 1000, a.limits.time],
+      ['scratch', a.usage.peak_scratch, a.limits.scratch],
+    ];
+  }
+  const fmtUse = (kind, v) => (kind === 'fuel' ? SB.fmtNum(Math.round(v)) : kind === 'time' ? SB.fmtDur(v)
+    : SB.fmtBytes(v));
+
+  function usageBars(rows) {
+    const box = h('div', { class: 'bars' });
+    for (const [kind, used, limit] of rows) {
+      const share = limit > 0 ? used / limit : 0;
+      const pct = Math.min(100, share * 100);
+      const fill = h('i');
+      fill.style.width = pct.toFixed(1) + '%';
+      box.append(
+        h('span', {}, kind),
+        h('div', {
+          class: 'bar' + (share >= 1 ? ' over' : share >= 0.8 ? ' near' : ''), role: 'meter',
+          'aria-label': kind + ' used', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct.toFixed(0),
+        }, fill),
+        h('span', { class: 'mono' }, limit > 0 ? fmtUse(kind, used) + ' of ' + fmtUse(kind, limit) + ' ('
+          + (share * 100).toFixed(share < 0.1 ? 1 : 0) + '%)' : fmtUse(kind, used) + ' (no limit)'));
+    }
+    return box;
+  }
+
+  // ------------------------------------------------------------- timeline
+
+  function timeline(model) {
+    const label = 170;
+    const axis = 22;
+    const scroller = h('div', { class: 'scroller', tabindex: 0 });
+    const canvas = h('canvas', { role: 'img' });
+    const spacer = h('div');
+    const tip = h('div', { class: 'tip', hidden: true });
+    scroller.append(canvas, spacer);
+    const box = h('div', { class: 'timeline' }, scroller, tip);
+    let rowH = 20;
+    let drawn = false;
+
+    function layout() {
+      rowH = model.lanes.length > 60 ? 12 : 22;
+      const total = axis + model.lanes.length * rowH;
+      const height = Math.max(60, Math.min(420, total));
+      const width = Math.max(300, scroller.clientWidth || 800);
+      const dpr = window.devicePixelRatio || 1;
+      if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
+        canvas.width = Math.round(width * dpr);
+        canvas.height = Math.round(height * dpr);
+        canvas.style.width = width + 'px';
+        canvas.style.height = height + 'px';
+      }
+      spacer.style.height = Math.max(0, total - height) + 'px';
+      canvas.setAttribute('aria-label', 'Timeline of ' + SB.fmtNum(model.lanes.length) + ' units and '
+        + SB.fmtNum(model.attempts.length) + ' attempts; the attempts list below has the same data as text');
+      return { width, height, dpr };
+    }
+
+    function draw() {
+      drawn = true;
+      const { width, height, dpr } = layout();
+      const ctx = canvas.getContext('2d');
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, width, height);
+      ctx.font = '12px system-ui, sans-serif';
+      const origin = model.origin();
+      let span = 1;
+      for (const a of model.attempts) span = Math.max(span, Model.end(a) - origin);
+      const plot = width - label - 12;
+      const x = (us) => label + ((us - origin) / span) * plot;
+      // The axis: about 8 ticks of 1, 2 or 5 times a power of ten.
+      const raw = span / 8;
+      const p = Math.pow(10, Math.floor(Math.log10(raw)));
+      const step = [1, 2, 5, 10].map((m) => m * p).find((t) => t >= raw) || 10 * p;
+      ctx.fillStyle = '#5b6470';
+      ctx.strokeStyle = '#eef0f3';
+      for (let t = 0; t <= span; t += step) {
+        const px = x(origin + t);
+        ctx.fillText(SB.fmtDur(t / 1000), px + 2, 14);
+        ctx.beginPath();
+        ctx.moveTo(px + 0.5, axis);
+        ctx.lineTo(px + 0.5, height);
+        ctx.stroke();
+      }
+      const top = scroller.scrollTop;
+      const first = Math.floor(top / rowH);
+      const count = Math.ceil((height - axis) / rowH) + 1;
+      const barH = Math.max(4, rowH - 6);
+      for (let i = first; i < Math.min(model.lanes.length, first + count); i++) {
+        const lane = model.lanes[i];
+        const y = axis + (i - first) * rowH - (top % rowH);
+        if (y < axis - rowH) continue;
+        const critical = model.critical.has(lane.step);
+        if (critical) {
+          ctx.fillStyle = '#fdecea';
+          ctx.fillRect(0, y, label - 4, rowH);
+        }
+        if (rowH >= 12) {
+          ctx.fillStyle = critical ? '#b71c1c' : '#1b1f24';
+          ctx.font = (critical ? 'bold ' : '') + (rowH > 14 ? '12px' : '10px') + ' system-ui, sans-serif';
+          const name = lane.item === null || lane.item === undefined ? lane.step : lane.step + ' [' + lane.item + ']';
+          ctx.fillText(name.length > 24 ? name.slice(0, 23) + '…' : name, 4, y + rowH - (rowH > 14 ? 7 : 2));
+        }
+        for (const a of lane.bars) {
+          const start = x(a.started_us);
+          const queued = x(a.started_us + (a.status === 'started' ? 0 : a.usage.queue_wait));
+          const end = Math.max(x(Model.end(a)), start + 1.5);
+          ctx.fillStyle = '#cfd8dc';
+          ctx.fillRect(start, y + 3, Math.max(0, queued - start), barH);
+          ctx.fillStyle = colour(outcomeOf(a));
+          ctx.fillRect(queued, y + 3, Math.max(1.5, end - queued), barH);
+        }
+      }
+      ctx.fillStyle = '#fff';
+      ctx.fillRect(0, 0, label - 4, axis);
+      ctx.fillStyle = '#5b6470';
+      ctx.font = '12px system-ui, sans-serif';
+      ctx.fillText(SB.fmtNum(model.lanes.length) + ' units', 4, 14);
+      box.dataset.lanes = String(model.lanes.length);
+    }
+
+    let frame = 0;
+    const redraw = () => {
+      if (!frame) frame = requestAnimationFrame(() => { frame = 0; draw(); });
+    };
+    scroller.addEventListener('scroll', redraw, { passive: true });
+    new ResizeObserver(() => drawn && redraw()).observe(scroller);
+
+    canvas.addEventListener('mousemove', (e) => {
+      const r = canvas.getBoundingClientRect();
+      const px = e.clientX - r.left;
+      const py = e.clientY - r.top;
+      const i = Math.floor((py - axis + scroller.scrollTop) / rowH);
+      const lane = py > axis && model.lanes[i];
+      if (!lane) { tip.hidden = true; return; }
+      const origin = model.origin();
+      let span = 1;
+      for (const a of model.attempts) span = Math.max(span, Model.end(a) - origin);
+      const us = origin + ((px - label) / (r.width - label - 12)) * span;
+      const a = lane.bars.find((b) => us >= b.started_us - span / 200 && us <= Model.end(b) + span / 200)
+        || lane.bars[lane.bars.length - 1];
+      tip.textContent = unitName(a) + ' · attempt ' + a.attempt + ' · ' + outcomeOf(a) + ' · queued '
+        + SB.fmtDur(a.usage.queue_wait / 1000) + ', ran ' + SB.fmtDur(a.usage.wall_time / 1000)
+        + (model.critical.has(a.step) ? ' · critical path' : '') + (a.message ? ' · ' + a.message : '');
+      tip.hidden = false;
+      tip.style.left = Math.min(window.innerWidth - 330, e.clientX + 12) + 'px';
+      tip.style.top = e.clientY + 14 + 'px';
+    });
+    canvas.addEventListener('mouseleave', () => { tip.hidden = true; });
+    return { element: box, draw, redraw };
+  }
+
+  // ------------------------------------------------------- attempts list
+
+  function attemptList(model, onSelect) {
+    const filterBox = h('input', { type: 'search', id: 'a-filter', placeholder: 'step, item or outcome',
+      'aria-label': 'Filter attempts' });
+    const outcomeSel = h('select', { id: 'a-outcome', 'aria-label': 'Outcome' }, h('option', { value: '' }, 'any outcome'));
+    const summary = h('p', { class: 'muted', 'aria-live': 'polite' });
+    const spacer = h('div', { class: 'spacer' });
+    const list = h('div', { class: 'vlist', role: 'listbox', tabindex: 0, 'aria-label': 'Attempts' }, spacer);
+    const head = h('div', { class: 'vhead', 'aria-hidden': 'true' },
+      h('span', {}, 'Unit'), h('span', {}, 'Attempt'), h('span', {}, 'Outcome'), h('span', {}, 'Took'),
+      h('span', {}, 'Message'));
+    let rows = [];
+    let selected = -1;
+    let outcomesShown = '';
+
+    function refilter() {
+      const text = filterBox.value.trim().toLowerCase();
+      const want = outcomeSel.value;
+      rows = model.attempts.filter((a) => (!want || outcomeOf(a) === want)
+        && (!text || unitName(a).toLowerCase().includes(text) || outcomeOf(a).includes(text)));
+      rows.sort((a, b) => a.started_us - b.started_us || a.attempt - b.attempt);
+      const counts = {};
+      for (const a of model.attempts) counts[outcomeOf(a)] = (counts[outcomeOf(a)] || 0) + 1;
+      const keys = Object.keys(counts).sort().join();
+      if (keys !== outcomesShown) {
+        outcomesShown = keys;
+        const keep = outcomeSel.value;
+        outcomeSel.replaceChildren(h('option', { value: '' }, 'any outcome'),
+          ...Object.keys(counts).sort().map((o) => h('option', { value: o, selected: o === keep }, o)));
+      }
+      summary.textContent = SB.fmtNum(rows.length) + ' of ' + SB.fmtNum(model.attempts.length) + ' attempts: '
+        + Object.entries(counts).map(([o, n]) => SB.fmtNum(n) + ' ' + o).join(', ');
+      spacer.style.height = rows.length * ROW + 'px';
+      paint();
+    }
+
+    function paint() {
+      const top = list.scrollTop;
+      const first = Math.max(0, Math.floor(top / ROW) - 5);
+      const last = Math.min(rows.length, Math.ceil((top + (list.clientHeight || 420)) / ROW) + 5);
+      const els = [];
+      for (let i = first; i < last; i++) {
+        const a = rows[i];
+        const row = h('div', {
+          class: 'vrow', role: 'option', id: 'attempt-' + i, 'aria-selected': i === selected ? 'true' : 'false',
+          dataset: { index: i },
+        },
+        h('span', {}, unitName(a)), h('span', {}, '#' + a.attempt), h('span', {}, SB.status(outcomeOf(a))),
+        h('span', {}, a.status === 'started' ? '…' : SB.fmtDur((a.usage.queue_wait + a.usage.wall_time) / 1000)),
+        h('span', { class: 'muted' }, a.message || ''));
+        row.style.top = i * ROW + 'px';
+        els.push(row);
+      }
+      spacer.replaceChildren(...els);
+      if (selected >= 0) list.setAttribute('aria-activedescendant', 'attempt-' + selected);
+    }
+
+    function select(i, scroll) {
+      if (!rows.length) return;
+      selected = Math.max(0, Math.min(rows.length - 1, i));
+      if (scroll) {
+        const y = selected * ROW;
+        if (y < list.scrollTop) list.scrollTop = y;
+        else if (y + ROW > list.scrollTop + list.clientHeight) list.scrollTop = y + ROW - list.clientHeight;
+      }
+      paint();
+      onSelect(rows[selected]);
+    }
+
+    let framed = 0;
+    list.addEventListener('scroll', () => {
+      if (!framed) framed = requestAnimationFrame(() => { framed = 0; paint(); });
+    }, { passive: true });
+    list.addEventListener('click', (e) => {
+      const row = e.target.closest('.vrow');
+      if (row) select(Number(row.dataset.index), false);
+    });
+    list.addEventListener('keydown', (e) => {
+      const page = Math.max(1, Math.floor(list.clientHeight / ROW) - 1);
+      const moves = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1, PageDown: page, PageUp: -page };
+      if (e.key in moves) select(selected + moves[e.key], true);
+      else if (e.key === 'Home') select(0, true);
+      else if (e.key === 'End') select(rows.length - 1, true);
+      else if (e.key === 'Enter' && selected >= 0) onSelect(rows[selected], true);
+      else return;
+      e.preventDefault();
+      e.stopPropagation();
+    });
+    let typing = 0;
+    filterBox.addEventListener('input', () => {
+      clearTimeout(typing);
+      typing = setTimeout(() => { selected = -1; refilter(); }, 120);
+    });
+    outcomeSel.addEventListener('change', () => { selected = -1; refilter(); });
+    const element = h('div', {}, h('div', { class: 'filters' }, h('div', {}, h('label', { for: 'a-filter' }, 'Filter'),
+      filterBox), h('div', {}, h('label', { for: 'a-outcome' }, 'Outcome'), outcomeSel)), summary, head, list);
+    return { element, refilter, list };
+  }
+
+  // ---------------------------------------------------------------- page
+
+  SB.pages.run = async function runPage(main, id) {
+    const run = await SB.api('/v1/runs/' + id);
+    const model = new Model(run);
+    const statusSlot = h('span');
+    const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel' }, 'Cancel run');
+    const rerun = h('button', { type: 'button', class: 'secondary', id: 'rerun' }, 'Re-run');
+    const facts = h('dl', { class: 'facts' });
+    const io = h('div', { class: 'grid' });
+    const critical = h('p', { id: 'critical-path' }, h('span', { class: 'muted' }, 'Working out the critical path…'));
+    const stepsBody = h('tbody');
+    const usage = h('div', { class: 'panel', id: 'usage' });
+    const detail = h('div', { class: 'panel', id: 'attempt', tabindex: -1 },
+      h('p', { class: 'muted' }, 'Choose an attempt above (click, or arrow keys in the list) to see its outcome, use and log.'));
+    const logBox = h('pre', { class: 'data', id: 'log' });
+    const tl = timeline(model);
+    const list = attemptList(model, (a, focus) => { showAttempt(detail, a); if (focus) detail.focus(); });
+
+    const legend = h('ul', { class: 'legend', 'aria-label': 'Outcome colours' },
+      ['completed', 'started', 'retryable', 'failed', 'timeout', 'out-of-fuel', 'memory-limit', 'cancelled']
+        .map((o) => { const i = h('i'); i.style.background = colour(o); return h('li', {}, i, o); }),
+      h('li', {}, (() => { const i = h('i'); i.style.background = '#cfd8dc'; return i; })(), 'waiting for a slot'),
+      h('li', {}, (() => { const i = h('i'); i.style.background = '#fdecea'; return i; })(), 'critical path (bold)'));
+
+    main.append(
+      h('h1', {}, 'Run #' + run.id, statusSlot, h('span', { class: 'muted' }, 'of ',
+        h('a', { href: '/ui/workflows/' + encodeURIComponent(run.workflow) }, run.workflow)),
+      h('span', { class: 'actions' }, cancel, rerun)),
+      h('div', { class: 'panel' }, facts),
+      io,
+      h('h2', {}, 'Timeline'), legend, tl.element, critical,
+      h('h2', {}, 'Steps'),
+      h('div', { class: 'table-wrap' }, h('table', { id: 'steps' }, h('thead', {}, h('tr', {},
+        h('th', {}, 'Step'), h('th', { class: 'num' }, 'Units'), h('th', { class: 'num' }, 'Attempts'),
+        h('th', {}, 'Outcomes'), h('th', { class: 'num hide-narrow' }, 'Queued'),
+        h('th', { class: 'num hide-narrow' }, 'Ran'), h('th', {}, 'Critical path'))), stepsBody)),
+      h('h2', {}, 'Use against limits'),
+      h('p', { class: 'muted' }, 'Per step, its attempt that came nearest each limit.'), usage,
+      h('h2', {}, 'Attempts'), list.element, detail,
+      h('h2', {}, 'Log'), logBox);
+
+    function drawHead() {
+      const r = model.run;
+      statusSlot.replaceChildren(SB.status(r.status));
+      statusSlot.id = 'run-status';
+      statusSlot.dataset.status = r.status;
+      const live = !ENDED.includes(r.status);
+      cancel.hidden = !live;
+      rerun.disabled = r.input === null || r.collected;
+      facts.replaceChildren(
+        h('dt', {}, 'Status'), h('dd', {}, SB.status(r.status), r.live && live ? ' (' + r.live + ' on this host)' : ''),
+        h('dt', {}, 'Accepted'), h('dd', {}, SB.fmtTime(r.accepted_at)),
+        h('dt', {}, 'Started'), h('dd', {}, SB.fmtTime(r.started_at)),
+        h('dt', {}, 'Finished'), h('dd', {}, SB.fmtTime(r.finished_at)),
+        h('dt', {}, 'Duration'), h('dd', {}, SB.fmtDur(SB.runDuration(r))),
+        ...(r.error ? [h('dt', {}, 'Error'), h('dd', { class: 'error' }, r.error)] : []),
+        ...(r.collected ? [h('dt', {}, 'Payloads'), h('dd', {}, 'removed by retention')] : []));
+    }
+    function drawIo() {
+      const r = model.run;
+      io.replaceChildren(
+        h('div', {}, h('h2', {}, 'Input'), h('pre', { class: 'data', id: 'input' }, show(r.input))),
+        h('div', {}, h('h2', {}, 'Output'), h('pre', { class: 'data', id: 'output' },
+          r.output === null ? (ENDED.includes(r.status) ? '(none)' : '(not yet)') : show(r.output))));
+    }
+    function drawSteps() {
+      const steps = model.steps();
+      stepsBody.replaceChildren(...steps.map((s) => h('tr', {},
+        h('td', {}, s.step), h('td', { class: 'num' }, SB.fmtNum(s.units.size)),
+        h('td', { class: 'num' }, SB.fmtNum(s.attempts)),
+        h('td', {}, Object.entries(s.outcomes).map(([o, n]) => h('span', {}, SB.status(o), ' ', SB.fmtNum(n), ' '))),
+        h('td', { class: 'num hide-narrow' }, SB.fmtDur(s.queue / 1000)),
+        h('td', { class: 'num hide-narrow' }, SB.fmtDur(s.exec / 1000)),
+        h('td', {}, model.critical.has(s.step) ? '★ on it' : ''))));
+      usage.replaceChildren(...(steps.length ? steps.map((s) => h('div', { class: 'usage-step' },
+        h('strong', {}, s.step), s.units.size > 1 ? h('span', { class: 'muted' }, ' (highest of '
+          + SB.fmtNum(s.units.size) + ' units)') : '',
+        usageBars(['fuel', 'memory', 'time', 'scratch'].map((k) => [k, s.use[k][0], s.use[k][1]]))))
+        : [h('p', { class: 'muted' }, 'No attempt has ended yet.')]));
+    }
+    function drawLog() {
+      const parts = [];
+      let size = 0;
+      let more = 0;
+      for (const a of model.attempts) {
+        if (!a.log) continue;
+        const text = typeof a.log === 'string' ? a.log : JSON.stringify(a.log);
+        if (size > 200000) { more++; continue; }
+        parts.push('── ' + unitName(a) + ' · attempt ' + a.attempt + '\n' + text.replace(/\n?$/, '\n'));
+        size += text.length;
+      }
+      logBox.textContent = parts.length ? parts.join('') + (more ? '… and the logs of ' + more
+        + ' more attempts: choose one above' : '') : '(no attempt logged anything)';
+    }
+    function drawAll() {
+      drawHead();
+      drawIo();
+      tl.draw();
+      drawSteps();
+      list.refilter();
+      drawLog();
+    }
+    drawAll();
+    // What the browser test and the budget measure: the page shows the run
+    // and answers input.
+    performance.mark('stepbox:interactive');
+    document.documentElement.dataset.interactive = String(Math.round(performance.now()));
+
+    const loadReport = async () => {
+      try {
+        const report = await SB.api('/v1/runs/' + id + '/report');
+        model.critical = new Set(report.critical_path);
+        critical.replaceChildren(report.critical_path.length
+          ? h('span', {}, h('strong', {}, 'Critical path: '), report.critical_path.join(' → '),
+            ' · wall ' + SB.fmtDur(report.wall) + ', waited ' + SB.fmtDur(report.admission_wait) + ' for admission')
+          : h('span', { class: 'muted' }, 'No critical path (no step has run).'),
+        ...report.insights.slice(0, 5).map((i) => h('span', { class: 'muted' }, h('br'), '• ' + i.message)));
+        tl.redraw();
+        drawSteps();
+      } catch (e) {
+        critical.replaceChildren(SB.errorBox(e));
+      }
+    };
+    loadReport();
+
+    cancel.addEventListener('click', async () => {
+      cancel.disabled = true;
+      try {
+        await SB.api('/v1/runs/' + id + '/cancel', { method: 'POST' });
+        SB.toast('Cancelling run #' + id + '…');
+      } catch (e) {
+        SB.toast('Not cancelled: ' + e.message);
+        cancel.disabled = false;
+      }
+    });
+    rerun.addEventListener('click', async () => {
+      rerun.disabled = true;
+      try {
+        const again = await SB.api('/v1/workflows/' + encodeURIComponent(model.run.workflow) + '/runs',
+          { method: 'POST', body: JSON.stringify(model.run.input), headers: { 'Content-Type': 'application/json' } });
+        SB.go('/ui/runs/' + again.id);
+      } catch (e) {
+        SB.toast('Not re-run: ' + e.message);
+        rerun.disabled = false;
+      }
+    });
+
+    if (!ENDED.includes(run.status)) follow(id, model, { drawHead, drawAll, tl, list, drawSteps, drawLog, loadReport });
+  };
+
+  // Follows the run's events; applies each burst once per frame, and the
+  // costlier summaries at most four times a second.
+  function follow(id, model, view) {
+    const source = new EventSource('/v1/runs/' + id + '/events');
+    let queue = [];
+    let frame = 0;
+    let lastSummary = 0;
+    let summaryTimer = 0;
+    let closed = false;
+    const summaries = () => {
+      lastSummary = performance.now();
+      summaryTimer = 0;
+      view.drawSteps();
+      view.list.refilter();
+      view.drawLog();
+    };
+    const flush = () => {
+      frame = 0;
+      for (const a of queue) model.upsert(a);
+      queue = [];
+      view.tl.redraw();
+      const wait = 250 - (performance.now() - lastSummary);
+      if (wait <= 0) summaries();
+      else if (!summaryTimer) summaryTimer = setTimeout(summaries, wait);
+    };
+    source.addEventListener('attempt', (e) => {
+      queue.push(JSON.parse(e.data));
+      if (!frame) frame = requestAnimationFrame(flush);
+    });
+    source.addEventListener('status', (e) => {
+      model.run.status = JSON.parse(e.data).status;
+      view.drawHead();
+    });
+    source.addEventListener('end', async () => {
+      close();
+      try {
+        const run = await SB.api('/v1/runs/' + id);
+        model.run = run;
+        for (const a of run.attempts) model.upsert(a);
+        view.drawAll();
+        view.loadReport();
+      } catch (_) { /* the page stays as it was */ }
+    });
+    source.addEventListener('error', (e) => {
+      if (e.data) SB.toast('The run cannot be followed: ' + JSON.parse(e.data).detail);
+    });
+    // Running bars grow with time even without news.
+    const tick = setInterval(() => view.tl.redraw(), 500);
+    function close() {
+      if (closed) return;
+      closed = true;
+      source.close();
+      clearInterval(tick);
+      clearTimeout(summaryTimer);
+      if (frame) cancelAnimationFrame(frame);
+    }
+    SB.onLeave(close);
+  }
+
+  function show(v) {
+    if (v === null || v === undefined) return '(none)';
+    const text = typeof v === 'string' ? v : JSON.stringify(v, null, 2);
+    return text.length > 100000 ? text.slice(0, 100000) + '\n… (' + SB.fmtNum(text.length) + ' characters)' : text;
+  }
+
+  function showAttempt(box, a) {
+    const ended = a.status !== 'started';
+    box.replaceChildren(
+      h('h3', {}, unitName(a) + ' · attempt ' + a.attempt + ' ', SB.status(outcomeOf(a))),
+      h('dl', { class: 'facts' },
+        h('dt', {}, 'Started'), h('dd', {}, SB.fmtTime(a.started_at)),
+        h('dt', {}, 'Waited'), h('dd', {}, ended ? SB.fmtDur(a.usage.queue_wait / 1000) : '—'),
+        h('dt', {}, 'Ran'), h('dd', {}, ended ? SB.fmtDur(a.usage.wall_time / 1000) : 'running'),
+        h('dt', {}, 'Component'), h('dd', { class: 'mono' }, a.component || '—'),
+        ...(a.message ? [h('dt', {}, 'Message'), h('dd', { class: 'error' }, a.message)] : []),
+        ...(a.timeout_level ? [h('dt', {}, 'Timeout'), h('dd', {}, a.timeout_level)] : []),
+        h('dt', {}, 'Last word'), h('dd', {}, a.last ? 'yes' : 'no: retried')),
+      ended ? usageBars(usageOf(a)) : '',
+      h('h4', {}, 'Output'), h('pre', { class: 'data' }, show(a.output)),
+      h('h4', {}, 'Log'), h('pre', { class: 'data' }, a.log ? show(a.log) : '(empty)'));
+  }
+})();
