@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod attempts;
 mod auth;
 mod catalog;
 mod dashboard;

@@ -98,9 +98,23 @@ fn operation(method: &str, path: &str) -> Operation {
                 &[("200", "a page and the next cursor")],
             )
         },
-        ("GET", "/v1/runs/{id}") => op(
-            "A run's history: attempts, outcomes, usage",
-            &[("200", "the run"), ("404", "no such run for this tenant")],
+        ("GET", "/v1/runs/{id}") => Operation {
+            query: &["attempts"],
+            ..op(
+                "A run's history: attempts, outcomes, usage; `attempts=table` lists the attempts as one compact table",
+                &[("200", "the run"), ("404", "no such run for this tenant")],
+            )
+        },
+        ("GET", "/v1/runs/{id}/attempts") => Operation {
+            query: &["step", "item", "attempt", "limit"],
+            ..op(
+                "A run's attempts that match, in full (output and log)",
+                &[("200", "the attempts"), ("404", "no such run")],
+            )
+        },
+        ("GET", "/v1/runs/{id}/log") => op(
+            "Every attempt's log as text, in the order they started (cut at 1 MiB)",
+            &[("200", "text/plain"), ("404", "no such run")],
         ),
         ("POST", "/v1/runs/{id}/cancel") => op(
             "Cancel a run",

@@ -15,7 +15,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use super::auth::{Unauthorized, bearer};
 use super::problem::{Problem, panic_response, problems};
 use super::state::AppState;
-use super::{dashboard, events, overview, runs, uploads};
+use super::{attempts, dashboard, events, overview, runs, uploads};
 
 /// The content type of the classic Prometheus text format.
 const METRICS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,6 +38,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/runs/{id}/cancel"),
     ("GET", "/v1/runs/{id}/events"),
     ("GET", "/v1/runs/{id}/report"),
+    ("GET", "/v1/runs/{id}/attempts"),
+    ("GET", "/v1/runs/{id}/log"),
     ("GET", "/v1/hosts"),
     ("GET", "/v1/overview"),
     ("GET", "/v1/workflows/{name}/report"),
@@ -86,6 +88,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runs/{id}/report", get(runs::report))
+        .route("/v1/runs/{id}/attempts", get(attempts::attempts))
+        .route("/v1/runs/{id}/log", get(attempts::log))
         .route("/v1/hosts", get(runs::hosts))
         .route("/v1/overview", get(overview::overview))
         .route("/v1/workflows/{name}/report", get(overview::workflow_report));

@@ -478,13 +478,30 @@ fn payload(bytes: Option<&[u8]>) -> Value {
     }
 }
 
+/// `?attempts=` on a run: `full` (the default) or `table`.
+#[derive(Debug, Deserialize)]
+pub struct ShowQuery {
+    attempts: Option<String>,
+}
+
 /// `GET /v1/runs/{id}`.
 pub async fn show(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    Query(query): Query<ShowQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let table = match query.attempts.as_deref() {
+        None | Some("full") => false,
+        Some("table") => true,
+        Some(other) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`attempts` is `full` or `table`, not `{other}`"),
+            ));
+        }
+    };
     let history = history_of(&state, &tenant, &id).await?;
     if accepts(&headers, "text/plain") {
         return Ok(plain(crate::report::text::history_text(&history)));
@@ -492,7 +509,10 @@ pub async fn show(
     let mut view = summary_view(&history.summary);
     view["input"] = payload(history.input.as_deref());
     view["output"] = payload(history.output.as_deref());
-    view["attempts"] = history.attempts.iter().map(attempt_view).collect();
+    view["attempts"] = match table {
+        true => Value::Null,
+        false => history.attempts.iter().map(attempt_view).collect(),
+    };
     view["state"] = history
         .state
         .iter()
@@ -500,6 +520,14 @@ pub async fn show(
         .collect::<serde_json::Map<_, _>>()
         .into();
     view["live"] = json!(state.host.live(history.summary.id).map(|run| run.status()));
+    if table {
+        let mut body = view.to_string();
+        body.pop();
+        body.push_str(",\"attempt_table\":");
+        body.push_str(&super::attempts::attempt_table(&history.attempts));
+        body.push('}');
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     Ok(Json(view).into_response())
 }
 

@@ -78,7 +78,7 @@
       const g = s('g', {});
       g.append(s('rect', { x: p.x, y: p.y, width: W, height: H, rx: 8, fill: '#fff',
         stroke: bad ? '#c62828' : '#1f4e79', 'stroke-width': bad ? 2 : 1.5 }));
-      g.append(s('text', { x: p.x + 10, y: p.y + 20, 'font-weight': 600 }, (st.for_each ? '⧉ ' : '') + st.id));
+      g.append(s('text', { x: p.x + 10, y: p.y + 20, 'font-weight': 600 }, st.id + (st.for_each ? ' (for_each)' : '')));
       g.append(s('text', { x: p.x + 10, y: p.y + 38, fill: '#5b6470' },
         stat ? 'p50 ' + SB.fmtDur(stat.p50) + ' · p95 ' + SB.fmtDur(stat.p95) : 'no attempts yet'));
       g.append(s('text', { x: p.x + 10, y: p.y + 54, fill: bad ? '#c62828' : '#5b6470' },

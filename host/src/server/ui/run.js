@@ -22,6 +22,23 @@
   const keyOf = (a) => a.step + '\u0000' + (a.item === null || a.item === undefined ? '' : a.item);
   const unitName = (a) => (a.item === null || a.item === undefined ? a.step : a.step + ' [' + a.item + ']');
 
+  // The compact attempt table (GET /v1/runs/{id}?attempts=table) as the
+  // objects the full views are: no output or log, read on demand.
+  function fromTable(t) {
+    const col = Object.fromEntries(t.columns.map((c, i) => [c, i]));
+    const str = (v) => (v === null ? null : t.strings[v]);
+    return t.rows.map((r) => ({
+      step: str(r[col.step]), item: r[col.item], attempt: r[col.attempt], status: str(r[col.status]),
+      outcome: str(r[col.outcome]), started_at: r[col.started_at], started_us: r[col.started_us],
+      usage: { queue_wait: r[col.queue_wait_us], wall_time: r[col.wall_time_us], fuel_consumed: r[col.fuel_consumed],
+        peak_memory: r[col.peak_memory], peak_scratch: r[col.peak_scratch] },
+      limits: { fuel: r[col.fuel_limit], memory: r[col.memory_limit], time: r[col.time_limit_ms],
+        scratch: r[col.scratch_limit] },
+      message: str(r[col.message]), last: r[col.last], component: str(r[col.component]),
+      timeout_level: str(r[col.timeout_level]), partial: true,
+    }));
+  }
+
   // The run's attempts, by unit (lane), updated in place as news comes.
   class Model {
     constructor(run) {
@@ -31,7 +48,8 @@
       this.lanes = [];
       this.laneOf = new Map();
       this.critical = new Set();
-      for (const a of run.attempts) this.upsert(a);
+      for (const a of run.attempts || fromTable(run.attempt_table)) this.upsert(a);
+      delete run.attempt_table;
     }
     upsert(a) {
       const k = keyOf(a) + '\u0000' + a.attempt;
@@ -178,7 +196,7 @@
       ctx.strokeStyle = '#eef0f3';
       for (let t = 0; t <= span; t += step) {
         const px = x(origin + t);
-        ctx.fillText(SB.fmtDur(t / 1000), px + 2, 14);
+        ctx.fillText(t === 0 ? '0' : SB.fmtDur(t / 1000), px + 2, 14);
         ctx.beginPath();
         ctx.moveTo(px + 0.5, axis);
         ctx.lineTo(px + 0.5, height);
@@ -355,7 +373,7 @@
   // ---------------------------------------------------------------- page
 
   SB.pages.run = async function runPage(main, id) {
-    const run = await SB.api('/v1/runs/' + id);
+    const run = await SB.api('/v1/runs/' + id + '?attempts=table');
     const model = new Model(run);
     const statusSlot = h('span');
     const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel' }, 'Cancel run');
@@ -369,7 +387,7 @@
       h('p', { class: 'muted' }, 'Choose an attempt above (click, or arrow keys in the list) to see its outcome, use and log.'));
     const logBox = h('pre', { class: 'data', id: 'log' });
     const tl = timeline(model);
-    const list = attemptList(model, (a, focus) => { showAttempt(detail, a); if (focus) detail.focus(); });
+    const list = attemptList(model, (a, focus) => { showAttempt(id, detail, a); if (focus) detail.focus(); });
 
     const legend = h('ul', { class: 'legend', 'aria-label': 'Outcome colours' },
       ['completed', 'started', 'retryable', 'failed', 'timeout', 'out-of-fuel', 'memory-limit', 'cancelled']
@@ -433,19 +451,16 @@
         usageBars(['fuel', 'memory', 'time', 'scratch'].map((k) => [k, s.use[k][0], s.use[k][1]]))))
         : [h('p', { class: 'muted' }, 'No attempt has ended yet.')]));
     }
-    function drawLog() {
-      const parts = [];
-      let size = 0;
-      let more = 0;
-      for (const a of model.attempts) {
-        if (!a.log) continue;
-        const text = typeof a.log === 'string' ? a.log : JSON.stringify(a.log);
-        if (size > 200000) { more++; continue; }
-        parts.push('── ' + unitName(a) + ' · attempt ' + a.attempt + '\n' + text.replace(/\n?$/, '\n'));
-        size += text.length;
+    let logSeq = 0;
+    async function drawLog() {
+      const seq = ++logSeq;
+      try {
+        const res = await fetch('/v1/runs/' + id + '/log', { credentials: 'same-origin' });
+        const text = await res.text();
+        if (seq === logSeq) logBox.textContent = res.ok ? text || '(no attempt logged anything)' : text;
+      } catch (e) {
+        if (seq === logSeq) logBox.textContent = 'The log cannot be read: ' + e.message;
       }
-      logBox.textContent = parts.length ? parts.join('') + (more ? '… and the logs of ' + more
-        + ' more attempts: choose one above' : '') : '(no attempt logged anything)';
     }
     function drawAll() {
       drawHead();
@@ -512,12 +527,16 @@
     let lastSummary = 0;
     let summaryTimer = 0;
     let closed = false;
+    let lastLog = 0;
     const summaries = () => {
       lastSummary = performance.now();
       summaryTimer = 0;
       view.drawSteps();
       view.list.refilter();
-      view.drawLog();
+      if (lastSummary - lastLog > 2000) {
+        lastLog = lastSummary;
+        view.drawLog();
+      }
     };
     const flush = () => {
       frame = 0;
@@ -539,9 +558,10 @@
     source.addEventListener('end', async () => {
       close();
       try {
-        const run = await SB.api('/v1/runs/' + id);
+        const run = await SB.api('/v1/runs/' + id + '?attempts=table');
+        for (const a of fromTable(run.attempt_table)) model.upsert(a);
+        delete run.attempt_table;
         model.run = run;
-        for (const a of run.attempts) model.upsert(a);
         view.drawAll();
         view.loadReport();
       } catch (_) { /* the page stays as it was */ }
@@ -568,7 +588,19 @@
     return text.length > 100000 ? text.slice(0, 100000) + '\n… (' + SB.fmtNum(text.length) + ' characters)' : text;
   }
 
-  function showAttempt(box, a) {
+  async function showAttempt(id, box, a) {
+    if (a.partial) {
+      box.replaceChildren(h('p', { class: 'muted' }, 'Reading ' + unitName(a) + ' · attempt ' + a.attempt + '…'));
+      const q = new URLSearchParams({ step: a.step, attempt: a.attempt });
+      if (a.item !== null && a.item !== undefined) q.set('item', a.item);
+      try {
+        const found = (await SB.api('/v1/runs/' + id + '/attempts?' + q)).attempts[0];
+        if (found) a = found;
+      } catch (e) {
+        box.replaceChildren(SB.errorBox(e));
+        return;
+      }
+    }
     const ended = a.status !== 'started';
     box.replaceChildren(
       h('h3', {}, unitName(a) + ' · attempt ' + a.attempt + ' ', SB.status(outcomeOf(a))),
