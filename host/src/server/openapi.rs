@@ -101,7 +101,7 @@ fn operation(method: &str, path: &str) -> Operation {
         ("GET", "/v1/runs/{id}") => Operation {
             query: &["attempts"],
             ..op(
-                "A run's history: attempts, outcomes, usage; `attempts=table` lists the attempts as one compact table",
+                "A run's history: attempts, outcomes, usage; `attempts=table` lists the attempts as one compact table, `none` leaves them out",
                 &[("200", "the run"), ("404", "no such run for this tenant")],
             )
         },
@@ -128,10 +128,13 @@ fn operation(method: &str, path: &str) -> Operation {
             "The run's journal as Server-Sent Events: history, then live, then the end",
             &[("200", "text/event-stream")],
         ),
-        ("GET", "/v1/runs/{id}/report") => op(
-            "The run's analysis (JSON), or its timeline with Accept: image/svg+xml",
-            &[("200", "the report"), ("404", "no such run")],
-        ),
+        ("GET", "/v1/runs/{id}/report") => Operation {
+            query: &["lanes"],
+            ..op(
+                "The run's analysis (JSON; `lanes=none` leaves out the timeline's lanes), or its timeline with Accept: image/svg+xml",
+                &[("200", "the report"), ("404", "no such run")],
+            )
+        },
         ("GET", "/v1/hosts") => op(
             "The hosts writing to the journal: heartbeats, leases, the runs each owns",
             &[("200", "the hosts")],

@@ -478,11 +478,19 @@ fn payload(bytes: Option<&[u8]>) -> Value {
     }
 }
 
-/// `?attempts=` on a run: `full` (the default) or `table`.
+/// `?attempts=` on a run: `full` (the default), `table` or `none`; with
+/// `table` or `none`, `payloads=full` keeps a large input or output whole.
 #[derive(Debug, Deserialize)]
 pub struct ShowQuery {
     attempts: Option<String>,
+    payloads: Option<String>,
 }
+
+/// With `attempts=table`, inputs and outputs larger than this are cut to
+/// [`PREVIEW`] bytes of text (and their size given): a 10,000-item run's
+/// output is megabytes nobody reads at once.
+const INLINE_PAYLOAD: usize = 64 * 1024;
+const PREVIEW: usize = 4 * 1024;
 
 /// `GET /v1/runs/{id}`.
 pub async fn show(
@@ -492,13 +500,14 @@ pub async fn show(
     Query(query): Query<ShowQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let table = match query.attempts.as_deref() {
-        None | Some("full") => false,
-        Some("table") => true,
+    let (table, none) = match query.attempts.as_deref() {
+        None | Some("full") => (false, false),
+        Some("table") => (true, false),
+        Some("none") => (false, true),
         Some(other) => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
-                format!("`attempts` is `full` or `table`, not `{other}`"),
+                format!("`attempts` is `full`, `table` or `none`, not `{other}`"),
             ));
         }
     };
@@ -507,9 +516,22 @@ pub async fn show(
         return Ok(plain(crate::report::text::history_text(&history)));
     }
     let mut view = summary_view(&history.summary);
-    view["input"] = payload(history.input.as_deref());
-    view["output"] = payload(history.output.as_deref());
-    view["attempts"] = match table {
+    let cut = (table || none) && query.payloads.as_deref() != Some("full");
+    for (name, bytes) in [("input", &history.input), ("output", &history.output)] {
+        match bytes.as_deref() {
+            Some(b) if cut && b.len() > INLINE_PAYLOAD => {
+                // Cut before a character's continuation bytes, not inside it.
+                let mut end = PREVIEW;
+                while end > 0 && b[end] & 0xC0 == 0x80 {
+                    end -= 1;
+                }
+                view[name] = Value::String(String::from_utf8_lossy(&b[..end]).into_owned());
+                view[format!("{name}_cut")] = json!(b.len());
+            }
+            other => view[name] = payload(other),
+        }
+    }
+    view["attempts"] = match table || none {
         true => Value::Null,
         false => history.attempts.iter().map(attempt_view).collect(),
     };
@@ -566,27 +588,48 @@ pub async fn cancel(
         .into_response())
 }
 
+/// `?lanes=none` on a report: without its timeline's lanes (one per unit:
+/// 10,000 for a 10,000-item fan-out), for a reader that draws its own.
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    lanes: Option<String>,
+}
+
 /// `GET /v1/runs/{id}/report`: the analysis as JSON, or with `Accept:
 /// image/svg+xml` its timeline.
 pub async fn report(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    Query(query): Query<ReportQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let lanes = match query.lanes.as_deref() {
+        None | Some("all") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`lanes` is `all` or `none`, not `{other}`"),
+            ));
+        }
+    };
     let history = history_of(&state, &tenant, &id).await?;
     let reader = Arc::clone(&state.reader);
     let digest = history.summary.workflow_digest.clone();
     let definition = blocking(move || reader.definition(&digest))
         .await?
         .map_err(|e| store_problem(&e))?;
-    let analysis = crate::report::RunAnalysis::new(&history, definition.as_ref());
+    let mut analysis = crate::report::RunAnalysis::new(&history, definition.as_ref());
     if accepts(&headers, "image/svg+xml") {
         let svg = crate::report::svg::render(&analysis);
         return Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response());
     }
     if accepts(&headers, "text/plain") {
         return Ok(plain(analysis.text()));
+    }
+    if !lanes {
+        analysis.lanes = Vec::new();
     }
     Ok(Json(analysis).into_response())
 }

@@ -72,10 +72,17 @@
       if (i >= 0) lane.bars[i] = a;
       else lane.bars.push(a);
     }
-    origin() {
+    // The first start and the span to the last end, in µs.
+    extent() {
       let min = Infinity;
-      for (const a of this.attempts) if (a.started_us < min) min = a.started_us;
-      return min === Infinity ? 0 : min;
+      let max = 0;
+      const now = Date.now() * 1000;
+      for (const a of this.attempts) {
+        if (a.started_us < min) min = a.started_us;
+        const end = a.status === 'started' ? now : a.started_us + a.usage.queue_wait + a.usage.wall_time;
+        if (end > max) max = end;
+      }
+      return min === Infinity ? [0, 1] : [min, Math.max(1, max - min)];
     }
     // The end of an attempt in µs since the epoch; a running one ends now.
     static end(a) {
@@ -83,13 +90,16 @@
       return a.started_us + a.usage.queue_wait + a.usage.wall_time;
     }
     // Per step: units, attempts, outcomes, time, peak use against limits.
+    // Runs over every attempt often while a big run is live: no allocation
+    // per attempt.
     steps() {
       const steps = new Map();
+      const kinds = ['fuel', 'memory', 'time', 'scratch'];
       for (const a of this.attempts) {
         let s = steps.get(a.step);
         if (!s) {
-          s = { step: a.step, units: new Set(), attempts: 0, outcomes: {}, queue: 0, exec: 0, first: Infinity, last: 0,
-            use: { fuel: [0, 0], memory: [0, 0], time: [0, 0], scratch: [0, 0] }, at: {} };
+          s = { step: a.step, units: new Set(), attempts: 0, outcomes: {}, queue: 0, exec: 0,
+            use: { fuel: [0, 0], memory: [0, 0], time: [0, 0], scratch: [0, 0] } };
           steps.set(a.step, s);
         }
         s.units.add(a.item);
@@ -98,14 +108,17 @@
         s.outcomes[o] = (s.outcomes[o] || 0) + 1;
         s.queue += a.usage.queue_wait;
         s.exec += a.usage.wall_time;
-        s.first = Math.min(s.first, a.started_us);
-        s.last = Math.max(s.last, Model.end(a));
-        if (a.status !== 'started') {
-          for (const [kind, used, limit] of usageOf(a)) {
-            if (limit > 0 && used / limit >= (s.use[kind][1] ? s.use[kind][0] / s.use[kind][1] : -1)) {
-              s.use[kind] = [used, limit];
-              s.at[kind] = a;
-            }
+        if (a.status === 'started') continue;
+        const u = a.usage;
+        const l = a.limits;
+        for (let k = 0; k < 4; k++) {
+          const used = k === 0 ? u.fuel_consumed : k === 1 ? u.peak_memory : k === 2
+            ? (u.queue_wait + u.wall_time) / 1000 : u.peak_scratch;
+          const limit = k === 0 ? l.fuel : k === 1 ? l.memory : k === 2 ? l.time : l.scratch;
+          const best = s.use[kinds[k]];
+          if (limit > 0 && (best[1] === 0 || used / limit > best[0] / best[1])) {
+            best[0] = used;
+            best[1] = limit;
           }
         }
       }
@@ -158,11 +171,17 @@
     let rowH = 20;
     let drawn = false;
 
+    // The size is read from the layout only when it may have changed (a
+    // resize), and attributes are written only when they change: forcing a
+    // layout on every frame of a live run would be what stalls the page.
+    let knownWidth = 0;
+    let laidLanes = -1;
     function layout() {
       rowH = model.lanes.length > 60 ? 12 : 22;
       const total = axis + model.lanes.length * rowH;
       const height = Math.max(60, Math.min(420, total));
-      const width = Math.max(300, scroller.clientWidth || 800);
+      if (!knownWidth) knownWidth = Math.max(300, scroller.clientWidth || 800);
+      const width = knownWidth;
       const dpr = window.devicePixelRatio || 1;
       if (canvas.width !== Math.round(width * dpr) || canvas.height !== Math.round(height * dpr)) {
         canvas.width = Math.round(width * dpr);
@@ -170,9 +189,13 @@
         canvas.style.width = width + 'px';
         canvas.style.height = height + 'px';
       }
-      spacer.style.height = Math.max(0, total - height) + 'px';
-      canvas.setAttribute('aria-label', 'Timeline of ' + SB.fmtNum(model.lanes.length) + ' units and '
-        + SB.fmtNum(model.attempts.length) + ' attempts; the attempts list below has the same data as text');
+      if (laidLanes !== model.lanes.length) {
+        laidLanes = model.lanes.length;
+        spacer.style.height = Math.max(0, total - height) + 'px';
+        canvas.setAttribute('aria-label', 'Timeline of ' + SB.fmtNum(model.lanes.length)
+          + ' units; the attempts list below has the same data as text');
+        box.dataset.lanes = String(model.lanes.length);
+      }
       return { width, height, dpr };
     }
 
@@ -183,9 +206,7 @@
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
       ctx.clearRect(0, 0, width, height);
       ctx.font = '12px system-ui, sans-serif';
-      const origin = model.origin();
-      let span = 1;
-      for (const a of model.attempts) span = Math.max(span, Model.end(a) - origin);
+      const [origin, span] = model.extent();
       const plot = width - label - 12;
       const x = (us) => label + ((us - origin) / span) * plot;
       // The axis: about 8 ticks of 1, 2 or 5 times a power of ten.
@@ -236,7 +257,6 @@
       ctx.fillStyle = '#5b6470';
       ctx.font = '12px system-ui, sans-serif';
       ctx.fillText(SB.fmtNum(model.lanes.length) + ' units', 4, 14);
-      box.dataset.lanes = String(model.lanes.length);
     }
 
     let frame = 0;
@@ -244,7 +264,7 @@
       if (!frame) frame = requestAnimationFrame(() => { frame = 0; draw(); });
     };
     scroller.addEventListener('scroll', redraw, { passive: true });
-    new ResizeObserver(() => drawn && redraw()).observe(scroller);
+    new ResizeObserver(() => { knownWidth = 0; if (drawn) redraw(); }).observe(scroller);
 
     canvas.addEventListener('mousemove', (e) => {
       const r = canvas.getBoundingClientRect();
@@ -253,9 +273,7 @@
       const i = Math.floor((py - axis + scroller.scrollTop) / rowH);
       const lane = py > axis && model.lanes[i];
       if (!lane) { tip.hidden = true; return; }
-      const origin = model.origin();
-      let span = 1;
-      for (const a of model.attempts) span = Math.max(span, Model.end(a) - origin);
+      const [origin, span] = model.extent();
       const us = origin + ((px - label) / (r.width - label - 12)) * span;
       const a = lane.bars.find((b) => us >= b.started_us - span / 200 && us <= Model.end(b) + span / 200)
         || lane.bars[lane.bars.length - 1];
@@ -291,7 +309,6 @@
       const want = outcomeSel.value;
       rows = model.attempts.filter((a) => (!want || outcomeOf(a) === want)
         && (!text || unitName(a).toLowerCase().includes(text) || outcomeOf(a).includes(text)));
-      rows.sort((a, b) => a.started_us - b.started_us || a.attempt - b.attempt);
       const counts = {};
       for (const a of model.attempts) counts[outcomeOf(a)] = (counts[outcomeOf(a)] || 0) + 1;
       const keys = Object.keys(counts).sort().join();
@@ -374,6 +391,7 @@
 
   SB.pages.run = async function runPage(main, id) {
     const run = await SB.api('/v1/runs/' + id + '?attempts=table');
+    performance.mark('stepbox:run-read');
     const model = new Model(run);
     const statusSlot = h('span');
     const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel' }, 'Cancel run');
@@ -431,10 +449,11 @@
     }
     function drawIo() {
       const r = model.run;
+      const whole = (name) => async () => (await SB.api('/v1/runs/' + r.id + '?attempts=table&payloads=full'))[name];
       io.replaceChildren(
-        h('div', {}, h('h2', {}, 'Input'), h('pre', { class: 'data', id: 'input' }, show(r.input))),
-        h('div', {}, h('h2', {}, 'Output'), h('pre', { class: 'data', id: 'output' },
-          r.output === null ? (ENDED.includes(r.status) ? '(none)' : '(not yet)') : show(r.output))));
+        h('div', {}, h('h2', {}, 'Input'), payloadBox('input', r.input, '(none)', r.input_cut, whole('input'))),
+        h('div', {}, h('h2', {}, 'Output'), payloadBox('output', r.output,
+          ENDED.includes(r.status) ? '(none)' : '(not yet)', r.output_cut, whole('output'))));
     }
     function drawSteps() {
       const steps = model.steps();
@@ -478,7 +497,7 @@
 
     const loadReport = async () => {
       try {
-        const report = await SB.api('/v1/runs/' + id + '/report');
+        const report = await SB.api('/v1/runs/' + id + '/report?lanes=none');
         model.critical = new Set(report.critical_path);
         critical.replaceChildren(report.critical_path.length
           ? h('span', {}, h('strong', {}, 'Critical path: '), report.critical_path.join(' → '),
@@ -518,37 +537,35 @@
     if (!ENDED.includes(run.status)) follow(id, model, { drawHead, drawAll, tl, list, drawSteps, drawLog, loadReport });
   };
 
-  // Follows the run's events; applies each burst once per frame, and the
-  // costlier summaries at most four times a second.
+  // Follows the run's events. Events are only queued as they come; each
+  // frame applies at most a slice of them, and the costlier summaries (the
+  // steps, the list) wait ten times as long as they took last, so however
+  // fast news comes the page spends most of its time free for input.
   function follow(id, model, view) {
     const source = new EventSource('/v1/runs/' + id + '/events');
     let queue = [];
     let frame = 0;
-    let lastSummary = 0;
+    let summaryAt = 0;
     let summaryTimer = 0;
     let closed = false;
-    let lastLog = 0;
+    const SLICE = 1500;
     const summaries = () => {
-      lastSummary = performance.now();
       summaryTimer = 0;
+      const start = performance.now();
       view.drawSteps();
       view.list.refilter();
-      if (lastSummary - lastLog > 2000) {
-        lastLog = lastSummary;
-        view.drawLog();
-      }
+      summaryAt = performance.now() + Math.max(250, 10 * (performance.now() - start));
     };
     const flush = () => {
       frame = 0;
-      for (const a of queue) model.upsert(a);
-      queue = [];
+      const batch = queue.length > SLICE ? queue.splice(0, SLICE) : queue.splice(0);
+      for (const data of batch) model.upsert(JSON.parse(data));
       view.tl.redraw();
-      const wait = 250 - (performance.now() - lastSummary);
-      if (wait <= 0) summaries();
-      else if (!summaryTimer) summaryTimer = setTimeout(summaries, wait);
+      if (queue.length) frame = requestAnimationFrame(flush);
+      if (!summaryTimer) summaryTimer = setTimeout(summaries, Math.max(0, summaryAt - performance.now()));
     };
     source.addEventListener('attempt', (e) => {
-      queue.push(JSON.parse(e.data));
+      queue.push(e.data);
       if (!frame) frame = requestAnimationFrame(flush);
     });
     source.addEventListener('status', (e) => {
@@ -558,10 +575,8 @@
     source.addEventListener('end', async () => {
       close();
       try {
-        const run = await SB.api('/v1/runs/' + id + '?attempts=table');
-        for (const a of fromTable(run.attempt_table)) model.upsert(a);
-        delete run.attempt_table;
-        model.run = run;
+        // The events brought every attempt; only the run's end is news.
+        model.run = await SB.api('/v1/runs/' + id + '?attempts=none');
         view.drawAll();
         view.loadReport();
       } catch (_) { /* the page stays as it was */ }
@@ -584,8 +599,44 @@
 
   function show(v) {
     if (v === null || v === undefined) return '(none)';
-    const text = typeof v === 'string' ? v : JSON.stringify(v, null, 2);
-    return text.length > 100000 ? text.slice(0, 100000) + '\n… (' + SB.fmtNum(text.length) + ' characters)' : text;
+    return typeof v === 'string' ? v : JSON.stringify(v, null, 2);
+  }
+
+  // A payload in a <pre>: a long one is cut, with a button for the rest,
+  // since laying out a megabyte of text would stall the page.
+  const CUT = 4000;
+  function payloadBox(id, v, empty, cut, whole) {
+    const pre = h('pre', { class: 'data', id });
+    if (v === null || v === undefined) {
+      pre.textContent = empty;
+      return pre;
+    }
+    if (cut) {
+      // The server sent the first few KiB only.
+      pre.textContent = v + '\n…';
+      const more = h('button', { type: 'button', class: 'secondary' }, 'Show all ' + SB.fmtBytes(cut));
+      more.addEventListener('click', async () => {
+        more.disabled = true;
+        try {
+          const text = await whole();
+          pre.textContent = typeof text === 'string' ? text : JSON.stringify(text, null, 1);
+          more.remove();
+        } catch (e) {
+          more.disabled = false;
+          SB.toast('Cannot read it: ' + e.message);
+        }
+      });
+      return h('div', {}, pre, more);
+    }
+    const text = typeof v === 'string' ? v : JSON.stringify(v, null, 1);
+    if (text.length <= CUT) {
+      pre.textContent = typeof v === 'string' ? v : JSON.stringify(v, null, 2);
+      return pre;
+    }
+    pre.textContent = text.slice(0, CUT) + '\n…';
+    const more = h('button', { type: 'button', class: 'secondary' }, 'Show all ' + SB.fmtBytes(text.length));
+    more.addEventListener('click', () => { pre.textContent = text; more.remove(); });
+    return h('div', {}, pre, more);
   }
 
   async function showAttempt(id, box, a) {
@@ -613,7 +664,7 @@
         ...(a.timeout_level ? [h('dt', {}, 'Timeout'), h('dd', {}, a.timeout_level)] : []),
         h('dt', {}, 'Last word'), h('dd', {}, a.last ? 'yes' : 'no: retried')),
       ended ? usageBars(usageOf(a)) : '',
-      h('h4', {}, 'Output'), h('pre', { class: 'data' }, show(a.output)),
-      h('h4', {}, 'Log'), h('pre', { class: 'data' }, a.log ? show(a.log) : '(empty)'));
+      h('h4', {}, 'Output'), payloadBox(null, a.output, '(none)'),
+      h('h4', {}, 'Log'), payloadBox(null, a.log || null, '(empty)'));
   }
 })();
