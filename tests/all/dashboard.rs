@@ -36,7 +36,9 @@ fn signed_in(served: &Served, token: &str) -> (String, String) {
     assert_eq!(answer.status, 303, "{answer:?}");
     assert_eq!(answer.header("location"), Some("/ui/"));
     let (cookie, _) = session_cookie(&answer);
-    let session = served.request("GET", "/ui/session", &[("cookie", &cookie)], b"").json();
+    let session = served
+        .request("GET", "/ui/session", &[("cookie", &cookie)], b"")
+        .json();
     (cookie, session["csrf"].as_str().unwrap().to_owned())
 }
 
@@ -47,9 +49,17 @@ fn sign_in_takes_a_tenants_token_and_sets_an_http_only_strict_cookie() {
     let refused = served.get("/ui/login?token=not-a-token", None);
     assert_eq!(refused.status, 401, "{refused:?}");
     assert!(refused.header("set-cookie").is_none());
-    assert!(refused.json()["detail"].as_str().unwrap().contains("not a tenant's token"));
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a tenant's token")
+    );
     let unsigned = served.get("/ui/runs", None);
-    assert_eq!((unsigned.status, unsigned.header("location")), (303, Some("/ui/login")));
+    assert_eq!(
+        (unsigned.status, unsigned.header("location")),
+        (303, Some("/ui/login"))
+    );
     assert_eq!(served.get("/ui/login", None).status, 200, "the form");
 
     let answer = served.get("/ui/login?token=acme-token", None);
@@ -57,13 +67,22 @@ fn sign_in_takes_a_tenants_token_and_sets_an_http_only_strict_cookie() {
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(line.contains(attribute), "{line}");
     }
-    assert!(!line.contains("acme-token"), "the cookie is not the token: {line}");
+    assert!(
+        !line.contains("acme-token"),
+        "the cookie is not the token: {line}"
+    );
     assert_eq!(answer.header("referrer-policy"), Some("no-referrer"));
     let page = served.request("GET", "/ui/runs/7", &[("cookie", &cookie)], b"");
     assert_eq!(page.status, 200);
     assert!(page.text().contains("/ui/assets/app.js"));
-    assert!(page.header("content-security-policy").unwrap().contains("script-src 'self'"));
-    let session = served.request("GET", "/ui/session", &[("cookie", &cookie)], b"").json();
+    assert!(
+        page.header("content-security-policy")
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let session = served
+        .request("GET", "/ui/session", &[("cookie", &cookie)], b"")
+        .json();
     assert_eq!(session["tenant"], "acme");
     assert_eq!(session["csrf"].as_str().unwrap().len(), 64);
 
@@ -115,7 +134,11 @@ fn the_api_takes_the_session_cookie_but_a_state_change_needs_its_csrf_token() {
         headers.extend_from_slice(extra);
         served.request(method, path, &headers, b"{}")
     };
-    assert_eq!(with("GET", "/v1/runs", &[]).status, 200, "reads need no CSRF token");
+    assert_eq!(
+        with("GET", "/v1/runs", &[]).status,
+        200,
+        "reads need no CSRF token"
+    );
     let forged = with("POST", "/v1/workflows/sleepy/runs", &[]);
     assert_eq!(forged.status, 403, "{forged:?}");
     assert!(forged.json()["detail"].as_str().unwrap().contains("X-CSRF-Token"));
@@ -141,7 +164,9 @@ fn the_api_takes_the_session_cookie_but_a_state_change_needs_its_csrf_token() {
     let (zeta, _) = signed_in(&served, "zeta-token");
     let hidden = served.request("GET", &format!("/v1/runs/{id}"), &[("cookie", &zeta)], b"");
     assert_eq!(hidden.status, 404);
-    let listed = served.request("GET", "/v1/runs", &[("cookie", &zeta)], b"").json();
+    let listed = served
+        .request("GET", "/v1/runs", &[("cookie", &zeta)], b"")
+        .json();
     assert_eq!(listed["runs"], Value::Array(vec![]));
 
     // Signing out needs the token too, then the cookie is worthless.
@@ -160,7 +185,9 @@ fn an_open_server_needs_no_sign_in_but_answers_only_loopback_names() {
     let page = served.get("/ui/", None);
     assert_eq!(page.status, 200);
     let (cookie, _) = session_cookie(&page);
-    let session = served.request("GET", "/ui/session", &[("cookie", &cookie)], b"").json();
+    let session = served
+        .request("GET", "/ui/session", &[("cookie", &cookie)], b"")
+        .json();
     assert_eq!(session["open"], true);
     assert_eq!(served.get("/ui/login", None).header("location"), Some("/ui/"));
     // A page of another site that made its name resolve here (DNS
@@ -217,10 +244,19 @@ fn serve_prints_the_sign_in_link_after_the_listening_line() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = printed_lines(dir.path(), &tenants(), Some("acme-token"));
     let addr = first.strip_prefix("listening on http://").expect(&first);
-    assert_eq!(second, format!("dashboard: http://{addr}/ui/login?token=acme-token"));
+    assert_eq!(
+        second,
+        format!("dashboard: http://{addr}/ui/login?token=acme-token")
+    );
     let (_, second) = printed_lines(dir.path(), &tenants(), Some("not-a-tenants"));
-    assert!(second.ends_with("/ui/login (sign in with a tenant's token, or open /ui/login?token=TOKEN)"), "{second}");
-    assert!(!second.contains("not-a-tenants"), "an unknown token is not printed");
+    assert!(
+        second.ends_with("/ui/login (sign in with a tenant's token, or open /ui/login?token=TOKEN)"),
+        "{second}"
+    );
+    assert!(
+        !second.contains("not-a-tenants"),
+        "an unknown token is not printed"
+    );
     let open = tempfile::tempdir().unwrap();
     let (first, second) = printed_lines(open.path(), QUICK, None);
     let addr = first.strip_prefix("listening on http://").expect(&first);
@@ -258,9 +294,19 @@ fn the_dashboard_works_in_a_real_browser() {
     let token = Some("acme-token");
     let digest = served.upload("hostile", token);
     let workflows = [
-        ("quick", format!("name: quick\nsteps:\n  - id: nap\n    component: {digest}\n    input: {{mode: sleep, ms: 1500}}\n")),
+        (
+            "quick",
+            format!(
+                "name: quick\nsteps:\n  - id: nap\n    component: {digest}\n    input: {{mode: sleep, ms: 1500}}\n"
+            ),
+        ),
         ("sleepy", sleepy(&digest, 60_000)),
-        ("fan", format!("name: fan\nsteps:\n  - id: items\n    component: {digest}\n    for_each: ${{input}}\n    input: {{mode: echo, id: 1}}\n")),
+        (
+            "fan",
+            format!(
+                "name: fan\nsteps:\n  - id: items\n    component: {digest}\n    for_each: ${{input}}\n    input: {{mode: echo, id: 1}}\n"
+            ),
+        ),
     ];
     for (name, text) in &workflows {
         let put = served.send("PUT", &format!("/v1/workflows/{name}"), token, text.as_bytes());

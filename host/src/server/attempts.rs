@@ -273,11 +273,18 @@ mod tests {
         let strings = table["strings"].as_array().unwrap();
         let at = |row: &Value, col: &str| row[COLUMNS.iter().position(|c| *c == col).unwrap()].clone();
         assert_eq!(strings[at(&rows[0], "step").as_u64().unwrap() as usize], "work");
-        assert_eq!(strings[at(&rows[0], "message").as_u64().unwrap() as usize], "boom \"x\"");
+        assert_eq!(
+            strings[at(&rows[0], "message").as_u64().unwrap() as usize],
+            "boom \"x\""
+        );
         assert_eq!(at(&rows[1], "message"), Value::Null);
         assert_eq!(at(&rows[1], "item"), 1);
         assert_eq!(at(&rows[0], "time_limit_ms"), 1500.0);
-        assert_eq!(strings.len(), 5, "work, failed, trap, the message, c.wasm: {strings:?}");
+        assert_eq!(
+            strings.len(),
+            5,
+            "work, failed, trap, the message, c.wasm: {strings:?}"
+        );
         assert!(!text.contains("big"), "no outputs in the table");
     }
 }

@@ -32,10 +32,26 @@ const LOGIN: &str = include_str!("ui/login.html");
 /// The assets under `/ui/assets/`: name, media type, content.
 const ASSETS: &[(&str, &str, &str)] = &[
     ("app.css", "text/css; charset=utf-8", include_str!("ui/app.css")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("ui/app.js")),
-    ("run.js", "text/javascript; charset=utf-8", include_str!("ui/run.js")),
-    ("pages.js", "text/javascript; charset=utf-8", include_str!("ui/pages.js")),
-    ("login.js", "text/javascript; charset=utf-8", include_str!("ui/login.js")),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/app.js"),
+    ),
+    (
+        "run.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/run.js"),
+    ),
+    (
+        "pages.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/pages.js"),
+    ),
+    (
+        "login.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/login.js"),
+    ),
     ("favicon.svg", "image/svg+xml", include_str!("ui/favicon.svg")),
 ];
 
@@ -48,7 +64,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 fn harden(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // The sign-in link carries a token in its URL: never pass it on.
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -313,7 +332,10 @@ mod tests {
 
     #[test]
     fn form_values_are_percent_decoded() {
-        assert_eq!(form_value(b"a=1&token=sbx_ab%2Bc+d", "token").as_deref(), Some("sbx_ab+c d"));
+        assert_eq!(
+            form_value(b"a=1&token=sbx_ab%2Bc+d", "token").as_deref(),
+            Some("sbx_ab+c d")
+        );
         assert_eq!(form_value(b"token=%zz%4", "token").as_deref(), Some("%zz%4"));
         assert_eq!(form_value(b"other=1", "token"), None);
         assert_eq!(form_value(&[0xff, b'='], "token"), None);

@@ -61,7 +61,11 @@ pub async fn overview(
         .map_err(|e| store_problem(&e))?;
     let mut by_status = serde_json::Map::new();
     for status in RunState::ALL {
-        let n = counts.iter().filter(|(s, _)| s == status).map(|(_, n)| n).sum::<u64>();
+        let n = counts
+            .iter()
+            .filter(|(s, _)| s == status)
+            .map(|(_, n)| n)
+            .sum::<u64>();
         by_status.insert(status.as_str().to_owned(), json!(n));
     }
     let total: u64 = counts.iter().map(|(_, n)| n).sum();

@@ -140,7 +140,6 @@ impl Sessions {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&digest(cookie));
     }
-
 }
 
 fn live(entry: &Entry, now: Instant) -> bool {
@@ -331,10 +330,21 @@ mod tests {
 
     #[test]
     fn only_loopback_names_are_loopback() {
-        for good in ["127.0.0.1:7700", "localhost:1", "[::1]:80", "a.localhost", "127.0.0.2"] {
+        for good in [
+            "127.0.0.1:7700",
+            "localhost:1",
+            "[::1]:80",
+            "a.localhost",
+            "127.0.0.2",
+        ] {
             assert!(loopback_host(&headers(&[("host", good)])), "{good}");
         }
-        for bad in ["evil.example:7700", "10.0.0.1", "[fe80::1]:80", "localhost.evil.example"] {
+        for bad in [
+            "evil.example:7700",
+            "10.0.0.1",
+            "[fe80::1]:80",
+            "localhost.evil.example",
+        ] {
             assert!(!loopback_host(&headers(&[("host", bad)])), "{bad}");
         }
     }

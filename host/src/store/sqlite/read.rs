@@ -400,7 +400,10 @@ impl Queries<'_> {
 
     pub(super) fn count_matching(&self, filter: &RunFilter) -> Result<Vec<(RunState, u64)>, StoreError> {
         let (clause, args) = self.filter_sql(filter);
-        let sql = format!(concat!("SELECT ", status_sql!(), " AS s, count(*) FROM runs{} GROUP BY s"), clause);
+        let sql = format!(
+            concat!("SELECT ", status_sql!(), " AS s, count(*) FROM runs{} GROUP BY s"),
+            clause
+        );
         self.conn
             .prepare(&sql)
             .and_then(|mut s| {
