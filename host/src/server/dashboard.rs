@@ -198,6 +198,11 @@ pub async fn login_page(
 }
 
 fn sign_in(state: &AppState, token: &str, headers: &HeaderMap) -> Response {
+    // A sign-in always starts a new session: one the browser had before
+    // (perhaps planted by someone else) ends.
+    if let Some(old) = session::cookie(headers) {
+        state.sessions.remove(old);
+    }
     match state.tenants.by_token(token.trim()) {
         Some(tenant) => start(state, tenant, headers, see_other("/ui/")),
         None => Unauthorized("that token is not a tenant's token: sign-in refused").into_response(),
