@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use stepbox::config::TokenDigest;
 
-use super::serve::{Answer, QUICK, Served, sleepy};
+use super::serve::{Answer, QUICK, Served, greet, sleepy};
 
 fn tenants() -> String {
     format!(
@@ -206,6 +206,123 @@ fn an_open_server_needs_no_sign_in_but_answers_only_loopback_names() {
     let overview = served.get("/v1/overview", None).json();
     assert_eq!(overview["total"], 0);
     assert_eq!(overview["host"]["store"], "sqlite");
+}
+
+#[test]
+fn the_dashboards_api_counts_reports_and_reads_big_runs_a_piece_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &tenants());
+    let acme = Some("acme-token");
+    let digest = served.upload("hello", acme);
+    served.send("PUT", "/v1/workflows/greet", acme, greet(&digest).as_bytes());
+    let fan = format!(
+        "name: fan\nsteps:\n  - id: each\n    component: {digest}\n    for_each: ${{input}}\n    input: {{name: x}}\n"
+    );
+    served.send("PUT", "/v1/workflows/fan", acme, fan.as_bytes());
+    for _ in 0..2 {
+        let run = served.send(
+            "POST",
+            "/v1/workflows/greet/runs?wait=30s",
+            acme,
+            b"{\"name\": \"a\"}",
+        );
+        assert_eq!(run.status, 200, "{run:?}");
+    }
+    let items: Vec<u32> = (0..300).collect();
+    let big = served.send(
+        "POST",
+        "/v1/workflows/fan/runs?wait=60s",
+        acme,
+        serde_json::to_string(&items).unwrap().as_bytes(),
+    );
+    assert_eq!(big.status, 200, "{big:?}");
+    let big = big.json()["id"].as_u64().unwrap();
+
+    let overview = served.get("/v1/overview", acme).json();
+    assert_eq!(
+        (
+            overview["total"].as_u64(),
+            overview["counts"]["succeeded"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert!(overview["host"]["throughput"]["attempts"].as_u64().unwrap() >= 302);
+    let only = served.get("/v1/overview?workflow=greet&since=1h", acme).json();
+    assert_eq!(only["total"], 2);
+    assert_eq!(served.get("/v1/overview", Some("zeta-token")).json()["total"], 0);
+    let recent = served.get("/v1/runs?since=1h&until=0", acme).json();
+    assert_eq!(
+        recent["runs"],
+        Value::Array(vec![]),
+        "accepted before the epoch: none"
+    );
+    for bad in ["/v1/runs?since=yesterday", "/v1/overview?until=soon"] {
+        let answer = served.get(bad, acme);
+        assert_eq!(answer.status, 400, "{bad}: {answer:?}");
+        assert!(answer.json()["detail"].as_str().unwrap().contains("duration ago"));
+    }
+
+    let report = served.get("/v1/workflows/fan/report", acme).json();
+    assert_eq!(
+        (report["runs"].as_u64(), report["error_rate"].as_f64()),
+        (Some(1), Some(0.0))
+    );
+    assert_eq!(report["steps"][0]["component"], "each");
+    assert_eq!(report["steps"][0]["attempts"], 300);
+    assert!(report["steps"][0]["p99"].as_f64().unwrap() >= report["steps"][0]["p50"].as_f64().unwrap());
+    assert_eq!(report["recent"][0]["id"], big);
+    assert_eq!(
+        served.get("/v1/workflows/fan/report", Some("zeta-token")).status,
+        404
+    );
+    assert_eq!(served.get("/v1/workflows/fan/report?last=0", acme).status, 400);
+
+    let table = served.get(&format!("/v1/runs/{big}?attempts=table"), acme).json();
+    assert_eq!(table["attempts"], Value::Null);
+    let columns: Vec<&str> = table["attempt_table"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let rows = table["attempt_table"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 300);
+    let step = columns.iter().position(|c| *c == "step").unwrap();
+    let strings = &table["attempt_table"]["strings"];
+    assert_eq!(strings[rows[0][step].as_u64().unwrap() as usize], "each");
+    let none = served.get(&format!("/v1/runs/{big}?attempts=none"), acme).json();
+    assert_eq!(
+        (none["attempts"].clone(), none.get("attempt_table")),
+        (Value::Null, None)
+    );
+    assert_eq!(
+        served.get(&format!("/v1/runs/{big}?attempts=some"), acme).status,
+        400
+    );
+    let one = served
+        .get(&format!("/v1/runs/{big}/attempts?step=each&item=7"), acme)
+        .json();
+    assert_eq!(one["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(one["attempts"][0]["item"], 7);
+    assert!(one["attempts"][0]["output"].is_object(), "in full: {one}");
+    assert_eq!(
+        served
+            .get(&format!("/v1/runs/{big}/attempts?item=seven"), acme)
+            .status,
+        400
+    );
+    assert_eq!(served.get(&format!("/v1/runs/{big}/log"), acme).status, 200);
+    assert_eq!(
+        served
+            .get(&format!("/v1/runs/{big}/log"), Some("zeta-token"))
+            .status,
+        404
+    );
+    let lanes = served
+        .get(&format!("/v1/runs/{big}/report?lanes=none"), acme)
+        .json();
+    assert_eq!(lanes["lanes"], Value::Array(vec![]));
+    assert_eq!(lanes["critical_path"][0], "each");
 }
 
 /// The lines `stepbox serve` prints before it serves: the first is the

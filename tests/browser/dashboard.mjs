@@ -32,6 +32,11 @@ try {
   const page = a.context.pages()[0] || (await a.context.newPage());
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
+  // Console errors besides the refusals the scenarios provoke on purpose
+  // (a Content-Security-Policy violation would show here).
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) errors.push(m.text());
+  });
   await page.goto(url + '/ui/');
   check(page.url().endsWith('/ui/login'), 'an unsigned visit is sent to the sign-in page, not ' + page.url());
   await page.fill('#token', 'not-a-token');
@@ -139,6 +144,32 @@ try {
   await page.locator('#run-status[data-status=succeeded]').waitFor({ timeout: 120000 });
   await page.waitForFunction(() => document.querySelector('.timeline').dataset.lanes === '10000', null,
     { timeout: T });
+
+  // The workflow and host pages, reached by keys alone.
+  await page.goto(url + '/ui/workflows/fan');
+  await page.locator('#dag svg').waitFor({ timeout: T });
+  check(await page.locator('table', { hasText: 'p95' }).count() >= 1, 'the workflow page lists percentiles');
+  await page.keyboard.press('g');
+  await page.keyboard.press('h');
+  await page.waitForURL(url + '/ui/host', { timeout: T });
+  await page.locator('[data-metric="Queue depth"]').waitFor({ timeout: T });
+  await page.keyboard.press('g');
+  await page.keyboard.press('r');
+  await page.waitForURL(url + '/ui/runs', { timeout: T });
+  await page.locator('tbody tr[data-run]').first().waitFor({ timeout: T });
+  await page.keyboard.press('j');
+  check(await page.evaluate(() => document.activeElement.matches('a[data-row]')), 'j focuses the first run');
+
+  // At phone width nothing runs off the side.
+  await page.setViewportSize({ width: 390, height: 844 });
+  for (const path of ['/ui/runs', `/ui/runs/${quick}`, '/ui/host']) {
+    await page.goto(url + path);
+    await page.locator('main h1').waitFor({ timeout: T });
+    await page.waitForTimeout(200);
+    const wide = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(wide <= 0, `${path} is ${wide} px wider than a phone`);
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
 
   // Sign out ends the session.
   await page.click('#signout');
