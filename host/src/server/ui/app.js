@@ -107,16 +107,21 @@ SB.runDuration = function runDuration(run) {
 
 SB.errorBox = (e) => h('p', { class: 'error', role: 'alert' }, String(e.message || e));
 
-// Polls fn every ms while the page is shown and the tab visible.
+// Polls fn every ms while the page is shown and the tab visible; a slow
+// answer (a big journal, a busy server) spaces the polls out, so that open
+// dashboards never keep the server busy.
 SB.every = function every(ms, fn) {
   let stopped = false;
   let timer = null;
   const tick = async () => {
     if (stopped) return;
+    let took = 0;
     if (!document.hidden) {
+      const start = performance.now();
       try { await fn(); } catch (e) { if (!(e instanceof DOMException)) console.warn(e); }
+      took = performance.now() - start;
     }
-    if (!stopped) timer = setTimeout(tick, ms);
+    if (!stopped) timer = setTimeout(tick, Math.max(ms, 10 * took));
   };
   timer = setTimeout(tick, ms);
   SB.onLeave(() => { stopped = true; clearTimeout(timer); });
