@@ -108,6 +108,17 @@ fn sign_in_takes_a_tenants_token_and_sets_an_http_only_strict_cookie() {
         b"token=nope",
     );
     assert_eq!(bad.status, 401);
+    // Guessing is slowed down: refusals beyond a few a second are 429.
+    let guesses: Vec<u16> = (0..20)
+        .map(|i| served.get(&format!("/ui/login?token=guess{i}"), None).status)
+        .collect();
+    assert!(guesses.contains(&429), "{guesses:?}");
+    assert!(guesses.iter().all(|s| matches!(s, 401 | 429)), "{guesses:?}");
+    assert_eq!(
+        served.get("/ui/login?token=acme-token", None).status,
+        303,
+        "a good token still signs in"
+    );
     assert_eq!(served.get("/ui/assets/nope.js", None).status, 404);
     let css = served.get("/ui/assets/app.css", None);
     assert_eq!(css.status, 200);

@@ -142,14 +142,15 @@ impl Drop for LiveShare {
 
 /// A token bucket: `rate` per second, bursts of up to a second's worth.
 #[derive(Debug)]
-struct Bucket {
+pub struct Bucket {
     rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: f64) -> Bucket {
+    /// A full bucket of `rate` per second.
+    pub fn new(rate: f64) -> Bucket {
         Bucket {
             rate,
             tokens: rate.max(1.0),
@@ -157,7 +158,8 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, n: f64) -> Result<(), Duration> {
+    /// Takes `n`: `Err(wait)` says when there will be room.
+    pub fn take(&mut self, n: f64) -> Result<(), Duration> {
         let now = Instant::now();
         let burst = self.rate.max(1.0);
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(burst);

@@ -24,6 +24,11 @@ use super::problem::Problem;
 use super::session::{self, Forbidden, Session};
 use super::state::AppState;
 
+/// Refused sign-ins answered per second, server-wide (in bursts of as
+/// many); more are answered 429. Tokens from `stepbox token new` cannot be
+/// guessed at any rate, but an operator may have chosen a weak one.
+pub const REFUSED_SIGN_INS: f64 = 5.0;
+
 /// The page shell every dashboard page is drawn in.
 const INDEX: &str = include_str!("ui/index.html");
 /// The sign-in page.
@@ -203,9 +208,31 @@ fn sign_in(state: &AppState, token: &str, headers: &HeaderMap) -> Response {
     if let Some(old) = session::cookie(headers) {
         state.sessions.remove(old);
     }
+    let throttled = |state: &AppState| {
+        state
+            .refused_sign_ins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(1.0)
+            .err()
+    };
     match state.tenants.by_token(token.trim()) {
         Some(tenant) => start(state, tenant, headers, see_other("/ui/")),
-        None => Unauthorized("that token is not a tenant's token: sign-in refused").into_response(),
+        None => match throttled(state) {
+            None => Unauthorized("that token is not a tenant's token: sign-in refused").into_response(),
+            Some(wait) => {
+                let mut response = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many refused sign-ins: wait before trying again",
+                )
+                .into_response();
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                response
+            }
+        },
     }
 }
 

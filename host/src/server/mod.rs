@@ -142,6 +142,7 @@ impl Server {
             panics: Default::default(),
             throttled: Default::default(),
             sessions: Default::default(),
+            refused_sign_ins: std::sync::Mutex::new(auth::Bucket::new(dashboard::REFUSED_SIGN_INS)),
             throughput: Default::default(),
         };
         Ok(Server {
