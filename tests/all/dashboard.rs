@@ -120,6 +120,18 @@ fn sign_in_takes_a_tenants_token_and_sets_an_http_only_strict_cookie() {
         "a good token still signs in"
     );
     assert_eq!(served.get("/ui/assets/nope.js", None).status, 404);
+    // Every route the dashboard lists is served.
+    for &(method, route) in stepbox::server::UI_ROUTES {
+        let path = route
+            .replace("{id}", "1")
+            .replace("{name}", "x")
+            .replace("{file}", "app.js");
+        let own = served.url();
+        let headers = [("cookie", cookie.as_str()), ("origin", own.as_str())];
+        let answer = served.request(method, &path, &headers, b"");
+        let unrouted = answer.status == 404 || answer.status == 405;
+        assert!(!unrouted, "{method} {path}: {answer:?}");
+    }
     let css = served.get("/ui/assets/app.css", None);
     assert_eq!(css.status, 200);
     let tag = css.header("etag").unwrap().to_owned();
