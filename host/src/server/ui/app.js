@@ -234,6 +234,8 @@ SB.pages.runs = async function runsPage(main, params) {
     status: params.get('status') || '',
     workflow: params.get('workflow') || '',
     since: params.get('since') || '',
+    // No control sets it; a link may (epoch milliseconds or a duration ago).
+    until: params.get('until') || '',
     cursor: params.get('cursor') || '',
   };
   const query = (extra) => {
