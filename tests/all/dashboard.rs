@@ -437,7 +437,8 @@ fn the_dashboard_works_in_a_real_browser() {
         (
             "quick",
             format!(
-                "name: quick\nsteps:\n  - id: nap\n    component: {digest}\n    input: {{mode: sleep, ms: 1500}}\n"
+                "name: quick\nsteps:\n  - id: nap\n    component: {digest}\n    input: {{mode: sleep, ms: 1500}}\n  \
+                 - id: tally\n    component: {digest}\n    needs: [nap]\n    input: {{mode: count, key: visits, times: 2}}\n"
             ),
         ),
         ("sleepy", sleepy(&digest, 60_000)),

@@ -1,7 +1,8 @@
 // The dashboard in a real browser, against a real `stepbox serve` that the
 // Rust test (tests/all/dashboard.rs) started and filled:
 //   node dashboard.mjs URL TOKEN_A TOKEN_B BIG_RUN_ID
-// Tenant A owns workflows `quick` (one short step), `sleepy` (one step
+// Tenant A owns workflows `quick` (a short step, then one that writes
+// state), `sleepy` (one step
 // sleeping a minute) and `fan` (a for_each over its input); BIG_RUN_ID is
 // its finished 10,000-item run of `fan`. Prints one JSON line per figure
 // measured and `ok` at the end; any failure exits non-zero with its reason.
@@ -63,9 +64,10 @@ try {
   // Its page shows its timeline, critical path and output.
   await page.click(`tr[data-run="${quick}"] a[href="/ui/runs/${quick}"]`);
   await page.waitForURL(`${url}/ui/runs/${quick}`);
-  await page.locator('.timeline[data-lanes="1"]').waitFor({ timeout: T });
-  await page.locator('#critical-path', { hasText: 'Critical path: nap' }).waitFor({ timeout: T });
+  await page.locator('.timeline[data-lanes="2"]').waitFor({ timeout: T });
+  await page.locator('#critical-path', { hasText: 'Critical path: nap → tally' }).waitFor({ timeout: T });
   check((await page.textContent('#run-status')).includes('succeeded'), 'the run page says succeeded');
+  check((await page.textContent('#state')).includes('visits'), 'the run page shows its state');
   check(await page.evaluate(() => {
     const c = document.querySelector('.timeline canvas');
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

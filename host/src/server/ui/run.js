@@ -450,10 +450,15 @@
     function drawIo() {
       const r = model.run;
       const whole = (name) => async () => (await SB.api('/v1/runs/' + r.id + '?attempts=table&payloads=full'))[name];
+      const state = Object.entries(r.state || {});
       io.replaceChildren(
         h('div', {}, h('h2', {}, 'Input'), payloadBox('input', r.input, '(none)', r.input_cut, whole('input'))),
         h('div', {}, h('h2', {}, 'Output'), payloadBox('output', r.output,
-          ENDED.includes(r.status) ? '(none)' : '(not yet)', r.output_cut, whole('output'))));
+          ENDED.includes(r.status) ? '(none)' : '(not yet)', r.output_cut, whole('output'))),
+        state.length ? h('div', { id: 'state' }, h('h2', {}, 'State'), h('div', { class: 'table-wrap' }, h('table', {},
+          h('thead', {}, h('tr', {}, h('th', {}, 'Key'), h('th', {}, 'Value'))),
+          h('tbody', {}, state.slice(0, 200).map(([k, v]) => h('tr', {}, h('td', { class: 'mono' }, k),
+            h('td', { class: 'mono' }, v.length > 300 ? v.slice(0, 300) + '…' : v))))))) : '');
     }
     function drawSteps() {
       const steps = model.steps();
