@@ -341,6 +341,30 @@ fn the_dashboards_api_counts_reports_and_reads_big_runs_a_piece_at_a_time() {
             .status,
         404
     );
+    // The history of a run's events as one table.
+    let stream = served
+        .get(&format!("/v1/runs/{big}/events?history=table"), acme)
+        .text();
+    let kinds: Vec<&str> = stream.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(
+        kinds,
+        ["status", "table", "end"],
+        "{}",
+        &stream[..stream.len().min(500)]
+    );
+    let table_line = stream
+        .lines()
+        .skip_while(|l| *l != "event: table")
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let table: Value = serde_json::from_str(table_line).unwrap();
+    assert_eq!(table["rows"].as_array().unwrap().len(), 300);
+    assert_eq!(
+        served
+            .get(&format!("/v1/runs/{big}/events?history=some"), acme)
+            .status,
+        400
+    );
     let lanes = served
         .get(&format!("/v1/runs/{big}/report?lanes=none"), acme)
         .json();

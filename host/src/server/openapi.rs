@@ -124,10 +124,13 @@ fn operation(method: &str, path: &str) -> Operation {
                 ("409", "already ended"),
             ],
         ),
-        ("GET", "/v1/runs/{id}/events") => op(
-            "The run's journal as Server-Sent Events: history, then live, then the end",
-            &[("200", "text/event-stream")],
-        ),
+        ("GET", "/v1/runs/{id}/events") => Operation {
+            query: &["history"],
+            ..op(
+                "The run's journal as Server-Sent Events: history (`history=table`: as one table event), then live, then the end",
+                &[("200", "text/event-stream")],
+            )
+        },
         ("GET", "/v1/runs/{id}/report") => Operation {
             query: &["lanes"],
             ..op(

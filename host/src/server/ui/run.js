@@ -547,7 +547,9 @@
   // steps, the list) wait ten times as long as they took last, so however
   // fast news comes the page spends most of its time free for input.
   function follow(id, model, view) {
-    const source = new EventSource('/v1/runs/' + id + '/events');
+    // What was recorded when it connects comes as one table, not one event
+    // per attempt; what changes after, attempt by attempt.
+    const source = new EventSource('/v1/runs/' + id + '/events?history=table');
     let queue = [];
     let frame = 0;
     let summaryAt = 0;
@@ -573,15 +575,28 @@
       queue.push(e.data);
       if (!frame) frame = requestAnimationFrame(flush);
     });
+    source.addEventListener('table', (e) => {
+      for (const a of fromTable(JSON.parse(e.data))) model.upsert(a);
+      view.tl.redraw();
+      if (!summaryTimer) summaryTimer = setTimeout(summaries, Math.max(0, summaryAt - performance.now()));
+    });
     source.addEventListener('status', (e) => {
       model.run.status = JSON.parse(e.data).status;
       view.drawHead();
     });
     source.addEventListener('end', async () => {
+      // No more events; those queued are still applied a slice per frame.
+      source.close();
+      const ended = SB.api('/v1/runs/' + id + '?attempts=none');
+      await new Promise((resolve) => {
+        const drained = () => (queue.length && !closed ? requestAnimationFrame(drained) : resolve());
+        drained();
+      });
+      if (closed) return;
       close();
       try {
         // The events brought every attempt; only the run's end is news.
-        model.run = await SB.api('/v1/runs/' + id + '?attempts=none');
+        model.run = await ended;
         view.drawAll();
         view.loadReport();
       } catch (_) { /* the page stays as it was */ }
