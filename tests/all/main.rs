@@ -4,6 +4,7 @@
 
 mod cli;
 mod concurrency;
+mod dashboard;
 mod durability;
 mod host;
 mod hostile;

@@ -210,6 +210,11 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
 }
 
 impl GlobalArgs {
+    /// `--token` (`STEPBOX_TOKEN`), if given.
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
+
     /// The server `--server` names, if it does.
     fn remote(&self) -> Result<Option<remote::Remote>, CliError> {
         self.server

@@ -1,6 +1,7 @@
 //! `stepbox serve` and `stepbox token`: the HTTP API; the server itself is
 //! `stepbox::server`.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -43,16 +44,45 @@ impl ServeCommand {
         let host = Arc::new(host);
         host.share_work();
         let server = Server::bind(host, options).await.map_err(server_error)?;
-        println!(
-            "listening on http://{}",
-            server.local_addr().map_err(CliError::host)?
-        );
+        let addr = server.local_addr().map_err(CliError::host)?;
+        // Scripts and tests read the first line: it stays first and alone.
+        println!("listening on http://{addr}");
+        // Printed once, not checked again: a failure to print it (stdout
+        // closed by whoever read the first line) must not stop the server.
+        let _ = writeln!(std::io::stdout(), "{}", sign_in_line(&server, addr, global));
+        let _ = std::io::stdout().flush();
         if server.is_open() {
             eprintln!("note: no [[tenants]] are configured: the API needs no token");
         }
         server.run(stop_signal()).await.map_err(server_error)?;
         Ok(exit::SUCCESS)
     }
+}
+
+/// The dashboard's address, as a sign-in link when it can be one: the
+/// server keeps only digests of the tenants' tokens, so it can put a token
+/// in the link only when it was given one (`--token`, `STEPBOX_TOKEN`) that
+/// a tenant holds. An open server needs no sign-in.
+fn sign_in_line(server: &Server, addr: SocketAddr, global: &GlobalArgs) -> String {
+    if server.is_open() {
+        return format!("dashboard: http://{addr}/ui/");
+    }
+    match global.token().filter(|t| server.knows_token(t)) {
+        Some(token) => format!("dashboard: http://{addr}/ui/login?token={}", url_encoded(token)),
+        None => format!(
+            "dashboard: http://{addr}/ui/login (sign in with a tenant's token, or open /ui/login?token=TOKEN)"
+        ),
+    }
+}
+
+/// `text` with every byte but the URL-unreserved ones percent-encoded.
+fn url_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn server_error(error: ServerError) -> CliError {
@@ -110,4 +140,15 @@ fn fresh_token() -> std::io::Result<String> {
         "sbx_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_the_sign_in_link_is_percent_encoded() {
+        assert_eq!(url_encoded("sbx_09af-~."), "sbx_09af-~.");
+        assert_eq!(url_encoded("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
 }

@@ -197,13 +197,19 @@ impl RunAnalysis {
                 s.component = a.component.clone().unwrap_or_default();
             }
         }
+        // Each unit's last attempt, found in one pass: a search per lane
+        // would be quadratic, seconds for a 10,000-item fan-out.
+        let mut last_of: HashMap<(&str, Option<u32>), &AttemptRecord> = HashMap::new();
+        for a in &sorted {
+            let slot = last_of.entry((&a.step, a.item)).or_insert(a);
+            if a.attempt > slot.attempt {
+                *slot = a;
+            }
+        }
         for lane in &lanes {
             let step = &mut steps[step_of[lane.step.as_str()]];
             step.units += 1;
-            let last = sorted
-                .iter()
-                .filter(|a| a.step == lane.step && a.item == lane.item)
-                .max_by_key(|a| a.attempt);
+            let last = last_of.get(&(lane.step.as_str(), lane.item));
             step.failed |= last.is_some_and(|a| a.status == AttemptStatus::Failed);
         }
         for s in &mut steps {

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::problem::Problem;
+use super::session::{self, Forbidden};
 use super::state::AppState;
 use crate::config::{TenantSettings, TokenDigest};
 
@@ -141,14 +142,15 @@ impl Drop for LiveShare {
 
 /// A token bucket: `rate` per second, bursts of up to a second's worth.
 #[derive(Debug)]
-struct Bucket {
+pub struct Bucket {
     rate: f64,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: f64) -> Bucket {
+    /// A full bucket of `rate` per second.
+    pub fn new(rate: f64) -> Bucket {
         Bucket {
             rate,
             tokens: rate.max(1.0),
@@ -156,7 +158,8 @@ impl Bucket {
         }
     }
 
-    fn take(&mut self, n: f64) -> Result<(), Duration> {
+    /// Takes `n`: `Err(wait)` says when there will be room.
+    pub fn take(&mut self, n: f64) -> Result<(), Duration> {
         let now = Instant::now();
         let burst = self.rate.max(1.0);
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(burst);
@@ -190,12 +193,14 @@ impl Tenants {
         self.list.iter().any(|t| t.open)
     }
 
-    /// The tenant a request's bearer token acts for.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, Unauthorized> {
-        if let Some(open) = self.list.iter().find(|t| t.open) {
-            return Ok(Arc::clone(open));
-        }
-        let token = bearer(headers).ok_or(Unauthorized("an `Authorization: Bearer` token is needed"))?;
+    /// The implicit tenant of an open server.
+    pub fn open_tenant(&self) -> Option<Arc<Tenant>> {
+        self.list.iter().find(|t| t.open).cloned()
+    }
+
+    /// The tenant `token` acts for, if any (never the open one: it has no
+    /// tokens).
+    pub fn by_token(&self, token: &str) -> Option<Arc<Tenant>> {
         // Every tenant's every digest is compared, so the time taken does
         // not say which tenant came close.
         let mut found = None;
@@ -206,7 +211,17 @@ impl Tenants {
                 }
             }
         }
-        found.ok_or(Unauthorized("the bearer token is not valid"))
+        found
+    }
+
+    /// The tenant a request's bearer token acts for.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Tenant>, Unauthorized> {
+        if let Some(open) = self.open_tenant() {
+            return Ok(open);
+        }
+        let token = bearer(headers).ok_or(Unauthorized("an `Authorization: Bearer` token is needed"))?;
+        self.by_token(token)
+            .ok_or(Unauthorized("the bearer token is not valid"))
     }
 }
 
@@ -234,16 +249,76 @@ impl IntoResponse for Unauthorized {
     }
 }
 
-/// The tenant a `/v1` request acts for: an extractor that answers 401
-/// when the request has no valid token.
+/// Why a `/v1` request is not let in.
+#[derive(Debug)]
+pub enum Refusal {
+    /// No valid token or session: 401.
+    Unauthorized(Unauthorized),
+    /// A browser's request that may not do what it asks: 403.
+    Forbidden(Forbidden),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Unauthorized(e) => e.into_response(),
+            Refusal::Forbidden(e) => Problem::new(StatusCode::FORBIDDEN, e.to_string()).into_response(),
+        }
+    }
+}
+
+impl From<Forbidden> for Refusal {
+    fn from(e: Forbidden) -> Refusal {
+        Refusal::Forbidden(e)
+    }
+}
+
+/// The tenant a `/v1` request acts for: by its bearer token, or by the
+/// dashboard's session cookie (then a state-changing request must carry
+/// the session's CSRF token). An extractor that answers 401 without
+/// either, and 403 for what a browser may not do (see [`super::session`]).
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<Tenant>);
 
 impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = Unauthorized;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Caller, Unauthorized> {
-        state.tenants.authenticate(&parts.headers).map(Caller)
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Caller, Refusal> {
+        let headers = &parts.headers;
+        session::same_origin(&parts.method, headers)?;
+        let open = state.tenants.is_open();
+        if open && !session::loopback_host(headers) {
+            return Err(Forbidden::NotLoopback.into());
+        }
+        if bearer(headers).is_none()
+            && let Some(cookie) = session::cookie(headers)
+        {
+            match state.sessions.get(cookie) {
+                Some(found) => {
+                    if !session::is_safe(&parts.method) {
+                        let sent = headers
+                            .get(session::CSRF_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        if !session::same_secret(sent, &found.csrf) {
+                            return Err(Forbidden::Csrf.into());
+                        }
+                    }
+                    return Ok(Caller(found.tenant));
+                }
+                None if !open => {
+                    return Err(Refusal::Unauthorized(Unauthorized(
+                        "the session has ended: sign in again at /ui/login",
+                    )));
+                }
+                None => {}
+            }
+        }
+        state
+            .tenants
+            .authenticate(headers)
+            .map(Caller)
+            .map_err(Refusal::Unauthorized)
     }
 }
 

@@ -9,6 +9,12 @@
 //!   attempt that started or ended;
 //! - `end` (the run's summary) last; then the stream closes.
 //!
+//! With `?history=table`, the attempts recorded when the client connects
+//! come as one `table` event instead (the compact table of
+//! `GET /v1/runs/{id}?attempts=table`), and only what changes after as
+//! `attempt` events: a browser following a 10,000-item run would
+//! otherwise dispatch 10,000 events at once.
+//!
 //! Each event's id counts up from 1, so a client can tell it missed none.
 
 use std::collections::HashMap;
@@ -16,10 +22,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
@@ -32,14 +40,31 @@ use crate::store::{AttemptStatus, RunHistory, RunId, RunState};
 /// client waits at most, beyond the journal's own commit delay.
 const POLL: Duration = Duration::from_millis(100);
 
+/// `?history=` on the events: `events` (the default) or `table`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    history: Option<String>,
+}
+
 /// `GET /v1/runs/{id}/events`.
 pub async fn events(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
 ) -> Result<Response, Problem> {
+    let table = match query.history.as_deref() {
+        None | Some("events") => false,
+        Some("table") => true,
+        Some(other) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`history` is `events` or `table`, not `{other}`"),
+            ));
+        }
+    };
     let history = history_of(&state, &tenant, &id).await?;
-    let stream = follow(state, history);
+    let stream = follow(state, history, table);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
@@ -53,10 +78,16 @@ struct Follower {
     next_id: u64,
     /// The next history to tell, once read.
     pending: Option<RunHistory>,
+    /// Whether the attempts so far go as one `table` event.
+    table: bool,
     done: bool,
 }
 
-fn follow(state: Arc<AppState>, first: RunHistory) -> impl Stream<Item = Result<Event, Infallible>> {
+fn follow(
+    state: Arc<AppState>,
+    first: RunHistory,
+    table: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let follower = Follower {
         run: first.summary.id,
         state,
@@ -64,6 +95,7 @@ fn follow(state: Arc<AppState>, first: RunHistory) -> impl Stream<Item = Result<
         status: None,
         next_id: 1,
         pending: Some(first),
+        table,
         done: false,
     };
     stream::unfold(follower, |mut f| async move {
@@ -123,6 +155,20 @@ impl Follower {
         if self.status != Some(status) {
             self.status = Some(status);
             events.push(self.event("status", json!({"id": self.run, "status": status})));
+        }
+        if self.table {
+            self.table = false;
+            for attempt in &history.attempts {
+                let key = (attempt.step.clone(), attempt.item, attempt.attempt);
+                self.sent.insert(key, attempt.status);
+            }
+            let table = super::attempts::attempt_table(&history.attempts);
+            let event = Event::default()
+                .event("table")
+                .id(self.next_id.to_string())
+                .data(table);
+            self.next_id += 1;
+            events.push(event);
         }
         for attempt in &history.attempts {
             let key = (attempt.step.clone(), attempt.item, attempt.attempt);

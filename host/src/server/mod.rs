@@ -22,13 +22,17 @@
 //! # }
 //! ```
 
+mod attempts;
 mod auth;
 mod catalog;
+mod dashboard;
 mod events;
 mod openapi;
+mod overview;
 mod problem;
 mod routes;
 mod runs;
+mod session;
 mod state;
 mod uploads;
 
@@ -42,7 +46,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 
 pub use self::problem::Problem;
-pub use self::routes::ROUTES;
+pub use self::routes::{ROUTES, UI_ROUTES};
 use self::state::AppState;
 use crate::config::{ServerSettings, TenantSettings};
 use crate::host::{Host, HostError};
@@ -137,6 +141,9 @@ impl Server {
             keys: state::KeyLocks::default(),
             panics: Default::default(),
             throttled: Default::default(),
+            sessions: Default::default(),
+            refused_sign_ins: std::sync::Mutex::new(auth::Bucket::new(dashboard::REFUSED_SIGN_INS)),
+            throughput: Default::default(),
         };
         Ok(Server {
             state: Arc::new(state),
@@ -166,6 +173,12 @@ impl Server {
     /// Whether anyone may call the API (no tenants are configured).
     pub fn is_open(&self) -> bool {
         self.state.tenants.is_open()
+    }
+
+    /// Whether `token` is one of a tenant's tokens: whether a sign-in link
+    /// with it would work.
+    pub fn knows_token(&self, token: &str) -> bool {
+        self.state.tenants.by_token(token).is_some()
     }
 
     /// Serves until `stop` resolves; then refuses new submissions, shuts

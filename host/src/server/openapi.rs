@@ -92,15 +92,29 @@ fn operation(method: &str, path: &str) -> Operation {
             )
         },
         ("GET", "/v1/runs") => Operation {
-            query: &["status", "workflow", "cursor", "limit"],
+            query: &["status", "workflow", "since", "until", "cursor", "limit"],
             ..op(
                 "The tenant's runs, newest first, a page at a time",
                 &[("200", "a page and the next cursor")],
             )
         },
-        ("GET", "/v1/runs/{id}") => op(
-            "A run's history: attempts, outcomes, usage",
-            &[("200", "the run"), ("404", "no such run for this tenant")],
+        ("GET", "/v1/runs/{id}") => Operation {
+            query: &["attempts"],
+            ..op(
+                "A run's history: attempts, outcomes, usage; `attempts=table` lists the attempts as one compact table, `none` leaves them out",
+                &[("200", "the run"), ("404", "no such run for this tenant")],
+            )
+        },
+        ("GET", "/v1/runs/{id}/attempts") => Operation {
+            query: &["step", "item", "attempt", "limit"],
+            ..op(
+                "A run's attempts that match, in full (output and log)",
+                &[("200", "the attempts"), ("404", "no such run")],
+            )
+        },
+        ("GET", "/v1/runs/{id}/log") => op(
+            "Every attempt's log as text, in the order they started (cut at 1 MiB)",
+            &[("200", "text/plain"), ("404", "no such run")],
         ),
         ("POST", "/v1/runs/{id}/cancel") => op(
             "Cancel a run",
@@ -110,18 +124,38 @@ fn operation(method: &str, path: &str) -> Operation {
                 ("409", "already ended"),
             ],
         ),
-        ("GET", "/v1/runs/{id}/events") => op(
-            "The run's journal as Server-Sent Events: history, then live, then the end",
-            &[("200", "text/event-stream")],
-        ),
-        ("GET", "/v1/runs/{id}/report") => op(
-            "The run's analysis (JSON), or its timeline with Accept: image/svg+xml",
-            &[("200", "the report"), ("404", "no such run")],
-        ),
+        ("GET", "/v1/runs/{id}/events") => Operation {
+            query: &["history"],
+            ..op(
+                "The run's journal as Server-Sent Events: history (`history=table`: as one table event), then live, then the end",
+                &[("200", "text/event-stream")],
+            )
+        },
+        ("GET", "/v1/runs/{id}/report") => Operation {
+            query: &["lanes"],
+            ..op(
+                "The run's analysis (JSON; `lanes=none` leaves out the timeline's lanes), or its timeline with Accept: image/svg+xml",
+                &[("200", "the report"), ("404", "no such run")],
+            )
+        },
         ("GET", "/v1/hosts") => op(
             "The hosts writing to the journal: heartbeats, leases, the runs each owns",
             &[("200", "the hosts")],
         ),
+        ("GET", "/v1/overview") => Operation {
+            query: &["workflow", "since", "until"],
+            ..op(
+                "The tenant's runs by status, and the host's throughput, queue, instances and breakers",
+                &[("200", "the overview")],
+            )
+        },
+        ("GET", "/v1/workflows/{name}/report") => Operation {
+            query: &["last"],
+            ..op(
+                "A workflow over its last runs: per-component and per-step p50/p95/p99 and error rates",
+                &[("200", "the report"), ("404", "no such workflow")],
+            )
+        },
         _ => op("", &[("200", "")]),
     }
 }
@@ -161,8 +195,14 @@ pub fn build() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "stepbox", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "session": {
+                "type": "apiKey", "in": "cookie", "name": "stepbox_session",
+                "description": "the dashboard's session (sign in at /ui/login); state-changing requests also need its X-CSRF-Token",
+            },
+        }},
+        "security": [{"bearer": []}, {"session": []}],
         "paths": paths,
     })
 }

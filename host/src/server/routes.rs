@@ -15,7 +15,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use super::auth::{Unauthorized, bearer};
 use super::problem::{Problem, panic_response, problems};
 use super::state::AppState;
-use super::{events, runs, uploads};
+use super::{attempts, dashboard, events, overview, runs, uploads};
 
 /// The content type of the classic Prometheus text format.
 const METRICS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,7 +38,28 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/runs/{id}/cancel"),
     ("GET", "/v1/runs/{id}/events"),
     ("GET", "/v1/runs/{id}/report"),
+    ("GET", "/v1/runs/{id}/attempts"),
+    ("GET", "/v1/runs/{id}/log"),
     ("GET", "/v1/hosts"),
+    ("GET", "/v1/overview"),
+    ("GET", "/v1/workflows/{name}/report"),
+];
+
+/// The dashboard's routes: pages and assets for browsers, not API (so
+/// not in the OpenAPI document).
+pub const UI_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/ui"),
+    ("GET", "/ui/"),
+    ("GET", "/ui/runs"),
+    ("GET", "/ui/runs/{id}"),
+    ("GET", "/ui/workflows"),
+    ("GET", "/ui/workflows/{name}"),
+    ("GET", "/ui/host"),
+    ("GET", "/ui/login"),
+    ("POST", "/ui/login"),
+    ("POST", "/ui/logout"),
+    ("GET", "/ui/session"),
+    ("GET", "/ui/assets/{file}"),
 ];
 
 /// Every route, with problem errors, the body limit, the body timeout and
@@ -67,9 +88,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runs/{id}/report", get(runs::report))
-        .route("/v1/hosts", get(runs::hosts));
+        .route("/v1/runs/{id}/attempts", get(attempts::attempts))
+        .route("/v1/runs/{id}/log", get(attempts::log))
+        .route("/v1/hosts", get(runs::hosts))
+        .route("/v1/overview", get(overview::overview))
+        .route("/v1/workflows/{name}/report", get(overview::workflow_report));
+    let ui = Router::new()
+        .route("/ui", get(dashboard::root))
+        .route("/ui/", get(dashboard::page))
+        .route("/ui/runs", get(dashboard::page))
+        .route("/ui/runs/{id}", get(dashboard::page))
+        .route("/ui/workflows", get(dashboard::page))
+        .route("/ui/workflows/{name}", get(dashboard::page))
+        .route("/ui/host", get(dashboard::page))
+        .route("/ui/login", get(dashboard::login_page).post(dashboard::login))
+        .route("/ui/logout", post(dashboard::logout))
+        .route("/ui/session", get(dashboard::whoami))
+        .route("/ui/assets/{file}", get(dashboard::asset));
     let routes = open
         .merge(api)
+        .merge(ui)
         .route("/openapi.json", get(super::openapi::document))
         .fallback(unknown)
         .with_state(Arc::clone(&state))

@@ -399,13 +399,38 @@ fn ended_view(report: &WorkflowReport, accepted: &Value) -> Value {
     view
 }
 
-/// `?status=&workflow=&cursor=&limit=` on a listing.
+/// `?status=&workflow=&since=&until=&cursor=&limit=` on a listing.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     status: Option<String>,
     workflow: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     cursor: Option<String>,
     limit: Option<String>,
+}
+
+/// An instant in a query: milliseconds since the Unix epoch, or a
+/// duration (`90s`, `1h`, `7d`) meaning that long ago.
+///
+/// # Errors
+///
+/// A 400 problem naming `field` when it is neither.
+pub fn instant(field: &str, value: Option<&str>) -> Result<Option<crate::store::Millis>, Problem> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    let ago = crate::limits::parse_duration(value).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{field}` is milliseconds since the epoch or a duration ago such as `1h`: {e}"),
+        )
+    })?;
+    let ago = i64::try_from(ago.as_millis()).unwrap_or(i64::MAX);
+    Ok(Some(crate::store::now_millis().saturating_sub(ago)))
 }
 
 /// `GET /v1/runs`.
@@ -444,8 +469,10 @@ pub async fn list(
         .unwrap_or(PAGE);
     let filter = RunFilter {
         status,
-        workflow: query.workflow,
+        workflow: query.workflow.filter(|w| !w.is_empty()),
         tenant: tenant.recorded().map(|t| t.to_string()),
+        since: instant("since", query.since.as_deref())?,
+        until: instant("until", query.until.as_deref())?,
         before,
         limit: Some(limit),
     };
@@ -463,7 +490,8 @@ pub async fn list(
     Ok(Json(json!({"runs": runs, "next_cursor": next})).into_response())
 }
 
-fn summary_view(run: &RunSummary) -> Value {
+/// A run's summary as JSON.
+pub fn summary_view(run: &RunSummary) -> Value {
     json!({
         "id": run.id,
         "workflow": run.workflow,
@@ -499,21 +527,63 @@ fn payload(bytes: Option<&[u8]>) -> Value {
     }
 }
 
+/// `?attempts=` on a run: `full` (the default), `table` or `none`; with
+/// `table` or `none`, `payloads=full` keeps a large input or output whole.
+#[derive(Debug, Deserialize)]
+pub struct ShowQuery {
+    attempts: Option<String>,
+    payloads: Option<String>,
+}
+
+/// With `attempts=table`, inputs and outputs larger than this are cut to
+/// [`PREVIEW`] bytes of text (and their size given): a 10,000-item run's
+/// output is megabytes nobody reads at once.
+const INLINE_PAYLOAD: usize = 64 * 1024;
+const PREVIEW: usize = 4 * 1024;
+
 /// `GET /v1/runs/{id}`.
 pub async fn show(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    Query(query): Query<ShowQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let (table, none) = match query.attempts.as_deref() {
+        None | Some("full") => (false, false),
+        Some("table") => (true, false),
+        Some("none") => (false, true),
+        Some(other) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`attempts` is `full`, `table` or `none`, not `{other}`"),
+            ));
+        }
+    };
     let history = history_of(&state, &tenant, &id).await?;
     if accepts(&headers, "text/plain") {
         return Ok(plain(crate::report::text::history_text(&history)));
     }
     let mut view = summary_view(&history.summary);
-    view["input"] = payload(history.input.as_deref());
-    view["output"] = payload(history.output.as_deref());
-    view["attempts"] = history.attempts.iter().map(attempt_view).collect();
+    let cut = (table || none) && query.payloads.as_deref() != Some("full");
+    for (name, bytes) in [("input", &history.input), ("output", &history.output)] {
+        match bytes.as_deref() {
+            Some(b) if cut && b.len() > INLINE_PAYLOAD => {
+                // Cut before a character's continuation bytes, not inside it.
+                let mut end = PREVIEW;
+                while end > 0 && b[end] & 0xC0 == 0x80 {
+                    end -= 1;
+                }
+                view[name] = Value::String(String::from_utf8_lossy(&b[..end]).into_owned());
+                view[format!("{name}_cut")] = json!(b.len());
+            }
+            other => view[name] = payload(other),
+        }
+    }
+    view["attempts"] = match table || none {
+        true => Value::Null,
+        false => history.attempts.iter().map(attempt_view).collect(),
+    };
     view["state"] = history
         .state
         .iter()
@@ -521,6 +591,14 @@ pub async fn show(
         .collect::<serde_json::Map<_, _>>()
         .into();
     view["live"] = json!(state.host.live(history.summary.id).map(|run| run.status()));
+    if table {
+        let mut body = view.to_string();
+        body.pop();
+        body.push_str(",\"attempt_table\":");
+        body.push_str(&super::attempts::attempt_table(&history.attempts));
+        body.push('}');
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     Ok(Json(view).into_response())
 }
 
@@ -559,27 +637,48 @@ pub async fn cancel(
         .into_response())
 }
 
+/// `?lanes=none` on a report: without its timeline's lanes (one per unit:
+/// 10,000 for a 10,000-item fan-out), for a reader that draws its own.
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    lanes: Option<String>,
+}
+
 /// `GET /v1/runs/{id}/report`: the analysis as JSON, or with `Accept:
 /// image/svg+xml` its timeline.
 pub async fn report(
     State(state): State<Arc<AppState>>,
     Caller(tenant): Caller,
     Path(id): Path<String>,
+    Query(query): Query<ReportQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let lanes = match query.lanes.as_deref() {
+        None | Some("all") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("`lanes` is `all` or `none`, not `{other}`"),
+            ));
+        }
+    };
     let history = history_of(&state, &tenant, &id).await?;
     let reader = Arc::clone(&state.reader);
     let digest = history.summary.workflow_digest.clone();
     let definition = blocking(move || reader.definition(&digest))
         .await?
         .map_err(|e| store_problem(&e))?;
-    let analysis = crate::report::RunAnalysis::new(&history, definition.as_ref());
+    let mut analysis = crate::report::RunAnalysis::new(&history, definition.as_ref());
     if accepts(&headers, "image/svg+xml") {
         let svg = crate::report::svg::render(&analysis);
         return Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response());
     }
     if accepts(&headers, "text/plain") {
         return Ok(plain(analysis.text()));
+    }
+    if !lanes {
+        analysis.lanes = Vec::new();
     }
     Ok(Json(analysis).into_response())
 }

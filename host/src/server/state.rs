@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::auth::Tenants;
+use super::auth::{Bucket, Tenants};
 use super::catalog::Catalog;
+use super::session::Sessions;
 use crate::config::ServerSettings;
 use crate::host::Host;
 use crate::store::StoreReader;
@@ -30,6 +31,13 @@ pub struct AppState {
     pub panics: Arc<AtomicU64>,
     /// Submissions refused with 429, by cause.
     pub throttled: AtomicU64,
+    /// The dashboard's signed-in browsers.
+    pub sessions: Sessions,
+    /// Refused sign-ins, held to a rate so that guessing tokens is slow.
+    pub refused_sign_ins: Mutex<Bucket>,
+    /// The host's recent throughput, computed at most once a second
+    /// however many dashboards ask.
+    pub throughput: Mutex<Option<(std::time::Instant, serde_json::Value)>>,
 }
 
 /// One async lock per (tenant, idempotency key) in use.

@@ -149,6 +149,10 @@ pub struct RunFilter {
     pub workflow: Option<String>,
     /// Only runs of this tenant.
     pub tenant: Option<String>,
+    /// Only runs accepted at or after this instant.
+    pub since: Option<Millis>,
+    /// Only runs accepted before this instant.
+    pub until: Option<Millis>,
     /// Only runs with an id below this one: the next page after a page
     /// whose last (oldest) run this is.
     pub before: Option<RunId>,

@@ -211,6 +211,14 @@ pub trait StoreReader: Send + Sync {
     /// A [`StoreError`] if the store cannot be read.
     fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError>;
 
+    /// How many runs matching `filter` are in each state (states with none
+    /// are left out); the filter's status, cursor and limit are ignored.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn count_matching(&self, filter: &RunFilter) -> Result<Vec<(RunState, u64)>, StoreError>;
+
     /// The first run accepted with idempotency key `key` for `tenant`
     /// (`None`: runs with no tenant), if any. Its journal is the one writer
     /// of its runs' acceptances, so it checks here before accepting a run

@@ -347,6 +347,10 @@ impl StoreReader for PostgresReader {
         self.with(read::count_runs)
     }
 
+    fn count_matching(&self, filter: &RunFilter) -> Result<Vec<(RunState, u64)>, StoreError> {
+        self.with(|c| read::count_matching(c, filter))
+    }
+
     fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
         self.with(|c| read::run_by_key(c, tenant, key))
     }

@@ -112,6 +112,12 @@ pub(super) fn runs(client: &mut Client, filter: &RunFilter) -> Res<Vec<RunSummar
     if let Some(tenant) = &filter.tenant {
         arg(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
     }
+    if let Some(since) = filter.since {
+        arg(&mut sql, " AND accepted_at >= ?", Box::new(since));
+    }
+    if let Some(until) = filter.until {
+        arg(&mut sql, " AND accepted_at < ?", Box::new(until));
+    }
     if let Some(before) = filter.before {
         arg(&mut sql, " AND id < ?", Box::new(before as i64));
     }
@@ -200,6 +206,42 @@ pub(super) fn count_runs(client: &mut Client) -> Res<Vec<(RunState, u64)>> {
     let rows = client.query(
         &format!("SELECT {STATUS} AS s, count(*) FROM runs GROUP BY s"),
         &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let status: String = r.get(0);
+            (
+                status.parse().unwrap_or(RunState::Running),
+                r.get::<_, i64>(1) as u64,
+            )
+        })
+        .collect())
+}
+
+pub(super) fn count_matching(client: &mut Client, filter: &RunFilter) -> Res<Vec<(RunState, u64)>> {
+    let mut sql = String::from(" WHERE TRUE");
+    let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+    let mut arg = |sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync>| {
+        args.push(value);
+        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Some(name) = &filter.workflow {
+        arg(&mut sql, " AND name = ?", Box::new(name.clone()));
+    }
+    if let Some(tenant) = &filter.tenant {
+        arg(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
+    }
+    if let Some(since) = filter.since {
+        arg(&mut sql, " AND accepted_at >= ?", Box::new(since));
+    }
+    if let Some(until) = filter.until {
+        arg(&mut sql, " AND accepted_at < ?", Box::new(until));
+    }
+    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a).collect();
+    let rows = client.query(
+        &format!("SELECT {STATUS} AS s, count(*) FROM runs{sql} GROUP BY s"),
+        &params,
     )?;
     Ok(rows
         .iter()

@@ -178,6 +178,10 @@ impl StoreReader for SqliteReader {
         self.with(|q| q.count_runs())
     }
 
+    fn count_matching(&self, filter: &RunFilter) -> Result<Vec<(RunState, u64)>, StoreError> {
+        self.with(|q| q.count_matching(filter))
+    }
+
     fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError> {
         self.with(|q| q.run_by_key(tenant, key))
     }
@@ -244,15 +248,12 @@ impl Queries<'_> {
         })
     }
 
-    fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+    /// The `WHERE` clause of `filter` (without its status, cursor and
+    /// limit) and its arguments.
+    fn filter_sql(&self, filter: &RunFilter) -> (String, Vec<rusqlite::types::Value>) {
         let tenant = self.run_columns.tenant;
-        let mut sql = format!("SELECT {SUMMARY_COLUMNS}, {tenant} FROM runs WHERE 1 = 1");
+        let mut sql = String::from(" WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if !filter.status.is_empty() {
-            let marks = vec!["?"; filter.status.len()].join(", ");
-            sql.push_str(&format!(" AND ({}) IN ({marks})", status_sql!()));
-            args.extend(filter.status.iter().map(|s| s.as_str().to_owned().into()));
-        }
         if let Some(name) = &filter.workflow {
             sql.push_str(" AND name = ?");
             args.push(name.clone().into());
@@ -262,6 +263,26 @@ impl Queries<'_> {
             // tenant's runs.
             sql.push_str(&format!(" AND {tenant} = ?"));
             args.push(t.clone().into());
+        }
+        if let Some(since) = filter.since {
+            sql.push_str(" AND accepted_at >= ?");
+            args.push(since.into());
+        }
+        if let Some(until) = filter.until {
+            sql.push_str(" AND accepted_at < ?");
+            args.push(until.into());
+        }
+        (sql, args)
+    }
+
+    fn runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let tenant = self.run_columns.tenant;
+        let (clause, mut args) = self.filter_sql(filter);
+        let mut sql = format!("SELECT {SUMMARY_COLUMNS}, {tenant} FROM runs{clause}");
+        if !filter.status.is_empty() {
+            let marks = vec!["?"; filter.status.len()].join(", ");
+            sql.push_str(&format!(" AND ({}) IN ({marks})", status_sql!()));
+            args.extend(filter.status.iter().map(|s| s.as_str().to_owned().into()));
         }
         if let Some(before) = filter.before {
             sql.push_str(" AND id < ?");
@@ -375,6 +396,27 @@ impl Queries<'_> {
             visit(&row.map_err(|e| self.error(e))?);
         }
         Ok(())
+    }
+
+    pub(super) fn count_matching(&self, filter: &RunFilter) -> Result<Vec<(RunState, u64)>, StoreError> {
+        let (clause, args) = self.filter_sql(filter);
+        let sql = format!(
+            concat!("SELECT ", status_sql!(), " AS s, count(*) FROM runs{} GROUP BY s"),
+            clause
+        );
+        self.conn
+            .prepare(&sql)
+            .and_then(|mut s| {
+                s.query_map(params_from_iter(args.iter()), |r| {
+                    let status: String = r.get(0)?;
+                    Ok((
+                        status.parse().unwrap_or(RunState::Running),
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.error(e))
     }
 
     fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
