@@ -12,6 +12,7 @@
 //! ```
 
 mod scenarios;
+mod serve;
 
 use std::path::Path;
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::serve::{self, Served};
 use super::{Better, Measurement};
 use crate::config::JournalSettings;
 use crate::host::open_journal;
@@ -95,6 +96,24 @@ const SCENARIOS: &[Scenario] = &[
         better: Better::Lower,
     },
     Scenario {
+        name: "serve-3step",
+        description: "3-step workflows over HTTP, 64 keep-alive clients each waiting for its run's end, strict journal",
+        unit: "workflows/s",
+        better: Better::Higher,
+    },
+    Scenario {
+        name: "serve-3step-p50",
+        description: "the same from one client: the median request, from submission to the run's end",
+        unit: "ms",
+        better: Better::Lower,
+    },
+    Scenario {
+        name: "serve-batch",
+        description: "3-step workflows over HTTP, 100 a request, 64 clients each waiting, strict journal",
+        unit: "workflows/s",
+        better: Better::Higher,
+    },
+    Scenario {
         name: "journal-append",
         description: "attempt events appended and committed, batched",
         unit: "events/s",
@@ -107,7 +126,7 @@ pub fn scenarios() -> &'static [Scenario] {
     SCENARIOS
 }
 
-fn config() -> SchedulerConfig {
+pub(super) fn config() -> SchedulerConfig {
     SchedulerConfig {
         quotas: Quotas {
             max_workflows: 20_000,
@@ -330,6 +349,23 @@ pub async fn run_scenario(
             burst(&scheduler, &wf, 1, json!({})).await?;
             injected(delay).await;
             t.elapsed().as_secs_f64()
+        }
+        "serve-3step" | "serve-3step-p50" | "serve-batch" => {
+            let served = Served::start(sandbox, dir, hello).await?;
+            let (clients, per_request, n) = match scenario.name {
+                "serve-batch" => (serve::CLIENTS, serve::BATCH, q(25_600, 2_560)),
+                "serve-3step-p50" => (1, 1, q(1_000, 100)),
+                _ => (serve::CLIENTS, 1, q(6_400, 640)),
+            };
+            let warm = serve::CLIENTS * per_request;
+            served.closed_loop(serve::CLIENTS, warm, per_request).await?;
+            let (took, latencies) = served.closed_loop(clients, n, per_request).await?;
+            injected(delay).await;
+            served.stop().await?;
+            match scenario.name {
+                "serve-3step-p50" => serve::quantile(&latencies, 0.5).as_secs_f64() * 1e3,
+                _ => n as f64 / took.as_secs_f64(),
+            }
         }
         "journal-append" => {
             let db = dir.join(format!("append-{}.db", fastrand::u64(..)));
