@@ -362,3 +362,36 @@ fn the_regression_check_flags_a_slowed_scenario_and_passes_an_unchanged_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario `nope`"));
 }
+
+#[test]
+fn the_server_scenarios_run_workflows_over_http_and_report_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let components = stepbox_tests::guest("hello")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let out = ok(&stepbox(
+        dir.path(),
+        &[
+            "bench",
+            "--quick",
+            "--repeat",
+            "1",
+            "--scenarios",
+            "serve-3step,serve-3step-p50,serve-batch",
+            "--components",
+            &components,
+            "--json",
+        ],
+    ));
+    let results: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let text = results.to_string();
+    for name in ["serve-3step", "serve-3step-p50", "serve-batch"] {
+        let figure = results["results"]["scenarios"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["name"] == name))
+            .and_then(|m| m["samples"][0].as_f64());
+        assert!(figure.is_some_and(|f| f > 0.0), "{name}: {text}");
+    }
+}

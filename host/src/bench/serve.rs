@@ -27,6 +27,9 @@ pub const BATCH: usize = 100;
 /// One keep-alive HTTP/1.1 connection.
 struct Client {
     sender: SendRequest<Full<Bytes>>,
+    /// The `Host` header: the address itself (an open server answers only
+    /// to loopback names).
+    host: String,
 }
 
 impl Client {
@@ -39,7 +42,10 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(connection);
-        Ok(Client { sender })
+        Ok(Client {
+            sender,
+            host: addr.to_string(),
+        })
     }
 
     /// Sends one request; returns the status and the body, which must be a
@@ -55,7 +61,7 @@ impl Client {
         let request = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, "stepbox")
+            .header(header::HOST, &self.host)
             .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(body.into()))
             .map_err(|e| e.to_string())?;
