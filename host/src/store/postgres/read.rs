@@ -95,38 +95,57 @@ fn attempt_record(r: &Row) -> AttemptRecord {
     }
 }
 
-pub(super) fn runs(client: &mut Client, filter: &RunFilter) -> Res<Vec<RunSummary>> {
-    let mut sql = format!("SELECT {} FROM runs WHERE TRUE", summary_columns());
-    let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
-    let mut arg = |sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync>| {
-        args.push(value);
-        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
-    };
-    if !filter.status.is_empty() {
-        let states: Vec<String> = filter.status.iter().map(|s| s.as_str().to_owned()).collect();
-        arg(&mut sql, &format!(" AND ({STATUS}) = ANY(?)"), Box::new(states));
+/// SQL arguments, numbered `$1`, `$2`... in the order they are added.
+#[derive(Default)]
+struct Args(Vec<Box<dyn ToSql + Sync>>);
+
+impl Args {
+    /// Appends `clause` to `sql` with its `?` numbered, for `value`.
+    fn add(&mut self, sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync>) {
+        self.0.push(value);
+        sql.push_str(&clause.replace('?', &format!("${}", self.0.len())));
     }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.0.iter().map(|a| &**a).collect()
+    }
+}
+
+/// ` WHERE ...` for what `filter` asks of a run's workflow, tenant and
+/// time of acceptance (its status, page and limit are the caller's).
+fn filter_sql(filter: &RunFilter) -> (String, Args) {
+    let mut sql = String::from(" WHERE TRUE");
+    let mut args = Args::default();
     if let Some(name) = &filter.workflow {
-        arg(&mut sql, " AND name = ?", Box::new(name.clone()));
+        args.add(&mut sql, " AND name = ?", Box::new(name.clone()));
     }
     if let Some(tenant) = &filter.tenant {
-        arg(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
+        args.add(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
     }
     if let Some(since) = filter.since {
-        arg(&mut sql, " AND accepted_at >= ?", Box::new(since));
+        args.add(&mut sql, " AND accepted_at >= ?", Box::new(since));
     }
     if let Some(until) = filter.until {
-        arg(&mut sql, " AND accepted_at < ?", Box::new(until));
+        args.add(&mut sql, " AND accepted_at < ?", Box::new(until));
+    }
+    (sql, args)
+}
+
+pub(super) fn runs(client: &mut Client, filter: &RunFilter) -> Res<Vec<RunSummary>> {
+    let (clause, mut args) = filter_sql(filter);
+    let mut sql = format!("SELECT {} FROM runs{clause}", summary_columns());
+    if !filter.status.is_empty() {
+        let states: Vec<String> = filter.status.iter().map(|s| s.as_str().to_owned()).collect();
+        args.add(&mut sql, &format!(" AND ({STATUS}) = ANY(?)"), Box::new(states));
     }
     if let Some(before) = filter.before {
-        arg(&mut sql, " AND id < ?", Box::new(before as i64));
+        args.add(&mut sql, " AND id < ?", Box::new(before as i64));
     }
     sql.push_str(" ORDER BY id DESC");
     if let Some(limit) = filter.limit {
         sql.push_str(&format!(" LIMIT {limit}"));
     }
-    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a).collect();
-    Ok(client.query(&sql, &params)?.iter().map(summary).collect())
+    Ok(client.query(&sql, &args.params())?.iter().map(summary).collect())
 }
 
 pub(super) fn history(client: &mut Client, id: RunId) -> Res<Option<RunHistory>> {
@@ -203,42 +222,12 @@ pub(super) fn scan_page(
 }
 
 pub(super) fn count_runs(client: &mut Client) -> Res<Vec<(RunState, u64)>> {
-    let rows = client.query(
-        &format!("SELECT {STATUS} AS s, count(*) FROM runs GROUP BY s"),
-        &[],
-    )?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let status: String = r.get(0);
-            (
-                status.parse().unwrap_or(RunState::Running),
-                r.get::<_, i64>(1) as u64,
-            )
-        })
-        .collect())
+    count_matching(client, &RunFilter::default())
 }
 
 pub(super) fn count_matching(client: &mut Client, filter: &RunFilter) -> Res<Vec<(RunState, u64)>> {
-    let mut sql = String::from(" WHERE TRUE");
-    let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
-    let mut arg = |sql: &mut String, clause: &str, value: Box<dyn ToSql + Sync>| {
-        args.push(value);
-        sql.push_str(&clause.replace('?', &format!("${}", args.len())));
-    };
-    if let Some(name) = &filter.workflow {
-        arg(&mut sql, " AND name = ?", Box::new(name.clone()));
-    }
-    if let Some(tenant) = &filter.tenant {
-        arg(&mut sql, " AND tenant = ?", Box::new(tenant.clone()));
-    }
-    if let Some(since) = filter.since {
-        arg(&mut sql, " AND accepted_at >= ?", Box::new(since));
-    }
-    if let Some(until) = filter.until {
-        arg(&mut sql, " AND accepted_at < ?", Box::new(until));
-    }
-    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| &**a).collect();
+    let (sql, args) = filter_sql(filter);
+    let params = args.params();
     let rows = client.query(
         &format!("SELECT {STATUS} AS s, count(*) FROM runs{sql} GROUP BY s"),
         &params,

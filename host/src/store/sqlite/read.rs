@@ -175,7 +175,7 @@ impl StoreReader for SqliteReader {
     }
 
     fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
-        self.with(|q| q.count_runs())
+        self.count_matching(&RunFilter::default())
     }
 
     fn count_matching(&self, filter: &RunFilter) -> Result<Vec<(RunState, u64)>, StoreError> {
@@ -408,26 +408,6 @@ impl Queries<'_> {
             .prepare(&sql)
             .and_then(|mut s| {
                 s.query_map(params_from_iter(args.iter()), |r| {
-                    let status: String = r.get(0)?;
-                    Ok((
-                        status.parse().unwrap_or(RunState::Running),
-                        r.get::<_, i64>(1)? as u64,
-                    ))
-                })?
-                .collect()
-            })
-            .map_err(|e| self.error(e))
-    }
-
-    fn count_runs(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
-        self.conn
-            .prepare(concat!(
-                "SELECT ",
-                status_sql!(),
-                " AS s, count(*) FROM runs GROUP BY s"
-            ))
-            .and_then(|mut s| {
-                s.query_map([], |r| {
                     let status: String = r.get(0)?;
                     Ok((
                         status.parse().unwrap_or(RunState::Running),
