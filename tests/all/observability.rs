@@ -96,6 +96,15 @@ fn stepbox(dir: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Where the test guests are built: `bench --components`.
+fn components_dir() -> String {
+    stepbox_tests::guest("hello")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
 fn ok(out: &Output) -> String {
     assert_eq!(
         out.status.code(),
@@ -289,11 +298,7 @@ fn json_logs_carry_the_run_and_the_step() {
 #[test]
 fn the_regression_check_flags_a_slowed_scenario_and_passes_an_unchanged_one() {
     let dir = tempfile::tempdir().unwrap();
-    let components = stepbox_tests::guest("hello")
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
+    let components = components_dir();
     let baselines = dir.path().join("baselines").display().to_string();
     let bench = |scenarios: &str, extra: &[&str]| {
         let mut args = vec![
@@ -366,11 +371,7 @@ fn the_regression_check_flags_a_slowed_scenario_and_passes_an_unchanged_one() {
 #[test]
 fn the_server_scenarios_run_workflows_over_http_and_report_figures() {
     let dir = tempfile::tempdir().unwrap();
-    let components = stepbox_tests::guest("hello")
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
+    let components = components_dir();
     let out = ok(&stepbox(
         dir.path(),
         &[
