@@ -225,6 +225,13 @@ impl<'de, C: Children<'de>> Visitor<'de> for BareVisitor<C> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value<'de>, E> {
+        // Negative zero reads as the integer 0: YAML reads `-0` as an
+        // integer and JSON parsers as the float -0.0, and a file must read
+        // alike whichever parser reads it (found by the workflow_json fuzz
+        // target).
+        if v == 0.0 && v.is_sign_negative() {
+            return Ok(Value::Int(0));
+        }
         Ok(Value::Float(v))
     }
 

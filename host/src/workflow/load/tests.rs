@@ -186,6 +186,23 @@ fn json_files_load_like_the_same_yaml() {
     assert_eq!(at(&err), (3, 3));
 }
 
+/// Found by the workflow_json fuzz target: JSON parsers read `-0` as the
+/// float -0.0 and YAML as the integer 0, so the same file read two ways
+/// gave two inputs.
+#[test]
+fn negative_zero_reads_as_zero_in_json_and_yaml_alike() {
+    let json =
+        r#"{"name": "w", "steps": [{"id": "a", "component": "a.wasm", "input": {"n": [-0, -0.0, 0]}}]}"#;
+    let yaml = format!("# read by the YAML parser\n{json}");
+    let input = json!({});
+    let no_steps = |_: &str| None;
+    let scope = crate::workflow::Scope::new(&input, &no_steps);
+    for text in [json, yaml.as_str()] {
+        let evaluated = load_ok(text).eval_input(0, &scope).unwrap();
+        assert_eq!(evaluated.to_string(), r#"{"n":[0,0,0]}"#, "{text}");
+    }
+}
+
 /// The JSON read by the tree of nodes, without positions.
 fn load_as_tree(text: &str) -> Workflow {
     let root = node::parse_json_unpositioned(text).unwrap();
