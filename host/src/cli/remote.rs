@@ -423,7 +423,7 @@ fn problem(answer: &Answer) -> CliError {
 }
 
 /// `s` percent-encoded for a path segment or a query value.
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

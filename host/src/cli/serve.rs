@@ -68,21 +68,14 @@ fn sign_in_line(server: &Server, addr: SocketAddr, global: &GlobalArgs) -> Strin
         return format!("dashboard: http://{addr}/ui/");
     }
     match global.token().filter(|t| server.knows_token(t)) {
-        Some(token) => format!("dashboard: http://{addr}/ui/login?token={}", url_encoded(token)),
+        Some(token) => format!(
+            "dashboard: http://{addr}/ui/login?token={}",
+            super::remote::encode(token)
+        ),
         None => format!(
             "dashboard: http://{addr}/ui/login (sign in with a tenant's token, or open /ui/login?token=TOKEN)"
         ),
     }
-}
-
-/// `text` with every byte but the URL-unreserved ones percent-encoded.
-fn url_encoded(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn server_error(error: ServerError) -> CliError {
@@ -144,11 +137,11 @@ fn fresh_token() -> std::io::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::remote::encode;
 
     #[test]
     fn a_token_in_the_sign_in_link_is_percent_encoded() {
-        assert_eq!(url_encoded("sbx_09af-~."), "sbx_09af-~.");
-        assert_eq!(url_encoded("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(encode("sbx_09af-~."), "sbx_09af-~.");
+        assert_eq!(encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 }
