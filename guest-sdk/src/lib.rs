@@ -6,8 +6,9 @@
 //! [`StepError::InvalidInput`] carrying serde's message), calls the function,
 //! and serializes what it returns. The host imports are wrapped as plain
 //! functions: [`log`] (and its shorthands [`info`], [`warn`], ...),
-//! [`remaining`], [`call`] (run a child step) and [`state`] (the workflow
-//! run's shared state).
+//! [`remaining`], [`call`] (run a child step), [`state`] (the workflow
+//! run's shared state), [`secret`] (a value granted to this step) and
+//! [`http`] (outbound requests, where granted).
 //!
 //! ```
 //! use serde::{Deserialize, Serialize};
@@ -45,9 +46,11 @@
 //! Inside a step, `std` works as on any WASI 0.2 target, within the sandbox:
 //! `/tmp` is a private, empty directory that disappears when the run ends;
 //! stdout and stderr go to the step's log; there are no environment variables
-//! and no network.
+//! and no network but the HTTP destinations the step is granted ([`http`]).
 //!
 //! [stepbox]: https://github.com/stepbox/stepbox
+
+pub mod http;
 
 use std::fmt;
 use std::time::Duration;
@@ -322,6 +325,22 @@ pub fn idempotency_key() -> String {
 /// ```
 pub fn attempt() -> u32 {
     host::attempt()
+}
+
+/// The value of secret `name`, if this step was granted it (`secrets:` in
+/// its workflow step, or `stepbox step --secret NAME`); `None` otherwise.
+///
+/// The host redacts every granted secret from what the step leaves behind
+/// (output, errors, log, state, child calls): echoing one yields
+/// `[redacted]`, never the value.
+///
+/// ```no_run
+/// let token = stepbox_guest::secret("API_TOKEN")
+///     .ok_or_else(|| stepbox_guest::StepError::failed("no API_TOKEN granted"))?;
+/// # Ok::<(), stepbox_guest::StepError>(())
+/// ```
+pub fn secret(name: &str) -> Option<String> {
+    host::secret(name)
 }
 
 /// Runs another step of the same workflow, by its id, as a child of this

@@ -55,7 +55,16 @@
 //! max_running = 64          # its runs executing at once
 //! max_queued = 1000         # its runs accepted and waiting
 //! submissions_per_second = 100
+//!
+//! [secrets]                 # values a step reads if its workflow names them (`secrets:`)
+//! API_TOKEN = "…"
+//! DB_PASSWORD = { env = "PGPASSWORD" }   # read from the host's environment at start
 //! ```
+//!
+//! `stepbox serve` gives steps only the secrets listed here: a workflow
+//! submitted over the API cannot name an environment variable and read it.
+//! `stepbox run` and `stepbox step`, run by the user who owns the
+//! environment, also read a secret missing here from the variable of its name.
 //!
 //! ```
 //! let config = stepbox::config::HostConfig::from_toml("[quotas]\nmax_workflows = 8\n").unwrap();
@@ -69,6 +78,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::limits::{LimitOverrides, parse_duration, parse_size};
+use crate::sandbox::Secrets;
 use crate::scheduler::SchedulerConfig;
 use crate::store::Durability;
 
@@ -270,6 +280,15 @@ struct File {
     server: ServerKeys,
     #[serde(default)]
     tenants: Vec<TenantKeys>,
+    #[serde(default)]
+    secrets: std::collections::BTreeMap<String, SecretKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretKey {
+    Value(String),
+    Env { env: String },
 }
 
 #[derive(Deserialize, Default)]
@@ -400,6 +419,28 @@ impl HostConfig {
             q.max_state_bytes = usize::try_from(state.as_u64()).unwrap_or(usize::MAX);
         }
         q.validate().map_err(|e| invalid(e.to_string()))?;
+        if let Some(bad) = file
+            .secrets
+            .keys()
+            .find(|name| !crate::workflow::is_secret_name(name))
+        {
+            return Err(invalid(format!(
+                "`secrets.{bad}`: a secret's name is letters, digits and `_`, not starting with a digit"
+            )));
+        }
+        let mut secrets = Vec::with_capacity(file.secrets.len());
+        for (name, key) in file.secrets {
+            let value = match key {
+                SecretKey::Value(value) => value,
+                SecretKey::Env { env } => std::env::var(&env).map_err(|_| {
+                    invalid(format!(
+                        "`secrets.{name}`: the environment variable `{env}` is not set"
+                    ))
+                })?,
+            };
+            secrets.push((name, value));
+        }
+        config.scheduler.secrets = Secrets::new(secrets);
         config.scheduler.global_timeout = duration("timeouts.global", &file.timeouts.global)?;
         let b = &mut config.scheduler.breaker;
         let k = &file.breaker;
@@ -605,6 +646,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tenants.name"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_read_from_values_or_named_environment_variables() {
+        let config = HostConfig::from_toml("[secrets]\nA = \"alpha\"\nB = { env = \"PATH\" }\n").unwrap();
+        let s = &config.scheduler.secrets;
+        assert_eq!(s.get("A"), Some("alpha"));
+        assert_eq!(s.get("B"), std::env::var("PATH").ok().as_deref());
+        assert!(!config.scheduler.secrets_from_env);
+        let err =
+            HostConfig::from_toml("[secrets]\nC = { env = \"STEPBOX_SURELY_UNSET_VAR\" }\n").unwrap_err();
+        assert!(
+            err.to_string().contains("`STEPBOX_SURELY_UNSET_VAR` is not set"),
+            "{err}"
+        );
+        let err = HostConfig::from_toml("[secrets]\n\"9x\" = \"v\"\n").unwrap_err();
+        assert!(err.to_string().contains("`secrets.9x`"), "{err}");
     }
 
     #[test]

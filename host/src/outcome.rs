@@ -480,7 +480,7 @@ impl StepLog {
                 LogSource::Log(LogLevel::Info) | LogSource::Stdout => {
                     tracing::info!(target: "guest", step, "{message}")
                 }
-                LogSource::Log(LogLevel::Warn) | LogSource::Stderr => {
+                LogSource::Log(LogLevel::Warn) | LogSource::Stderr | LogSource::Host => {
                     tracing::warn!(target: "guest", step, "{message}")
                 }
                 LogSource::Log(LogLevel::Error) => tracing::error!(target: "guest", step, "{message}"),
@@ -511,6 +511,8 @@ pub enum LogSource {
     Stdout,
     /// A line the guest wrote to stderr.
     Stderr,
+    /// A record the host wrote about the step, such as a refused request.
+    Host,
 }
 
 /// Severity of a guest log record.

@@ -27,6 +27,7 @@ pub const GUESTS: &[&str] = &[
     "flaky",
     "runaway",
     "fib",
+    "fetch",
     "trivial",
     "hostile",
     "not-a-step",

@@ -84,7 +84,11 @@ pub struct ResumeCommand {
 
 impl ResumeCommand {
     pub async fn run(self, global: &GlobalArgs) -> Result<u8, CliError> {
-        let config = global.host_config()?.scheduler;
+        let config = SchedulerConfig {
+            // As for `run`: the user resuming owns the environment.
+            secrets_from_env: true,
+            ..global.host_config()?.scheduler
+        };
         let host = global.host(config, 0).await?;
         if host.settings().durability == Durability::Memory {
             return Err(anyhow::anyhow!("there is nothing to resume under `memory` durability").into());

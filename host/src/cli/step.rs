@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use stepbox::limits::{parse_duration, parse_size};
+use stepbox::sandbox::{HttpGrant, HttpPolicy, Secrets};
 use stepbox::{LimitOverrides, Outcome, RunOptions, RunReport};
 
 use super::{CliError, GlobalArgs, exit};
@@ -46,12 +47,28 @@ pub struct StepCommand {
     /// Open files, streams and other handles the step may hold at once [default: 512]
     #[arg(long, value_name = "N")]
     handles: Option<u32>,
+    /// Let the step send HTTP requests to HOST:PORT (repeatable); nothing else is reachable
+    #[arg(long = "allow-http", value_name = "HOST:PORT")]
+    allow_http: Vec<HttpGrant>,
+    /// Let the step read secret NAME, from stepbox.toml's [secrets] or the environment (repeatable)
+    #[arg(long = "secret", value_name = "NAME", value_parser = parse_secret_name)]
+    secrets: Vec<std::sync::Arc<str>>,
     /// Print the full run report (outcome, usage, log) as JSON on stdout
     #[arg(long)]
     json: bool,
     /// Print the run's usage (time, fuel, memory) on stderr
     #[arg(long)]
     usage: bool,
+}
+
+fn parse_secret_name(text: &str) -> Result<std::sync::Arc<str>, String> {
+    if stepbox::workflow::is_secret_name(text) {
+        Ok(text.into())
+    } else {
+        Err(format!(
+            "`{text}` is not a secret name: use letters, digits and `_`, not starting with a digit"
+        ))
+    }
 }
 
 fn parse_fuel(text: &str) -> Result<u64, String> {
@@ -66,6 +83,16 @@ impl StepCommand {
         let input = read_input(&self.input)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&input)
             .with_context(|| format!("input is not valid JSON ({})", describe_source(&self.input)))?;
+        let secrets = if self.secrets.is_empty() {
+            Secrets::default()
+        } else {
+            let held = global.host_config()?.scheduler.secrets;
+            held.select(&self.secrets, true).map_err(|name| {
+                anyhow::anyhow!(
+                    "secret `{name}` is neither in stepbox.toml's [secrets] nor in the environment"
+                )
+            })?
+        };
         let sandbox = global.sandbox()?;
         let path = self.component.clone();
         let loader = sandbox.clone();
@@ -80,7 +107,8 @@ impl StepCommand {
                 on_interrupt.cancel();
             }
         });
-        let options = RunOptions::default()
+        let mut options = RunOptions::default()
+            .secrets(secrets)
             .limits(LimitOverrides {
                 fuel: self.fuel,
                 memory: self.memory,
@@ -93,6 +121,11 @@ impl StepCommand {
                 handles: self.handles,
             })
             .cancel_token(cancel);
+        if !self.allow_http.is_empty() {
+            options = options.http(std::sync::Arc::new(HttpPolicy::allowing(
+                self.allow_http.iter().cloned(),
+            )));
+        }
         let report = sandbox.run(&component, &input, options).await;
         report.log.emit(component.name());
         if self.usage {

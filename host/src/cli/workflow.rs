@@ -117,6 +117,8 @@ impl QuotaArgs {
         SchedulerConfig {
             quotas,
             global_timeout: self.global_timeout.or(base.global_timeout),
+            // The user running the CLI owns its environment.
+            secrets_from_env: true,
             ..base
         }
     }

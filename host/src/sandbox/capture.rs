@@ -52,14 +52,22 @@ impl LogCapture {
 
     /// Records a message from the `log` host import.
     pub(crate) fn log(&self, level: LogLevel, message: &str) {
+        self.record(LogSource::Log(level), message);
+    }
+
+    /// Records a message from the host about the step (a refused request):
+    /// it shares the step's log budget, so a step cannot flood the host
+    /// through refusals either.
+    pub(crate) fn host(&self, message: &str) {
+        self.record(LogSource::Host, message);
+    }
+
+    fn record(&self, source: LogSource, message: &str) {
         let mut buf = self.lock();
         let kept = buf.admit(message.len());
         if kept > 0 {
             let message = truncate_at_char(message, kept).to_owned();
-            buf.log.records.push(LogRecord {
-                source: LogSource::Log(level),
-                message,
-            });
+            buf.log.records.push(LogRecord { source, message });
         }
     }
 

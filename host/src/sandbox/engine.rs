@@ -89,6 +89,8 @@ pub(super) fn build(
 ///
 /// `wasi:filesystem/types` is then linked again, over wasmtime-wasi's own,
 /// as the metered layer that enforces the scratch quota and handle cap.
+/// `wasi:http`'s outgoing handler is linked too; each instance's hooks deny
+/// every request its step was not granted.
 fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
     wasmtime_wasi::p2::add_to_linker_async(linker)
         .and_then(|()| {
@@ -97,6 +99,7 @@ fn link(linker: &mut Linker<InstanceState>) -> Result<(), SandboxError> {
             linker.allow_shadowing(false);
             metered
         })
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker))
         .and_then(|()| super::step_host::add_to_linker(linker))
         .map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }

@@ -7,10 +7,13 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::capture::LogCapture;
 use super::meter::Meter;
+use super::outbound::Outbound;
 use super::scratch_fs::Held;
+use super::secrets::Secrets;
 use super::step_host::Imports;
 
 /// Everything a running instance's `Store` holds.
@@ -29,6 +32,11 @@ pub(crate) struct InstanceState {
     pub(crate) imports: Imports,
     /// What `idempotency-key` and `attempt` return.
     pub(crate) work: WorkId,
+    pub(crate) http: WasiHttpCtx,
+    /// Where the step may call out, and what it has sent.
+    pub(crate) outbound: Outbound,
+    /// What `secret` returns, and what is redacted from what the step leaves.
+    pub(crate) secrets: Secrets,
 }
 
 /// Which unit of work an instance runs, as the guest sees it.
@@ -43,6 +51,16 @@ impl WasiView for InstanceState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.outbound,
+            table: &mut self.table,
+            ctx: &mut self.http,
         }
     }
 }

@@ -11,10 +11,12 @@ mod component;
 mod engine;
 mod instance;
 mod meter;
+mod outbound;
 mod run;
 mod scratch;
 mod scratch_fs;
 use self::scratch::ScratchRoot;
+mod secrets;
 mod step_host;
 
 use std::collections::HashMap;
@@ -32,7 +34,11 @@ use self::cache::DiskCache;
 use self::component::Loaded;
 pub use self::component::{ComponentInfo, Digest, Item, LoadError, StepComponent};
 use self::instance::InstanceState;
+pub use self::outbound::{
+    DEFAULT_HTTP_REQUEST_BODY, DEFAULT_HTTP_REQUESTS, DEFAULT_HTTP_RESPONSE_BODY, HttpGrant, HttpPolicy,
+};
 pub use self::run::RunOptions;
+pub use self::secrets::{REDACTED, Secrets};
 pub use self::step_host::{ChildCall, ChildResult, StepHost, add_to_json_integer};
 use crate::limits::Limits;
 

@@ -14,7 +14,9 @@ use super::bindings::StepError;
 use super::capture::LogCapture;
 use super::instance::{InstanceState, MemoryLimitExceeded, MemoryLimiter, WorkId};
 use super::meter::{Exceeded, Meter};
+use super::outbound::{HttpPolicy, Outbound};
 use super::scratch::ScratchDir;
+use super::secrets::Secrets;
 use super::step_host::{Imports, StepHost};
 use super::{Sandbox, StepComponent};
 use crate::limits::{LimitOverrides, Limits};
@@ -58,6 +60,12 @@ pub struct RunOptions {
     pub idempotency_key: Option<Arc<str>>,
     /// What the guest's `attempt` returns; 0 (unset) reads as 1.
     pub attempt: u32,
+    /// Where the step may send HTTP requests, and how many and how large;
+    /// without one, every request is denied.
+    pub http: Option<Arc<HttpPolicy>>,
+    /// The secrets the step may read; their values are redacted from its
+    /// output, error, log, state writes and child calls.
+    pub secrets: Secrets,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -69,6 +77,8 @@ impl std::fmt::Debug for RunOptions {
             .field("host", &self.host.as_ref().map(|_| "dyn StepHost"))
             .field("idempotency_key", &self.idempotency_key)
             .field("attempt", &self.attempt)
+            .field("http", &self.http)
+            .field("secrets", &self.secrets)
             .finish()
     }
 }
@@ -95,6 +105,18 @@ impl RunOptions {
     /// Sets [`RunOptions::host`].
     pub fn host(mut self, host: Arc<dyn StepHost>) -> Self {
         self.host = Some(host);
+        self
+    }
+
+    /// Sets [`RunOptions::http`].
+    pub fn http(mut self, policy: Arc<HttpPolicy>) -> Self {
+        self.http = Some(policy);
+        self
+    }
+
+    /// Sets [`RunOptions::secrets`].
+    pub fn secrets(mut self, secrets: Secrets) -> Self {
+        self.secrets = secrets;
         self
     }
 
@@ -235,6 +257,9 @@ impl Sandbox {
                         .unwrap_or_else(|| format!("step-{:016x}", fastrand::u64(..)).into()),
                     attempt: options.attempt.max(1),
                 },
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                outbound: Outbound::new(options.http.unwrap_or_default(), log.clone(), deadline),
+                secrets: options.secrets.clone(),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -275,7 +300,7 @@ impl Sandbox {
         drop(scratch);
         drop(permit);
 
-        let log = log.finish();
+        let mut log = log.finish();
         let peak_scratch = meter.peak_bytes();
         let classify = Classify {
             exceeded: meter.exceeded(),
@@ -285,7 +310,10 @@ impl Sandbox {
             max_wasm_stack: limits.stack.as_u64(),
             log: &log,
         };
-        let outcome = classify.ended(ended);
+        let mut outcome = classify.ended(ended);
+        if !options.secrets.is_empty() {
+            redact(&options.secrets, &mut outcome, &mut log);
+        }
         let output_bytes = outcome.output().map_or(0, |o| o.len() as u64);
         tracing::debug!(
             step = step.name(),
@@ -305,6 +333,28 @@ impl Sandbox {
             },
             log,
         }
+    }
+}
+
+/// Takes every granted secret's value out of what the run leaves behind.
+fn redact(secrets: &Secrets, outcome: &mut Outcome, log: &mut StepLog) {
+    for record in &mut log.records {
+        secrets.scrub(&mut record.message);
+    }
+    match outcome {
+        Outcome::Completed { output } => {
+            if let std::borrow::Cow::Owned(clean) = secrets.redact_bytes(output) {
+                *output = clean;
+            }
+        }
+        Outcome::GuestError { message, .. } | Outcome::HostFailure { message } => secrets.scrub(message),
+        Outcome::Trap { message, backtrace } => {
+            secrets.scrub(message);
+            if let Some(backtrace) = backtrace {
+                secrets.scrub(backtrace);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -202,6 +202,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
         Ok((store.data().work.attempt,))
     })?;
     host.func_wrap(
+        "secret",
+        |store: StoreContextMut<'_, InstanceState>, (name,): (String,)| {
+            Ok((store.data().secrets.get(&name).map(str::to_owned),))
+        },
+    )?;
+    host.func_wrap(
         "state-get",
         |store: StoreContextMut<'_, InstanceState>, (key,): (String,)| {
             Ok((store.data().imports.state_get(&key),))
@@ -210,7 +216,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     host.func_wrap(
         "state-set",
         |mut store: StoreContextMut<'_, InstanceState>, (key, value): (String, String)| {
-            Ok((store.data_mut().imports.state_set(key, value),))
+            // State is journaled: no secret goes into it.
+            let state = store.data_mut();
+            let value = state.secrets.redact(&value).into_owned();
+            let key = state.secrets.redact(&key).into_owned();
+            Ok((state.imports.state_set(key, value),))
         },
     )?;
     host.func_wrap(
@@ -232,6 +242,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
                 };
                 let fuel = store.get_fuel()?;
                 let deadline = store.data().deadline;
+                // A child's input is journaled with its attempt.
+                let input = store.data().secrets.redact_bytes(&input).into_owned();
                 let result = host
                     .call(ChildCall {
                         step,

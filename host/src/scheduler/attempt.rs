@@ -293,12 +293,14 @@ impl<R: StepRunner> Shared<R> {
             key: Arc::clone(&job.key),
             calls: AtomicU32::new(0),
         });
-        let options = RunOptions::default()
+        let mut options = RunOptions::default()
+            .secrets(self.wf.secrets[job.step].clone())
             .limits(limits)
             .deadline(attempt.deadline.at)
             .cancel_token(job.cancel.clone())
             .host(host)
             .work(Arc::clone(&job.key), attempt.number);
+        options.http = def.http.clone();
         let item = job.unit.and_then(|(_, item)| item);
         let span = tracing::info_span!(target: "stepbox::span", "step", step = %def.id, item, attempt = attempt.number, depth = job.depth);
         let report = self

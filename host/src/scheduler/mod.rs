@@ -62,7 +62,7 @@ use crate::metrics::{HostGauges, Metrics};
 use crate::policy::{
     Admission, AdmissionStats, BreakerConfig, BreakerState, Breakers, InvalidSetting, QuotaError, Quotas,
 };
-use crate::sandbox::{Digest, Sandbox};
+use crate::sandbox::{Digest, Sandbox, Secrets};
 use crate::store::{Event, Journal, RecoveredRun, RunId, StoreError, WorkflowRecord, now_millis};
 use crate::workflow::{Plan, Workflow, WorkflowError};
 
@@ -93,6 +93,12 @@ pub struct SchedulerConfig {
     /// How many child calls one attempt of a step may make; past it `call`
     /// fails in the guest.
     pub max_child_calls: u32,
+    /// The secret values this host holds: a step reads those its workflow
+    /// names in its `secrets`, and no other.
+    pub secrets: Secrets,
+    /// Whether a secret missing from [`SchedulerConfig::secrets`] is read
+    /// from the environment variable of the same name.
+    pub secrets_from_env: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -103,6 +109,8 @@ impl Default for SchedulerConfig {
             breaker: BreakerConfig::default(),
             max_call_depth: DEFAULT_MAX_CALL_DEPTH,
             max_child_calls: DEFAULT_MAX_CHILD_CALLS,
+            secrets: Secrets::default(),
+            secrets_from_env: false,
         }
     }
 }
@@ -148,6 +156,17 @@ pub enum PrepareError {
         path: std::path::PathBuf,
         /// What went wrong.
         message: String,
+    },
+    /// A step names a secret this host does not hold.
+    #[error(
+        "step `{step}` needs secret `{name}`, which this host does not have \
+         (set it under [secrets] in stepbox.toml, or in the environment)"
+    )]
+    MissingSecret {
+        /// The step.
+        step: String,
+        /// The secret.
+        name: String,
     },
 }
 
@@ -269,6 +288,8 @@ pub struct PreparedWorkflow<R: StepRunner = Sandbox> {
     /// Per step, its component's file name, as journal events carry it:
     /// shared by every attempt rather than copied into each.
     component_names: Vec<Arc<str>>,
+    /// Per step, the secrets it may read.
+    secrets: Vec<Secrets>,
     /// How the journal knows it; `None` without a journal.
     record: Option<Recorded>,
 }
@@ -468,6 +489,7 @@ impl<R: StepRunner> Scheduler<R> {
     /// workflow has more steps than allowed.
     pub fn prepare(&self, workflow: Workflow) -> Result<Arc<PreparedWorkflow<R>>, PrepareError> {
         self.inner.admission.check_steps(workflow.steps.len())?;
+        let secrets = self.secrets(&workflow)?;
         let runner = &self.inner.runner;
         let components =
             workflow.check_components(|step| runner.load_file(&step.component).map_err(|e| e.to_string()))?;
@@ -479,13 +501,32 @@ impl<R: StepRunner> Scheduler<R> {
                 Some(record)
             }
         };
-        Ok(self.assemble(workflow, components, record))
+        Ok(self.assemble(workflow, components, secrets, record))
+    }
+
+    /// The secrets each step of `workflow` may read, from the host's.
+    fn secrets(&self, workflow: &Workflow) -> Result<Vec<Secrets>, PrepareError> {
+        let config = &self.inner.config;
+        workflow
+            .steps
+            .iter()
+            .map(|step| {
+                config
+                    .secrets
+                    .select(&step.secrets, config.secrets_from_env)
+                    .map_err(|name| PrepareError::MissingSecret {
+                        step: step.id.to_string(),
+                        name: name.to_owned(),
+                    })
+            })
+            .collect()
     }
 
     fn assemble(
         &self,
         workflow: Workflow,
         components: Vec<R::Component>,
+        secrets: Vec<Secrets>,
         record: Option<Arc<WorkflowRecord>>,
     ) -> Arc<PreparedWorkflow<R>> {
         let mut names = self.inner.names.lock().unwrap_or_else(PoisonError::into_inner);
@@ -498,6 +539,7 @@ impl<R: StepRunner> Scheduler<R> {
             workflow,
             components,
             component_names,
+            secrets,
             record: record.map(|record| Recorded {
                 digest: record.digest.as_str().into(),
                 name: record.name.as_str().into(),
@@ -667,7 +709,8 @@ impl<R: StepRunner> Scheduler<R> {
             .admission
             .check_steps(workflow.steps.len())
             .map_err(|e| e.to_string())?;
-        let wf = self.assemble(workflow, components, Some(Arc::clone(record)));
+        let secrets = self.secrets(&workflow).map_err(|e| e.to_string())?;
+        let wf = self.assemble(workflow, components, secrets, Some(Arc::clone(record)));
         self.inner
             .recorded
             .lock()

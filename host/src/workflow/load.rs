@@ -17,6 +17,7 @@ use super::template::{Context, Template};
 use super::{ForEach, Location, RetryPolicy, StepDef, Workflow, WorkflowError, WorkflowErrorKind};
 use crate::OutcomeKind;
 use crate::limits::{LimitOverrides, parse_duration, parse_size};
+use crate::sandbox::{HttpGrant, HttpPolicy};
 
 type Res<T> = Result<T, (Location, WorkflowErrorKind)>;
 
@@ -31,7 +32,7 @@ const DEFAULTS_FIELDS: &[&str; 7] = &[
     "handles",
     "retry",
 ];
-pub(super) const STEP_FIELDS: &[&str; 14] = &[
+pub(super) const STEP_FIELDS: &[&str; 16] = &[
     "id",
     "component",
     "needs",
@@ -46,6 +47,8 @@ pub(super) const STEP_FIELDS: &[&str; 14] = &[
     "handles",
     "retry",
     "continue_on_error",
+    "allow_http",
+    "secrets",
 ];
 const RETRY_FIELDS: &[&str; 6] = &[
     "max_attempts",
@@ -475,6 +478,8 @@ fn read_step<'de>(
         handles,
         retry,
         continue_on_error,
+        allow_http,
+        secrets,
     ] = fields;
     let id_node = required(id, at, "id", &numbered)?;
     let id = string(id_node, "id")?;
@@ -569,6 +574,10 @@ fn read_step<'de>(
         .map(|n| boolean(n, "continue_on_error"))
         .transpose()?
         .unwrap_or(false);
+    let http = allow_http
+        .map(|n| Ok(Arc::new(HttpPolicy::allowing(grants(n)?))))
+        .transpose()?;
+    let secrets = secrets.map(secret_names).transpose()?.unwrap_or_default();
 
     Ok((
         StepDef {
@@ -579,6 +588,8 @@ fn read_step<'de>(
             limits,
             retry,
             continue_on_error,
+            http,
+            secrets,
             location: id_node.loc,
             component_location: component_node.loc,
         },
@@ -789,6 +800,70 @@ fn text<'de>(node: &Node<'de>, field: &str) -> Res<Cow<'de, str>> {
         Value::Str(Cow::Owned(s)) => Ok(Cow::Owned(s.clone())),
         _ => Err(wrong_type(node, field, "a string")),
     }
+}
+
+/// `allow_http`: a list of `HOST:PORT` grants.
+fn grants(node: &Node) -> Res<Vec<HttpGrant>> {
+    let Value::Seq(items) = &node.value else {
+        return Err(wrong_type(node, "allow_http", "a list of HOST:PORT strings"));
+    };
+    items
+        .iter()
+        .map(|item| {
+            text(item, "allow_http")?.parse().map_err(|message| {
+                (
+                    item.loc,
+                    WorkflowErrorKind::BadValue {
+                        field: "allow_http".into(),
+                        message,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// `secrets`: a list of distinct names, such as environment variables have.
+fn secret_names(node: &Node) -> Res<Arc<[Arc<str>]>> {
+    let Value::Seq(items) = &node.value else {
+        return Err(wrong_type(node, "secrets", "a list of secret names"));
+    };
+    let mut names: Vec<Arc<str>> = Vec::with_capacity(items.len());
+    for item in items {
+        let name = text(item, "secrets")?;
+        let bad = |message: String| {
+            (
+                item.loc,
+                WorkflowErrorKind::BadValue {
+                    field: "secrets".into(),
+                    message,
+                },
+            )
+        };
+        if !is_secret_name(&name) {
+            return Err(bad(format!(
+                "`{name}` is not a secret name: use letters, digits and `_`, not starting with a digit"
+            )));
+        }
+        if names.iter().any(|n| **n == *name) {
+            return Err(bad(format!("`{name}` is named twice")));
+        }
+        names.push(name.as_ref().into());
+    }
+    Ok(names.into())
+}
+
+/// Whether `name` can name a secret: what an environment variable's name
+/// can be, so that any secret can come from the environment.
+///
+/// ```
+/// assert!(stepbox::workflow::is_secret_name("API_TOKEN"));
+/// assert!(!stepbox::workflow::is_secret_name("1PASSWORD"));
+/// ```
+pub fn is_secret_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// One string or a list of strings, each with its position, added to `list`.

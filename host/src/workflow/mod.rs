@@ -40,6 +40,11 @@
 //!     component: merge.wasm
 //!     needs: [count]
 //!     continue_on_error: false
+//!   - id: notify
+//!     component: notify.wasm
+//!     needs: [merge]
+//!     allow_http: ["api.example.com:443"]   # HOST:PORT it may call; nothing else
+//!     secrets: [API_TOKEN]   # values only this step can read (`secret` import)
 //! ```
 //!
 //! JSON files have the same structure and are read by the same parser (JSON
@@ -47,6 +52,13 @@
 //! are errors naming the field. `fuel`, `memory` and `timeout` may be set per
 //! step and under `defaults`; the step's own value wins, key by key. A step's
 //! `retry` replaces the default policy whole.
+//!
+//! A step sends HTTP requests (`wasi:http`) only to the `HOST:PORT`s in its
+//! `allow_http`; a granted name that resolves to a loopback or private
+//! address is refused unless that address is granted too. `secrets` names
+//! values the host holds (its `[secrets]` configuration; for the local CLI
+//! also its environment) that only this step may read; a workflow naming
+//! one the host lacks is not accepted.
 //!
 //! # Templates
 //!
@@ -129,10 +141,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use error::{Location, WorkflowError, WorkflowErrorKind};
+pub use load::is_secret_name;
 pub use plan::Plan;
 pub use template::{EvalError, Scope, Template};
 
 use crate::limits::LimitOverrides;
+use crate::sandbox::HttpPolicy;
 
 /// A validated workflow definition.
 ///
@@ -183,6 +197,12 @@ pub struct StepDef {
     pub retry: Arc<RetryPolicy>,
     /// Whether the workflow goes on when this step fails (its dependents then do not run).
     pub continue_on_error: bool,
+    /// Where the step may send HTTP requests (`allow_http`); `None` denies
+    /// every request.
+    pub http: Option<Arc<HttpPolicy>>,
+    /// The secrets the step may read (`secrets`), by name; the host
+    /// supplies their values.
+    pub secrets: Arc<[Arc<str>]>,
     /// Where the step's `id` is written.
     pub location: Location,
     /// Where the step's `component` is written.

@@ -130,6 +130,31 @@ fn scratch_and_handle_limits_are_read_per_step_over_the_defaults() {
 }
 
 #[test]
+fn http_grants_and_secrets_are_read_per_step_and_bad_ones_point_at_the_item() {
+    let wf = load_ok(
+        "name: w\nsteps:\n  - id: a\n    component: a.wasm\n    allow_http: [\"API.example.com:443\", \"127.0.0.1:8080\"]\n    secrets: [API_TOKEN, _x1]\n  - {id: b, component: b.wasm}\n",
+    );
+    let http = wf.steps[0].http.as_ref().unwrap();
+    let grants: Vec<String> = http.allow.iter().map(ToString::to_string).collect();
+    assert_eq!(grants, ["api.example.com:443", "127.0.0.1:8080"]);
+    assert_eq!(&*wf.steps[0].secrets, [Arc::from("API_TOKEN"), Arc::from("_x1")]);
+    assert!(wf.steps[1].http.is_none() && wf.steps[1].secrets.is_empty());
+
+    let (err, line) = load_err(
+        "name: w\nsteps:\n  - id: a\n    component: a.wasm\n    allow_http: [\"ok.example:1\", \"no-port\"]\n",
+    );
+    assert_eq!(at(&err), (5, 34), "{line}");
+    assert!(line.contains("HOST:PORT"), "{line}");
+    let (_, line) = load_err("name: w\nsteps:\n  - {id: a, component: a.wasm, allow_http: \"x:1\"}\n");
+    assert!(line.contains("a list of HOST:PORT strings"), "{line}");
+    let (err, line) = load_err("name: w\nsteps:\n  - {id: a, component: a.wasm, secrets: [OK, 9lives]}\n");
+    assert_eq!(at(&err).0, 3);
+    assert!(line.contains("`9lives` is not a secret name"), "{line}");
+    let (_, line) = load_err("name: w\nsteps:\n  - {id: a, component: a.wasm, secrets: [T, T]}\n");
+    assert!(line.contains("`T` is named twice"), "{line}");
+}
+
+#[test]
 fn retry_defaults_to_one_attempt_on_retryable() {
     let wf = load_ok(
         "name: w\nsteps:\n  - id: a\n    component: a.wasm\n    retry: {max_attempts: 4}\n  - id: b\n    component: b.wasm\n",
