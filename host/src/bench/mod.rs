@@ -11,6 +11,7 @@
 //! assert_eq!(compare(&before, &after).verdict, Verdict::Slower);
 //! ```
 
+mod loopback;
 mod scenarios;
 mod serve;
 

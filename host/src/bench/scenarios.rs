@@ -2,16 +2,19 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::loopback;
 use super::serve::{self, Served};
 use super::{Better, Measurement};
 use crate::config::JournalSettings;
 use crate::host::open_journal;
 use crate::policy::Quotas;
+use crate::sandbox::{HttpGrant, HttpPolicy};
 use crate::scheduler::{PreparedWorkflow, RunStatus, Scheduler, SchedulerConfig};
 use crate::store::{AttemptEnd, AttemptLimits, AttemptStatus, Durability, Event, now_millis};
 use crate::workflow::Workflow;
@@ -24,6 +27,8 @@ pub struct SuiteConfig {
     pub trivial: PathBuf,
     /// The `fib` example.
     pub fib: PathBuf,
+    /// The `fetch` example (an outbound HTTP call).
+    pub fetch: PathBuf,
     /// Smaller sizes, for a quick check (and tests).
     pub quick: bool,
     /// Where journals and generated files go.
@@ -112,6 +117,18 @@ const SCENARIOS: &[Scenario] = &[
         description: "3-step workflows over HTTP, 100 a request, 64 clients each waiting, strict journal",
         unit: "workflows/s",
         better: Better::Higher,
+    },
+    Scenario {
+        name: "http-call",
+        description: "one outbound HTTP call from a step to a loopback server, granted, a connection each",
+        unit: "µs/call",
+        better: Better::Lower,
+    },
+    Scenario {
+        name: "http-call-native",
+        description: "the same call from a plain Rust (hyper) client, for comparison",
+        unit: "µs/call",
+        better: Better::Lower,
     },
     Scenario {
         name: "journal-append",
@@ -366,6 +383,41 @@ pub async fn run_scenario(
                 "serve-3step-p50" => serve::quantile(&latencies, 0.5).as_secs_f64() * 1e3,
                 _ => n as f64 / took.as_secs_f64(),
             }
+        }
+        "http-call" | "http-call-native" => {
+            let server = loopback::Loopback::start().await?;
+            let n = q(500, 50);
+            let took = if scenario.name == "http-call-native" {
+                loopback::native_calls(server.addr, 20).await?; // warm up
+                loopback::native_calls(server.addr, n).await?
+            } else {
+                let step = sandbox.load_file(&suite.fetch).map_err(|e| e.to_string())?;
+                let policy = Arc::new(HttpPolicy {
+                    max_requests: u32::MAX,
+                    ..HttpPolicy::allowing([HttpGrant::from_str(&server.addr.to_string())?])
+                });
+                let step = &step;
+                let call = |n: usize| {
+                    let input = json!({"url": format!("http://{}/json", server.addr), "repeat": n});
+                    let options = RunOptions::default().http(Arc::clone(&policy));
+                    async move {
+                        let input = serde_json::to_vec(&input).map_err(|e| e.to_string())?;
+                        let t = Instant::now();
+                        let report = sandbox.run(step, &input, options).await;
+                        match report.outcome.output() {
+                            Some(_) => Ok(t.elapsed()),
+                            None => Err(format!("the fetch step did not complete: {}", report.outcome)),
+                        }
+                    }
+                };
+                call(20).await?; // warm up
+                // One call's cost, without the step's own: the difference
+                // between a step making n + 1 calls and one making 1.
+                let one = call(1).await?;
+                call(n + 1).await?.saturating_sub(one)
+            };
+            injected(delay).await;
+            took.as_secs_f64() * 1e6 / n as f64
         }
         "journal-append" => {
             let db = dir.join(format!("append-{}.db", fastrand::u64(..)));

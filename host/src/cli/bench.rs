@@ -23,7 +23,7 @@ pub struct BenchCommand {
     /// Smaller sizes: a quick check, not figures to publish
     #[arg(long)]
     quick: bool,
-    /// Where the `hello.wasm` and `fib.wasm` example steps are
+    /// Where the `hello.wasm`, `fib.wasm` and `fetch.wasm` example steps are
     #[arg(long, default_value = "target/wasm32-wasip2/release", value_name = "DIR")]
     components: PathBuf,
     /// Save the results as baseline NAME
@@ -115,14 +115,15 @@ impl BenchCommand {
             let delay = parse_duration(delay).map_err(|e| anyhow::anyhow!("--inject-delay `{spec}`: {e}"))?;
             inject_delay.insert(name.to_owned(), delay);
         }
-        let (trivial, fib) = (
+        let (trivial, fib, fetch) = (
             self.components.join("hello.wasm"),
             self.components.join("fib.wasm"),
+            self.components.join("fetch.wasm"),
         );
-        for c in [&trivial, &fib] {
+        for c in [&trivial, &fib, &fetch] {
             if !c.is_file() {
                 return Err(anyhow::anyhow!(
-                    "{} is missing: build the example steps (cargo build --release --target wasm32-wasip2 -p hello -p fib) or give --components",
+                    "{} is missing: build the example steps (cargo build --release --target wasm32-wasip2 -p hello -p fib -p fetch) or give --components",
                     c.display()
                 )
                 .into());
@@ -130,11 +131,12 @@ impl BenchCommand {
         }
         // Workflow files in the scratch directory name them: absolute paths.
         let absolute = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-        let (trivial, fib) = (absolute(trivial), absolute(fib));
+        let (trivial, fib, fetch) = (absolute(trivial), absolute(fib), absolute(fetch));
         let scratch = tempfile::tempdir().context("cannot create a scratch directory")?;
         let suite = SuiteConfig {
             trivial,
             fib,
+            fetch,
             quick: self.quick,
             scratch: scratch.path().to_owned(),
             inject_delay,
