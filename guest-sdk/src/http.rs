@@ -300,7 +300,15 @@ impl Url {
 
 fn send_once(request: &Request, url: &Url) -> Result<Response, HttpError> {
     let target = format!("{}://{}", if url.https { "https" } else { "http" }, url.authority);
-    let fields: Vec<(String, Vec<u8>)> = request.headers.clone();
+    let mut fields: Vec<(String, Vec<u8>)> = request.headers.clone();
+    // An announced length lets the host refuse a body over its cap before
+    // any of it is sent, with a code that says so.
+    if !request.body.is_empty() && !fields.iter().any(|(name, _)| name == "content-length") {
+        fields.push((
+            "content-length".into(),
+            request.body.len().to_string().into_bytes(),
+        ));
+    }
     let headers = Fields::from_list(&fields).map_err(|e| HttpError::Url(format!("bad header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(headers);
     let method = match request.method.as_str() {

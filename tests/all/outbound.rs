@@ -290,6 +290,29 @@ async fn a_huge_response_is_capped_whether_announced_or_streamed() {
 }
 
 #[tokio::test]
+async fn a_request_body_over_the_cap_is_refused_before_it_is_sent() {
+    let server = Server::start().await;
+    let capped = Arc::new(HttpPolicy {
+        max_request_body: ByteSize::kib(1),
+        ..(*policy(&[server.grant()])).clone()
+    });
+    let report = fetch(
+        json!({"url": server.url("/json"), "method": "POST", "body": "x".repeat(4096)}),
+        RunOptions::default().http(capped),
+    )
+    .await;
+    assert_failed_with(&report, "body too large");
+    assert!(
+        host_records(&report)
+            .iter()
+            .any(|r| r.contains("request body of 4098 bytes is over the 1024-byte limit")),
+        "{:?}",
+        report.log.records
+    );
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test]
 async fn an_attempt_sends_at_most_its_quota_of_requests() {
     let server = Server::start().await;
     let limited = Arc::new(HttpPolicy {
