@@ -56,6 +56,10 @@
 //! max_queued = 1000         # its runs accepted and waiting
 //! submissions_per_second = 100
 //!
+//! [http]
+//! allow = ["api.example.com:443"]  # what a workflow may grant its steps at most (`allow_http`);
+//!                           # unset: anything. Set it when others write the workflows.
+//!
 //! [secrets]                 # values a step reads if its workflow names them (`secrets:`)
 //! API_TOKEN = "…"
 //! DB_PASSWORD = { env = "PGPASSWORD" }   # read from the host's environment at start
@@ -78,7 +82,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use crate::limits::{LimitOverrides, parse_duration, parse_size};
-use crate::sandbox::Secrets;
+use crate::sandbox::{HttpGrant, Secrets};
 use crate::scheduler::SchedulerConfig;
 use crate::store::Durability;
 
@@ -282,6 +286,14 @@ struct File {
     tenants: Vec<TenantKeys>,
     #[serde(default)]
     secrets: std::collections::BTreeMap<String, SecretKey>,
+    #[serde(default)]
+    http: HttpKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpKeys {
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -441,6 +453,18 @@ impl HostConfig {
             secrets.push((name, value));
         }
         config.scheduler.secrets = Secrets::new(secrets);
+        config.scheduler.http_ceiling = file
+            .http
+            .allow
+            .map(|list| {
+                list.iter()
+                    .map(|g| {
+                        g.parse::<HttpGrant>()
+                            .map_err(|e| invalid(format!("`http.allow`: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
         config.scheduler.global_timeout = duration("timeouts.global", &file.timeouts.global)?;
         let b = &mut config.scheduler.breaker;
         let k = &file.breaker;
@@ -663,6 +687,16 @@ mod tests {
         );
         let err = HostConfig::from_toml("[secrets]\n\"9x\" = \"v\"\n").unwrap_err();
         assert!(err.to_string().contains("`secrets.9x`"), "{err}");
+    }
+
+    #[test]
+    fn the_http_ceiling_is_read_and_checked() {
+        let config = HostConfig::from_toml("[http]\nallow = [\"api.example.com:443\"]\n").unwrap();
+        let ceiling = config.scheduler.http_ceiling.unwrap();
+        assert_eq!(ceiling, vec!["api.example.com:443".parse().unwrap()]);
+        assert!(HostConfig::default().scheduler.http_ceiling.is_none());
+        let err = HostConfig::from_toml("[http]\nallow = [\"nope\"]\n").unwrap_err();
+        assert!(err.to_string().contains("`http.allow`"), "{err}");
     }
 
     #[test]

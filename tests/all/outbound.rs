@@ -457,6 +457,42 @@ fn a_workflow_naming_a_secret_the_host_lacks_is_refused_in_one_line() {
 }
 
 #[test]
+fn a_workflow_granting_beyond_the_hosts_ceiling_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stepbox.toml"),
+        "[http]\nallow = [\"127.0.0.1:9\"]\n",
+    )
+    .unwrap();
+    let workflow = dir.path().join("call.yaml");
+    let yaml = |grant: &str| {
+        format!(
+            "name: call\nsteps:\n  - id: call\n    component: {}\n    allow_http: [\"{grant}\"]\n    input: {{url: \"http://{grant}/\"}}\n",
+            stepbox_tests::guest("fetch").display()
+        )
+    };
+    std::fs::write(&workflow, yaml("169.254.169.254:80")).unwrap();
+    let out = stepbox(dir.path(), &["run", &workflow.display().to_string()], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("step `call` grants `169.254.169.254:80`, which this host does not allow"),
+        "{err}"
+    );
+    // Within the ceiling it runs (and fails only to connect: nothing listens on port 9).
+    std::fs::write(&workflow, yaml("127.0.0.1:9")).unwrap();
+    let out = stepbox(
+        dir.path(),
+        &["run", &workflow.display().to_string(), "--json"],
+        None,
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!printed.contains("does not allow"), "{printed}");
+    assert!(printed.contains("request failed"), "{printed}");
+}
+
+#[test]
 fn the_step_command_grants_http_and_secrets_by_flag() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

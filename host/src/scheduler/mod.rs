@@ -62,7 +62,7 @@ use crate::metrics::{HostGauges, Metrics};
 use crate::policy::{
     Admission, AdmissionStats, BreakerConfig, BreakerState, Breakers, InvalidSetting, QuotaError, Quotas,
 };
-use crate::sandbox::{Digest, Sandbox, Secrets};
+use crate::sandbox::{Digest, HttpGrant, Sandbox, Secrets};
 use crate::store::{Event, Journal, RecoveredRun, RunId, StoreError, WorkflowRecord, now_millis};
 use crate::workflow::{Plan, Workflow, WorkflowError};
 
@@ -99,6 +99,11 @@ pub struct SchedulerConfig {
     /// Whether a secret missing from [`SchedulerConfig::secrets`] is read
     /// from the environment variable of the same name.
     pub secrets_from_env: bool,
+    /// The HTTP destinations a workflow may grant its steps at most; `None`
+    /// lets it grant any. A host whose workflows come from others (a
+    /// server's tenants) sets this, so that a workflow cannot grant its
+    /// steps the host's own network (a metadata service, a database).
+    pub http_ceiling: Option<Vec<HttpGrant>>,
 }
 
 impl Default for SchedulerConfig {
@@ -111,6 +116,7 @@ impl Default for SchedulerConfig {
             max_child_calls: DEFAULT_MAX_CHILD_CALLS,
             secrets: Secrets::default(),
             secrets_from_env: false,
+            http_ceiling: None,
         }
     }
 }
@@ -156,6 +162,14 @@ pub enum PrepareError {
         path: std::path::PathBuf,
         /// What went wrong.
         message: String,
+    },
+    /// A step grants itself an HTTP destination beyond the host's ceiling.
+    #[error("step `{step}` grants `{grant}`, which this host does not allow (its [http] allow list)")]
+    HttpNotAllowed {
+        /// The step.
+        step: String,
+        /// The grant.
+        grant: String,
     },
     /// A step names a secret this host does not hold.
     #[error(
@@ -504,9 +518,21 @@ impl<R: StepRunner> Scheduler<R> {
         Ok(self.assemble(workflow, components, secrets, record))
     }
 
-    /// The secrets each step of `workflow` may read, from the host's.
+    /// The secrets each step of `workflow` may read, from the host's,
+    /// once its HTTP grants are checked against the host's ceiling.
     fn secrets(&self, workflow: &Workflow) -> Result<Vec<Secrets>, PrepareError> {
         let config = &self.inner.config;
+        if let Some(ceiling) = &config.http_ceiling {
+            for step in &workflow.steps {
+                let grants = step.http.iter().flat_map(|h| h.allow.iter());
+                if let Some(beyond) = grants.into_iter().find(|g| !ceiling.contains(g)) {
+                    return Err(PrepareError::HttpNotAllowed {
+                        step: step.id.to_string(),
+                        grant: beyond.to_string(),
+                    });
+                }
+            }
+        }
         workflow
             .steps
             .iter()
