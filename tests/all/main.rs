@@ -11,6 +11,7 @@ mod hostile;
 mod hostile_suite;
 mod loading;
 mod observability;
+mod polyglot;
 mod postgres;
 mod prometheus;
 mod sandbox_escape;
