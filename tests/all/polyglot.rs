@@ -236,3 +236,27 @@ output: {{rust: "${{steps.rust}}", python: "${{steps.python}}", frequent: "${{st
     assert_eq!(report["status"], "failed", "{report}");
     assert_eq!(report["failed_kind"], "invalid-input", "{report}");
 }
+
+/// A sandbox's pool is sized by instances, and a Python step is 14 core
+/// module instances (JavaScript 4, Rust 3): a sandbox for `n` instances must
+/// run `n` Python steps at once, not fail them for want of core instances.
+#[tokio::test]
+async fn a_sandbox_for_two_instances_runs_two_python_steps_at_once() {
+    component("hostile-py");
+    let sb = super::TestSandbox::with(|b| b.max_instances(2));
+    let step = sb
+        .sandbox
+        .load_file(stepbox_tests::polyglot("hostile-py"))
+        .unwrap();
+    let spin = json!({"mode": "spin"});
+    let limits = super::timeout(std::time::Duration::from_millis(500));
+    let (a, b) = tokio::join!(sb.run(&step, spin.clone(), limits), sb.run(&step, spin, limits));
+    for report in [a, b] {
+        assert_eq!(
+            report.outcome.kind(),
+            stepbox::OutcomeKind::Timeout,
+            "{}",
+            report.outcome
+        );
+    }
+}
