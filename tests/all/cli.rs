@@ -4,7 +4,7 @@ use std::process::{Command, Output};
 
 /// Runs the CLI with the shared component cache and a journal of its own,
 /// so that tests running at once never share a database.
-fn stepbox(args: &[&str]) -> Output {
+pub(crate) fn stepbox(args: &[&str]) -> Output {
     let cache = super::cache_dir();
     let journal = tempfile::tempdir().unwrap();
     Command::new(env!("CARGO_BIN_EXE_stepbox"))
@@ -22,7 +22,7 @@ fn guest(name: &str) -> String {
     stepbox_tests::guest(name).display().to_string()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -12,6 +12,7 @@ mod hostile_suite;
 mod loading;
 mod observability;
 mod outbound;
+mod polyglot;
 mod postgres;
 mod prometheus;
 mod sandbox_escape;

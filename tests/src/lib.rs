@@ -96,3 +96,41 @@ fn build_all() -> PathBuf {
     );
     target_dir.join("wasm32-wasip2").join("guest")
 }
+
+/// The steps written in Python and JavaScript, built by
+/// `scripts/build-polyglot` (each component file is named after its step).
+pub const POLYGLOT: &[&str] = &["wordcount-py", "transform-js", "hostile-py", "hostile-js"];
+
+/// The path of a step written in Python or JavaScript, building them all
+/// first (`scripts/build-polyglot`, which installs componentize-py and
+/// componentize-js from the registries) if this process has not yet.
+///
+/// ```no_run
+/// let wordcount = stepbox_tests::polyglot("wordcount-py");
+/// assert!(wordcount.ends_with("target/polyglot/wordcount-py.wasm"));
+/// ```
+///
+/// # Panics
+///
+/// If the script fails (the message carries its output), or `name` is not
+/// one of [`POLYGLOT`]: both are bugs in the test setup.
+pub fn polyglot(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(build_polyglot);
+    assert!(POLYGLOT.contains(&name), "unknown polyglot step `{name}`");
+    dir.join(format!("{name}.wasm"))
+}
+
+fn build_polyglot() -> PathBuf {
+    let root = workspace_root();
+    let output = Command::new(root.join("scripts").join("build-polyglot"))
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/build-polyglot: {e}"));
+    assert!(
+        output.status.success(),
+        "scripts/build-polyglot failed (are python3 with venv and node with npm installed? `scripts/setup`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    root.join("target").join("polyglot")
+}

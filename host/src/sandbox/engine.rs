@@ -10,11 +10,14 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use super::instance::InstanceState;
 use super::{SandboxBuilder, SandboxError};
 
-/// Core instances a Rust `wasm32-wasip2` step needs (it has 3); the slack
-/// admits components from other toolchains.
-const CORE_INSTANCES_PER_STEP: u32 = 4;
+/// Core instances a step may need: a Rust `wasm32-wasip2` step has 3, a
+/// JavaScript one (componentize-js 0.23) 4, a Python one (componentize-py
+/// 0.25: the interpreter, libc and their shims, dynamically linked) 14. The
+/// count only bounds instance metadata allocated on demand; reserving too few
+/// made every Python step in a small sandbox trap on a full pool.
+const CORE_INSTANCES_PER_STEP: u32 = 16;
 
-/// Tables a Rust step needs (2), with the same slack.
+/// Tables a step needs (2 for Rust, Python and JavaScript), with slack.
 const TABLES_PER_STEP: u32 = 3;
 
 /// Bytes of each pooled linear memory scanned for dirty pages and reset in
