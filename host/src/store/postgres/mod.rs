@@ -9,6 +9,15 @@
 //! writing transaction, so a claim cannot come between the check and the
 //! write.
 //!
+//! Leases are per host, not per run: each host has one row in `hosts`,
+//! its heartbeat, and a run is held while its owner's row is live. A
+//! renewal writes that one row whatever the host runs (a lease column on
+//! every run made each renewal rewrite every running run's row). Owners
+//! are unique per process start, so an owner name is a host and its
+//! epoch at once: a host paused past its lease whose runs were claimed
+//! meanwhile finds them under another owner, and its writes for them are
+//! refused by the same row lock that orders the claim.
+//!
 //! Statements are explicit SQL; the layout is embedded and laid out by the
 //! first writer (see `schema`). The URL's password never appears in an
 //! error: the database is named by its URL with the password masked.

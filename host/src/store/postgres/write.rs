@@ -10,8 +10,27 @@ use postgres::{Client, Transaction};
 
 use super::read;
 use crate::store::{
-    AttemptEnd, Event, GcStats, Millis, RecoveredRun, Refused, RunId, WorkflowRecord, WriteReport,
+    AttemptEnd, Event, GcStats, Millis, RecoveredRun, Refused, RunId, WorkflowRecord, WriteReport, now_millis,
 };
+
+/// Whether a run's owner holds it now: the owner has a heartbeat row whose
+/// lease has not ended at `$now` (a run-level condition on `runs`, the
+/// instant in the parameter named by `now`).
+fn owner_live(now: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM hosts h WHERE h.owner = runs.owner AND h.lease_until >= {now})")
+}
+
+/// Registers `owner`'s heartbeat, its lease ending at `until`, in a
+/// transaction of its own: committed before the owner claims anything, so
+/// that a claimant racing it sees the lease of every run it takes.
+fn heartbeat(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<()> {
+    client.execute(
+        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+         ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
+        &[&owner, &now, &until],
+    )?;
+    Ok(())
+}
 
 type Res<T> = Result<T, postgres::Error>;
 
@@ -300,11 +319,19 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
     if ids.is_empty() {
         return Ok(());
     }
+    // The lease is the owner's: a host that accepts before its first
+    // heartbeat (a journal registers on start; a bare store may not)
+    // gets its row here, with the batch's lease.
+    let lease = leases.iter().copied().max().unwrap_or(0);
     tx.execute(
-        "INSERT INTO runs (id, workflow, name, input, accepted_at, lease_until, tenant, submission_key, owner, status)
-         SELECT *, $9::text, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
-                                               $6::bigint[], $7::text[], $8::text[])",
-        &[&ids, &workflows, &names, &inputs, &ats, &leases, &tenants, &keys, &owner],
+        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3) ON CONFLICT (owner) DO NOTHING",
+        &[&owner, &now_millis(), &lease],
+    )?;
+    tx.execute(
+        "INSERT INTO runs (id, workflow, name, input, accepted_at, tenant, submission_key, owner, status)
+         SELECT *, $8::text, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
+                                               $6::text[], $7::text[])",
+        &[&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owner],
     )?;
     Ok(())
 }
@@ -392,13 +419,20 @@ fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
 /// Takes, for `owner` until `until`, every incomplete run no live host
 /// holds, and reads what resuming each one it now holds needs.
 pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<Vec<RecoveredRun>> {
+    heartbeat(client, owner, until, now)?;
+    // Rows of hosts gone for a day go, as a host starts.
+    client.execute("DELETE FROM hosts WHERE lease_until < $1", &[&(now - 86_400_000)])?;
     let mut tx = client.transaction()?;
     // Under READ COMMITTED a row another claimant just took is re-checked
-    // after its commit: its fresh lease keeps it out of this claim.
+    // after its commit: its owner's lease, committed before its claim,
+    // keeps it out of this one.
     tx.execute(
-        "UPDATE runs SET owner = $1, lease_until = $2 WHERE finished_at IS NULL
-         AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until < $3)",
-        &[&owner, &until, &now],
+        &format!(
+            "UPDATE runs SET owner = $1 WHERE finished_at IS NULL
+             AND (owner IS NULL OR owner = $1 OR NOT {})",
+            owner_live("$2")
+        ),
+        &[&owner, &now],
     )?;
     let claimed = tx.query(
         "SELECT id FROM runs WHERE finished_at IS NULL AND owner = $1 ORDER BY id",
@@ -411,7 +445,8 @@ pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis
 }
 
 /// Takes for `owner` at most `limit` incomplete runs of other owners whose
-/// lease ended (or that were released), skipping rows another claimant
+/// lease ended (or that were released or queued for any host): `owner`'s
+/// own lease, its heartbeat, covers them at once, skipping rows another claimant
 /// has locked, and reads what resuming them needs.
 pub(super) fn claim_orphans(
     client: &mut Client,
@@ -426,17 +461,30 @@ pub(super) fn claim_orphans(
     let mut tx = client.transaction()?;
     let mut ids: Vec<i64> = tx
         .query(
-            "UPDATE runs SET owner = $1, lease_until = $2 WHERE id IN (
-                 SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
-                 AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3)
-                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id",
-            &[&owner, &until, &now, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            &format!(
+                "UPDATE runs SET owner = $1 WHERE id IN (
+                     SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
+                     AND (owner IS NULL OR NOT {})
+                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING id",
+                owner_live("$2")
+            ),
+            &[&owner, &now, &i64::try_from(limit).unwrap_or(i64::MAX)],
         )?
         .iter()
         .map(|r| r.get(0))
         .collect();
     ids.sort_unstable();
+    if !ids.is_empty() {
+        // Holding them is being alive: the heartbeat says so (an idle
+        // claim that takes nothing writes nothing).
+        tx.execute(
+            "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+             ON CONFLICT (owner) DO UPDATE
+                 SET heartbeat_at = excluded.heartbeat_at, lease_until = greatest(hosts.lease_until, excluded.lease_until)",
+            &[&owner, &now, &until],
+        )?;
+    }
     let runs = recover(&mut tx, &ids)?;
     tx.commit()?;
     Ok(runs)
@@ -475,30 +523,30 @@ fn recover(tx: &mut Transaction<'_>, ids: &[i64]) -> Res<Vec<RecoveredRun>> {
     Ok(runs)
 }
 
-/// Extends `owner`'s leases on its incomplete runs, and its heartbeat:
-/// one row per host, so that a host with no runs is seen alive too. Rows
-/// of hosts gone for a day are cleared.
+/// Renews `owner`'s heartbeat: one row, whatever it runs (the lease of
+/// each of its runs is this row's), and returns how many incomplete runs
+/// it holds (read from an index, nothing written).
 pub(super) fn renew(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<u64> {
-    let mut tx = client.transaction()?;
-    let renewed = tx.execute(
-        "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL",
-        &[&owner, &until],
-    )?;
-    tx.execute(
-        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
-         ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
-        &[&owner, &now, &until],
-    )?;
-    tx.execute("DELETE FROM hosts WHERE lease_until < $1", &[&(now - 86_400_000)])?;
-    tx.commit()?;
-    Ok(renewed)
+    // One statement, one round trip: the heartbeat and the count.
+    let held: i64 = client
+        .query_one(
+            "WITH beat AS (
+                 INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+                 ON CONFLICT (owner) DO UPDATE
+                     SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until
+                 RETURNING 1)
+             SELECT count(*) FROM runs WHERE owner = $1 AND finished_at IS NULL",
+            &[&owner, &now, &until],
+        )?
+        .get(0);
+    Ok(held as u64)
 }
 
 /// Gives up `owner`'s incomplete runs and its heartbeat: it is stopping.
 pub(super) fn release(client: &mut Client, owner: &str) -> Res<u64> {
     let mut tx = client.transaction()?;
     let released = tx.execute(
-        "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND finished_at IS NULL",
+        "UPDATE runs SET owner = NULL WHERE owner = $1 AND finished_at IS NULL",
         &[&owner],
     )?;
     tx.execute("DELETE FROM hosts WHERE owner = $1", &[&owner])?;
