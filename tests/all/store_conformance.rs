@@ -150,6 +150,7 @@ pub(crate) mod postgres {
             workflow: "wf".into(),
             name: "wf".into(),
             lease_until: now + 60_000,
+            queued: false,
             input: b"{}".to_vec(),
             at: now,
             tenant: None,

@@ -386,6 +386,7 @@ pub async fn run_scenario(
                 workflow: Arc::clone(&step),
                 name: Arc::clone(&step),
                 lease_until,
+                queued: false,
                 input: b"{}".to_vec(),
                 at: now_millis(),
                 tenant: None,

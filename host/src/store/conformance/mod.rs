@@ -69,6 +69,7 @@ macro_rules! store_conformance {
             writes_of_a_run_another_owner_claimed_are_refused,
             orphans_are_claimed_from_dead_hosts_only_and_once,
             hosts_are_listed_with_the_runs_they_own,
+            queued_runs_are_no_ones_until_a_host_claims_them,
             id_blocks_never_overlap_and_released_tails_are_reused,
             listings_filter_by_status_and_workflow_newest_first,
             tenants_and_pages_filter_listings_and_keys_find_runs,
@@ -94,7 +95,7 @@ macro_rules! store_conformance {
 mod fixtures;
 
 pub(crate) use fixtures::{
-    accepted, accepted_for, accepted_until, attempt_end, ended, run_ended, started, state, workflow,
+    accepted, accepted_for, accepted_until, attempt_end, ended, queued, run_ended, started, state, workflow,
 };
 use fixtures::{claim, ids, status, write};
 
@@ -449,6 +450,41 @@ pub fn hosts_are_listed_with_the_runs_they_own(store: &dyn StoreUnderTest) {
     writer.release_leases("a").unwrap();
     let seen: Vec<String> = reader.hosts().unwrap().into_iter().map(|h| h.owner).collect();
     assert_eq!(seen, ["b"], "a released its runs");
+}
+
+/// A run accepted queued is no one's, the accepting writer's included:
+/// its events are refused until a host claims it, and then are that
+/// host's; it is claimed at once (no lease to wait for), and no host is
+/// listed for it until then.
+pub fn queued_runs_are_no_ones_until_a_host_claims_them(store: &dyn StoreUnderTest) {
+    let mut writer = store.writer();
+    write(
+        &mut *writer,
+        "a",
+        &[Event::WorkflowDefined(workflow()), accepted(1), queued(2)],
+    );
+    let report = writer
+        .write("a", &[state(1, "k", "a"), state(2, "k", "a")])
+        .unwrap();
+    assert_eq!(report.refused, [Refused { run: 2, events: 1 }]);
+    let reader = store.reader();
+    let hosts = reader.hosts().unwrap();
+    let seen: Vec<(&str, u64)> = hosts.iter().map(|h| (h.owner.as_str(), h.runs)).collect();
+    assert_eq!(seen, [("a", 1)], "{hosts:?}");
+    assert_eq!(
+        claim(&mut *writer, "b"),
+        [2],
+        "a's own run is under its live lease"
+    );
+    write(&mut *writer, "b", &[state(2, "k", "b")]);
+    assert_eq!(
+        reader.history(2).unwrap().unwrap().state,
+        [("k".to_owned(), "b".to_owned())]
+    );
+    assert_eq!(
+        reader.history(2).unwrap().unwrap().summary.status,
+        RunState::Accepted
+    );
 }
 
 /// Id blocks never overlap (between two writers too, where a store allows

@@ -49,6 +49,10 @@ use super::{
 /// Connections a reader's pool holds at most, by default.
 pub const DEFAULT_POOL: u32 = 8;
 
+/// The channel a writer notifies when it queues runs for any host, and
+/// that hosts listen on to claim them at once.
+pub(super) const WORK_CHANNEL: &str = "stepbox_work";
+
 /// How long a query waits for a pooled connection before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
@@ -110,6 +114,8 @@ pub struct PostgresStore {
     /// Always `Some` but in `drop`.
     client: Option<Client>,
     location: String,
+    /// Workflow records read by claims, by digest.
+    workflows: write::Workflows,
 }
 
 impl Drop for PostgresStore {
@@ -170,42 +176,45 @@ impl PostgresStore {
         Ok(PostgresStore {
             client: Some(client),
             location,
+            workflows: write::Workflows::new(),
         })
     }
 
-    /// Runs `f` on the connection, off any async runtime.
+    /// Runs `f` on the connection (and the workflows read before), off
+    /// any async runtime.
     fn with<T: Send>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+        f: impl FnOnce(&mut Client, &mut write::Workflows) -> Result<T, postgres::Error> + Send,
     ) -> Result<T, StoreError> {
         let location = &self.location;
         let client = self
             .client
             .as_mut()
             .expect("a store's client is there until it drops");
-        off_runtime(move || f(client)).map_err(|e| pg_error(location, &e))
+        let workflows = &mut self.workflows;
+        off_runtime(move || f(client, workflows)).map_err(|e| pg_error(location, &e))
     }
 }
 
 impl StoreWriter for PostgresStore {
     fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
-        self.with(|c| write::write(c, owner, events))
+        self.with(|c, _| write::write(c, owner, events))
     }
 
     fn allocate_run_ids(&mut self, count: u64) -> Result<Range<RunId>, StoreError> {
-        self.with(|c| write::allocate(c, count))
+        self.with(|c, _| write::allocate(c, count))
     }
 
     fn release_run_ids(&mut self, unused: Range<RunId>) -> Result<bool, StoreError> {
-        self.with(|c| write::give_back(c, unused))
+        self.with(|c, _| write::give_back(c, unused))
     }
 
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
-        self.with(|c| write::renew(c, owner, until, now_millis()))
+        self.with(|c, _| write::renew(c, owner, until, now_millis()))
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(|c| write::claim(c, owner, until, now_millis()))
+        self.with(|c, w| write::claim(c, owner, until, now_millis(), w))
     }
 
     fn claim_orphans(
@@ -214,15 +223,15 @@ impl StoreWriter for PostgresStore {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(|c| write::claim_orphans(c, owner, until, now_millis(), limit))
+        self.with(|c, w| write::claim_orphans(c, owner, until, now_millis(), limit, w))
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
-        self.with(|c| write::release(c, owner))
+        self.with(|c, _| write::release(c, owner))
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
-        self.with(|c| write::collect(c, before))
+        self.with(|c, _| write::collect(c, before))
     }
 }
 

@@ -43,9 +43,12 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Ref
     let mut touched: HashMap<RunId, usize> = HashMap::new();
     for event in events {
         match event {
-            Event::RunAccepted { run, .. } => {
+            Event::RunAccepted {
+                run, queued: false, ..
+            } => {
                 accepted.insert(*run);
             }
+            Event::RunAccepted { queued: true, .. } => {}
             other => {
                 if let Some(run) = other.run() {
                     *touched.entry(run).or_default() += 1;
@@ -294,12 +297,14 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
     let mut leases = Vec::new();
     let mut tenants: Vec<Option<&str>> = Vec::new();
     let mut keys: Vec<Option<&str>> = Vec::new();
+    let mut owners: Vec<Option<&str>> = Vec::new();
     for event in events {
         if let Event::RunAccepted {
             run,
             workflow,
             name,
             lease_until,
+            queued,
             input,
             at,
             tenant,
@@ -314,6 +319,7 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
             leases.push(*lease_until);
             tenants.push(tenant.as_deref());
             keys.push(key.as_deref());
+            owners.push((!queued).then_some(owner));
         }
     }
     if ids.is_empty() {
@@ -329,10 +335,15 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
     )?;
     tx.execute(
         "INSERT INTO runs (id, workflow, name, input, accepted_at, tenant, submission_key, owner, status)
-         SELECT *, $8::text, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
-                                               $6::text[], $7::text[])",
-        &[&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owner],
+         SELECT *, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
+                                          $6::text[], $7::text[], $8::text[])",
+        &[&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owners],
     )?;
+    if owners.iter().any(Option::is_none) {
+        // Delivered at commit to every host listening: work for whoever
+        // has a free slot.
+        tx.execute("SELECT pg_notify($1, '')", &[&super::WORK_CHANNEL])?;
+    }
     Ok(())
 }
 
@@ -418,7 +429,13 @@ fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
 
 /// Takes, for `owner` until `until`, every incomplete run no live host
 /// holds, and reads what resuming each one it now holds needs.
-pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<Vec<RecoveredRun>> {
+pub(super) fn claim(
+    client: &mut Client,
+    owner: &str,
+    until: Millis,
+    now: Millis,
+    workflows: &mut Workflows,
+) -> Res<Vec<RecoveredRun>> {
     heartbeat(client, owner, until, now)?;
     // Rows of hosts gone for a day go, as a host starts.
     client.execute("DELETE FROM hosts WHERE lease_until < $1", &[&(now - 86_400_000)])?;
@@ -439,7 +456,7 @@ pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis
         &[&owner],
     )?;
     let ids: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
-    let runs = recover(&mut tx, &ids)?;
+    let runs = recover(&mut tx, &ids, workflows)?;
     tx.commit()?;
     Ok(runs)
 }
@@ -454,6 +471,7 @@ pub(super) fn claim_orphans(
     until: Millis,
     now: Millis,
     limit: usize,
+    workflows: &mut Workflows,
 ) -> Res<Vec<RecoveredRun>> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -485,39 +503,64 @@ pub(super) fn claim_orphans(
             &[&owner, &now, &until],
         )?;
     }
-    let runs = recover(&mut tx, &ids)?;
+    let runs = recover(&mut tx, &ids, workflows)?;
     tx.commit()?;
     Ok(runs)
 }
 
-/// What resuming each of runs `ids` needs, read in the claiming transaction.
-fn recover(tx: &mut Transaction<'_>, ids: &[i64]) -> Res<Vec<RecoveredRun>> {
+/// Workflow records by digest, kept by a writer across claims: a digest
+/// names one definition and its components forever, and reading the
+/// components (their bytes) again for every batch of claimed runs would
+/// cost more than the claim.
+pub(super) type Workflows = HashMap<String, Arc<WorkflowRecord>>;
+
+/// What resuming each of runs `ids` needs, read in the claiming
+/// transaction. Runs with no attempt and no state yet (queued runs,
+/// mostly) have nothing to read but their row.
+fn recover(tx: &mut Transaction<'_>, ids: &[i64], workflows: &mut Workflows) -> Res<Vec<RecoveredRun>> {
     let rows = tx.query(
         "SELECT id, workflow, input FROM runs WHERE id = ANY($1) ORDER BY id",
         &[&ids],
     )?;
-    let mut workflows: HashMap<String, _> = HashMap::new();
+    let begun: HashSet<i64> = tx
+        .query(
+            "SELECT run FROM attempts WHERE run = ANY($1) UNION SELECT run FROM state WHERE run = ANY($1)",
+            &[&ids],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut runs = Vec::with_capacity(rows.len());
     for row in rows {
-        let id = row.get::<_, i64>(0) as RunId;
+        let id = row.get::<_, i64>(0);
         let digest: String = row.get(1);
         let workflow = match workflows.get(&digest) {
-            Some(w) => Clone::clone(w),
+            Some(w) => Ok(Arc::clone(w)),
             None => {
                 let w = read::workflow_record(tx, &digest)?;
-                workflows.insert(digest, w.clone());
+                if let Ok(w) = &w {
+                    workflows.insert(digest, Arc::clone(w));
+                }
                 w
             }
         };
+        let (done, attempts, state) = match begun.contains(&id) {
+            true => (
+                read::attempts_of(tx, id as RunId, "AND last AND status IN ('completed', 'failed')")?,
+                read::unit_attempts(tx, id as RunId)?,
+                read::state_of(tx, id as RunId)?,
+            ),
+            false => Default::default(),
+        };
         runs.push(RecoveredRun {
-            id,
-            workflow: workflow.map(|w: Arc<WorkflowRecord>| w),
+            id: id as RunId,
+            workflow,
             input: row
                 .get::<_, Option<Vec<u8>>>(2)
                 .unwrap_or_else(|| b"null".to_vec()),
-            done: read::attempts_of(tx, id, "AND last AND status IN ('completed', 'failed')")?,
-            attempts: read::unit_attempts(tx, id)?,
-            state: read::state_of(tx, id)?,
+            done,
+            attempts,
+            state,
         });
     }
     Ok(runs)
@@ -550,6 +593,9 @@ pub(super) fn release(client: &mut Client, owner: &str) -> Res<u64> {
         &[&owner],
     )?;
     tx.execute("DELETE FROM hosts WHERE owner = $1", &[&owner])?;
+    if released > 0 {
+        tx.execute("SELECT pg_notify($1, '')", &[&super::WORK_CHANNEL])?;
+    }
     tx.commit()?;
     Ok(released)
 }
