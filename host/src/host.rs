@@ -343,10 +343,14 @@ impl Host {
     /// stopped. It claims as many as it has free slots, oldest first, so
     /// that hosts share work in proportion to their room; while what it
     /// claims fills its slots, it claims again as slots free up. Between
-    /// claims it waits to be woken ([`Host::wake_for_work`]), and at most
-    /// a fifth of a lease and at least every second (so that a dead
-    /// host's runs move within 1.2 leases, a stopped one's within a
-    /// second). Until [`Host::shutdown`]. A store one host owns alone has
+    /// claims it waits to be woken: by [`Host::wake_for_work`], by the
+    /// database when any host queues runs or releases its own (`LISTEN`
+    /// on one connection of its own, see
+    /// [`listen_for_work`](crate::store::listen_for_work)), and at most a
+    /// fifth of a lease and at least every second (so that a dead host's
+    /// runs move within a lease and a second): an idle host costs the
+    /// database one claim a second and a heartbeat every third of a lease.
+    /// Until [`Host::shutdown`]. A store one host owns alone has
     /// no such runs.
     pub fn share_work(self: &Arc<Self>) {
         let Some(journal) = self.scheduler.journal().cloned() else {
@@ -354,6 +358,21 @@ impl Host {
         };
         if !self.shares_store() {
             return;
+        }
+        if let StoreLocation::Postgres(url) = StoreLocation::parse(&self.settings.db) {
+            let (wanted, woken) = (Arc::downgrade(self), Arc::downgrade(self));
+            let listening = crate::store::listen_for_work(
+                &url,
+                move || wanted.upgrade().is_some_and(|host| !host.is_stopping()),
+                move || {
+                    if let Some(host) = woken.upgrade() {
+                        host.wake_for_work();
+                    }
+                },
+            );
+            if let Err(e) = listening {
+                tracing::warn!("hosts' new work is found by polling only: {e}");
+            }
         }
         let every = (journal.lease() / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let host = Arc::clone(self);

@@ -257,3 +257,31 @@ fn a_host_stopped_under_load_hands_its_runs_over_at_once() {
     let moved = stop_one_of_three_under_load(|b| assert_eq!(b.terminate(), Some(0)));
     assert!(moved < Duration::from_secs(2), "claimed {moved:?} after SIGTERM");
 }
+
+#[test]
+fn idle_hosts_cost_the_database_a_few_transactions_a_second_each() {
+    let db = TestDatabase::new();
+    let hosts = hosts(db.url(), 3, "");
+    let name = db.url().rsplit('/').next().unwrap().to_owned();
+    let mut admin =
+        postgres::Client::connect(&super::store_conformance::postgres::admin_url(), postgres::NoTls).unwrap();
+    let mut committed = || -> i64 {
+        admin
+            .query_one(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0)
+    };
+    // Past the start, then 10 s of idling.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = committed();
+    std::thread::sleep(Duration::from_secs(10));
+    let per_host = (committed() - before) as f64 / 10.0 / hosts.len() as f64;
+    eprintln!("an idle host commits {per_host:.2} transactions a second");
+    assert!(
+        per_host <= 4.0,
+        "{per_host:.2} transactions a second per idle host"
+    );
+}

@@ -235,6 +235,73 @@ impl StoreWriter for PostgresStore {
     }
 }
 
+/// Calls `wake` whenever a host queues runs or releases its own (a
+/// `NOTIFY` on the work channel), from a thread of its own holding one
+/// connection of its own (not a pooled one: it waits on it for good), and
+/// once each time it (re)connects, since notifications sent while it was
+/// away are lost. Waiting costs the database nothing: no query runs until
+/// a notification comes. The connection is made again, every second,
+/// after it fails; the thread ends, within a second, once `wanted`
+/// returns false.
+///
+/// # Errors
+///
+/// [`StoreError::Other`] when `url` is not a PostgreSQL URL or the thread
+/// cannot start.
+pub fn listen_for_work(
+    url: &str,
+    wanted: impl Fn() -> bool + Send + 'static,
+    wake: impl Fn() + Send + 'static,
+) -> Result<(), StoreError> {
+    // How often the thread looks whether it is still wanted.
+    const LOOK: Duration = Duration::from_secs(1);
+    use postgres::fallible_iterator::FallibleIterator;
+    let location = redact(url);
+    let config = config(url, &location)?;
+    let listen = move || {
+        while wanted() {
+            let mut client = match config.connect(NoTls) {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::debug!(db = %location, "cannot listen for work: {e}");
+                    std::thread::sleep(LOOK);
+                    continue;
+                }
+            };
+            if let Err(e) = client.batch_execute(&format!("LISTEN {WORK_CHANNEL}")) {
+                tracing::debug!(db = %location, "cannot listen for work: {e}");
+                std::thread::sleep(LOOK);
+                continue;
+            }
+            wake();
+            while wanted() {
+                let heard = client.notifications().timeout_iter(LOOK).next();
+                match heard {
+                    Ok(Some(_)) => {
+                        // One wake for those that came together.
+                        let _ = client.notifications().iter().count();
+                        wake();
+                    }
+                    Ok(None) if client.is_closed() => break,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(db = %location, "stopped listening for work: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("stepbox-listen".into())
+        .spawn(listen)
+        .map(drop)
+        .map_err(|e| StoreError::Other {
+            path: PathBuf::from(redact(url)),
+            detail: format!("cannot start listening for work: {e}"),
+        })
+}
+
 /// The query side on PostgreSQL: a bounded pool of connections, shared.
 ///
 /// Each query reads one snapshot, as [`StoreReader`] promises, but for

@@ -518,6 +518,9 @@ pub(super) type Workflows = HashMap<String, Arc<WorkflowRecord>>;
 /// transaction. Runs with no attempt and no state yet (queued runs,
 /// mostly) have nothing to read but their row.
 fn recover(tx: &mut Transaction<'_>, ids: &[i64], workflows: &mut Workflows) -> Res<Vec<RecoveredRun>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows = tx.query(
         "SELECT id, workflow, input FROM runs WHERE id = ANY($1) ORDER BY id",
         &[&ids],
