@@ -5,19 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::serve::Served;
 use super::store_conformance::postgres::TestDatabase;
-
-/// Three trivial steps, one after another.
-fn three(digest: &str) -> String {
-    format!(
-        "name: three\nsteps:\n  - id: one\n    component: {digest}\n  \
-         - id: two\n    component: {digest}\n    needs: [one]\n    input: {{from: one}}\n  \
-         - id: three\n    component: {digest}\n    needs: [two]\n    input: {{from: two}}\n"
-    )
-}
 
 /// Three steps of `ms` milliseconds each, one after another.
 fn slow(digest: &str, ms: u64) -> String {
@@ -26,6 +17,76 @@ fn slow(digest: &str, ms: u64) -> String {
          - id: two\n    component: {digest}\n    needs: [one]\n    input: {{mode: sleep, ms: {ms}}}\n  \
          - id: three\n    component: {digest}\n    needs: [two]\n    input: {{mode: sleep, ms: {ms}}}\n"
     )
+}
+
+/// A PostgreSQL cluster of its own, in a temporary directory, on a port of
+/// its own: a test may restart it without disturbing the tests that share
+/// the default one. Run as the `postgres` user (the tests run as root);
+/// stopped at once when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(command: &str) {
+    let out = std::process::Command::new("su")
+        .args(["postgres", "-c", command])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command}: {out:?}");
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = dir.path().display().to_string();
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "postgres:", &path])
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        as_postgres(&format!(
+            "{PG_BIN}/initdb -D {path}/data -A trust -U postgres --no-sync >/dev/null"
+        ));
+        let cluster = Cluster { dir, port };
+        cluster.ctl("start");
+        let mut admin = connect(&cluster.url("postgres"));
+        admin.batch_execute("CREATE DATABASE stepbox").unwrap();
+        cluster
+    }
+
+    fn ctl(&self, action: &str) {
+        let path = self.dir.path().display();
+        as_postgres(&format!(
+            "{PG_BIN}/pg_ctl -D {path}/data -l {path}/log -w -m fast \
+             -o '-p {} -k {path} -c listen_addresses=127.0.0.1' {action} >/dev/null",
+            self.port
+        ));
+    }
+
+    fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let path = self.dir.path().display();
+        let _ = std::process::Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!("{PG_BIN}/pg_ctl -D {path}/data -m immediate stop >/dev/null 2>&1"),
+            ])
+            .status();
+    }
 }
 
 /// `n` hosts on `db`, each with its own directory and `extra` configuration.
@@ -67,18 +128,48 @@ fn submit(host: &Served, workflow: &str, n: usize) -> Vec<u64> {
 }
 
 fn client(db: &TestDatabase) -> postgres::Client {
-    postgres::Client::connect(db.url(), postgres::NoTls).unwrap()
+    connect(db.url())
+}
+
+/// A connection to `url`, waiting out a server that is restarting.
+fn connect(url: &str) -> postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match postgres::Client::connect(url, postgres::NoTls) {
+            Ok(client) => return client,
+            Err(e) => assert!(Instant::now() < deadline, "no database at {url}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The first row `sql` returns on `url`, asked again on a new connection
+/// while the server restarts.
+fn one(c: &mut postgres::Client, url: &str, sql: &str) -> postgres::Row {
+    loop {
+        match c.query_one(sql, &[]) {
+            Ok(row) => return row,
+            Err(_) => *c = connect(url),
+        }
+    }
 }
 
 /// Waits until `n` runs have finished; panics after `limit`.
 fn until_finished(db: &TestDatabase, n: i64, limit: Duration) {
-    let mut c = client(db);
+    until_finished_at(db.url(), n, limit);
+}
+
+/// As `until_finished`, on the database at `url`.
+fn until_finished_at(url: &str, n: i64, limit: Duration) {
+    let mut c = connect(url);
     let deadline = Instant::now() + limit;
     loop {
-        let done: i64 = c
-            .query_one("SELECT count(*) FROM runs WHERE finished_at IS NOT NULL", &[])
-            .unwrap()
-            .get(0);
+        let done: i64 = one(
+            &mut c,
+            url,
+            "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL",
+        )
+        .get(0);
         if done >= n {
             return;
         }
@@ -90,7 +181,12 @@ fn until_finished(db: &TestDatabase, n: i64, limit: Duration) {
 /// Every run succeeded once: each of its steps completed exactly once
 /// (no completed step ran again), and every accepted run ended.
 fn each_ended_once(db: &TestDatabase, runs: i64, steps: i64) {
-    let mut c = client(db);
+    each_ended_once_at(db.url(), runs, steps);
+}
+
+/// As `each_ended_once`, on the database at `url`.
+fn each_ended_once_at(url: &str, runs: i64, steps: i64) {
+    let mut c = connect(url);
     let row = c
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE status = 'succeeded' AND finished_at IS NOT NULL) FROM runs",
@@ -141,15 +237,13 @@ fn runs_submitted_to_one_of_three_hosts_are_shared_evenly() {
     let db = TestDatabase::new();
     let hosts = hosts(db.url(), 3, "[quotas]\nmax_workflows = 8\n");
     let a = &hosts[0].0;
-    let digest = a.upload("trivial", None);
-    assert_eq!(
-        a.send("PUT", "/v1/workflows/three", None, three(&digest).as_bytes())
-            .status,
-        201
-    );
+    // Steps that wait rather than compute: each host's share is then
+    // bounded by its slots, not by how the test machine's cores are
+    // shared with the other tests running at once.
+    define_slow(a, 20);
     const RUNS: usize = 900;
     let started = Instant::now();
-    let ids = submit(a, "three", RUNS);
+    let ids = submit(a, "slow", RUNS);
     assert_eq!(ids.len(), RUNS);
     until_finished(&db, RUNS as i64, Duration::from_secs(240));
     let took = started.elapsed();
@@ -164,12 +258,27 @@ fn runs_submitted_to_one_of_three_hosts_are_shared_evenly() {
             "each host executes 33 % ± 10 %: {shares:?}"
         );
     }
-    // A run another host executed is waited for on the host it was
+    // Runs other hosts execute are waited for on the host they were
     // submitted to, from the journal.
-    let answer = a.send("POST", "/v1/workflows/three/runs?wait=30s", None, b"{\"x\":1}");
+    let inputs = json!({"inputs": vec![json!({}); 30]});
+    let answer = a.send(
+        "POST",
+        "/v1/workflows/slow/runs?wait=30s",
+        None,
+        inputs.to_string().as_bytes(),
+    );
     assert_eq!(answer.status, 200, "{answer:?}");
-    assert_eq!(answer.json()["status"], "succeeded", "{answer:?}");
-    let _: Value = answer.json();
+    let runs = answer.json()["runs"].as_array().unwrap().clone();
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
+    let ids: Vec<i64> = runs.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let elsewhere: i64 = client(&db)
+        .query_one(
+            "SELECT count(*) FROM runs WHERE id = ANY($1) AND split_part(owner, ':', 2) <> $2",
+            &[&ids, &a.pid().to_string()],
+        )
+        .unwrap()
+        .get(0);
+    assert!(elsewhere > 0, "all 30 ran on the host they were sent to");
 }
 
 /// Runs (by host pid) incomplete and still owned by that host.
@@ -182,21 +291,29 @@ fn held_by(c: &mut postgres::Client, pid: u32) -> i64 {
     .get(0)
 }
 
+/// Defines workflow `slow` (steps of `ms`) on `host`.
+fn define_slow(host: &Served, ms: u64) {
+    let digest = host.upload("hostile", None);
+    let answer = host.send("PUT", "/v1/workflows/slow", None, slow(&digest, ms).as_bytes());
+    assert!(matches!(answer.status, 200 | 201), "{answer:?}");
+}
+
+/// Three hosts on `db` (16 slots each), `runs` runs of `slow` (steps of
+/// `ms`) submitted to the first.
+fn loaded(db: &str, ms: u64, runs: usize) -> Vec<(Served, tempfile::TempDir)> {
+    let hosts = hosts(db, 3, "[quotas]\nmax_workflows = 16\n");
+    define_slow(&hosts[0].0, ms);
+    submit(&hosts[0].0, "slow", runs);
+    hosts
+}
+
 /// Three hosts under load from `slow` runs submitted to the first; once
 /// the second has completed steps of runs it holds, `stop` stops it.
 /// Returns how long after the stop its last run was claimed by another.
 fn stop_one_of_three_under_load(stop: impl FnOnce(Served)) -> Duration {
     let db = TestDatabase::new();
-    let mut hosts = hosts(db.url(), 3, "[quotas]\nmax_workflows = 16\n");
-    let digest = hosts[0].0.upload("hostile", None);
-    let a = &hosts[0].0;
-    assert_eq!(
-        a.send("PUT", "/v1/workflows/slow", None, slow(&digest, 100).as_bytes())
-            .status,
-        201
-    );
     const RUNS: usize = 600;
-    submit(a, "slow", RUNS);
+    let mut hosts = loaded(db.url(), 100, RUNS);
     let b = hosts.remove(1).0;
     let pid = b.pid();
     let mut c = client(&db);
@@ -284,4 +401,25 @@ fn idle_hosts_cost_the_database_a_few_transactions_a_second_each() {
         per_host <= 4.0,
         "{per_host:.2} transactions a second per idle host"
     );
+}
+
+#[test]
+fn hosts_ride_out_postgres_restarting_under_load_losing_and_doubling_nothing() {
+    let cluster = Cluster::start();
+    let url = cluster.url("stepbox");
+    const RUNS: usize = 600;
+    let hosts = loaded(&url, 50, RUNS);
+    until_finished_at(&url, 60, Duration::from_secs(60));
+    let restarted = Instant::now();
+    cluster.ctl("restart");
+    eprintln!("PostgreSQL restarted in {:?}", restarted.elapsed());
+    until_finished_at(&url, RUNS as i64, Duration::from_secs(240));
+    each_ended_once_at(&url, RUNS as i64, 3);
+    // Every host's journal is still writing: each accepts and runs more.
+    for (host, _) in &hosts {
+        define_slow(host, 50);
+        submit(host, "slow", 10);
+    }
+    until_finished_at(&url, RUNS as i64 + 30, Duration::from_secs(60));
+    each_ended_once_at(&url, RUNS as i64 + 30, 3);
 }

@@ -35,7 +35,7 @@ mod write;
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
@@ -116,6 +116,49 @@ pub struct PostgresStore {
     location: String,
     /// Workflow records read by claims, by digest.
     workflows: write::Workflows,
+    /// How to connect again after the connection is lost.
+    config: postgres::Config,
+    durability: Durability,
+}
+
+/// How long a writer that lost its connection keeps trying to make it
+/// again (a database server restarting, failing over) before the
+/// operation fails...
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// ...trying this often.
+const RECONNECT_EVERY: Duration = Duration::from_millis(200);
+
+/// Whether an operation may be run again after the connection was lost
+/// mid-way (when it is not known whether it committed).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Yes: running it again does what running it once does.
+    Idempotent,
+    /// No: the error is returned (on a connection made again), and the
+    /// caller tries again later (a claim whose answer was lost would leave
+    /// its runs claimed by no one who knows it).
+    No,
+}
+
+/// Whether `e` says the connection is gone (closed, the server shutting
+/// down or restarting, a connection exception), rather than that the
+/// statement failed.
+fn connection_lost(e: &postgres::Error, client: &Client) -> bool {
+    use std::error::Error as _;
+    client.is_closed()
+        || e.is_closed()
+        || e.source().is_some_and(|s| s.is::<std::io::Error>())
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+}
+
+/// The session settings a writer's connection needs.
+fn set_session(client: &mut Client, durability: Durability) -> Result<(), postgres::Error> {
+    let sync = match durability {
+        Durability::Strict => "on",
+        Durability::Batched | Durability::Memory => "off",
+    };
+    client.batch_execute(&format!("SET synchronous_commit = {sync}"))
 }
 
 impl Drop for PostgresStore {
@@ -152,12 +195,11 @@ impl PostgresStore {
 
     fn connect(url: &str, durability: Durability) -> Result<PostgresStore, StoreError> {
         let location = redact(url);
-        let mut client = config(url, &location)?
-            .connect(NoTls)
-            .map_err(|e| StoreError::Other {
-                path: PathBuf::from(&location),
-                detail: format!("cannot connect: {e}"),
-            })?;
+        let config = config(url, &location)?;
+        let mut client = config.connect(NoTls).map_err(|e| StoreError::Other {
+            path: PathBuf::from(&location),
+            detail: format!("cannot connect: {e}"),
+        })?;
         let found = schema::migrate(&mut client).map_err(|e| pg_error(&location, &e))?;
         if found > schema::FORMAT {
             return Err(StoreError::NewerFormat {
@@ -166,55 +208,96 @@ impl PostgresStore {
                 known: schema::FORMAT,
             });
         }
-        let sync = match durability {
-            Durability::Strict => "on",
-            Durability::Batched | Durability::Memory => "off",
-        };
-        client
-            .batch_execute(&format!("SET synchronous_commit = {sync}"))
-            .map_err(|e| pg_error(&location, &e))?;
+        set_session(&mut client, durability).map_err(|e| pg_error(&location, &e))?;
         Ok(PostgresStore {
             client: Some(client),
             location,
             workflows: write::Workflows::new(),
+            config,
+            durability,
         })
     }
 
     /// Runs `f` on the connection (and the workflows read before), off
-    /// any async runtime.
+    /// any async runtime. When the connection is lost, it connects again
+    /// (for up to [`RECONNECT_FOR`]) and, if `retry` allows, runs `f`
+    /// again, telling it so (its `bool`): its first run may or may not
+    /// have committed.
     fn with<T: Send>(
         &mut self,
-        f: impl FnOnce(&mut Client, &mut write::Workflows) -> Result<T, postgres::Error> + Send,
+        retry: Retry,
+        f: impl Fn(&mut Client, &mut write::Workflows, bool) -> Result<T, postgres::Error> + Send + Sync,
     ) -> Result<T, StoreError> {
-        let location = &self.location;
-        let client = self
-            .client
-            .as_mut()
-            .expect("a store's client is there until it drops");
-        let workflows = &mut self.workflows;
-        off_runtime(move || f(client, workflows)).map_err(|e| pg_error(location, &e))
+        let PostgresStore {
+            client,
+            location,
+            workflows,
+            config,
+            durability,
+        } = self;
+        let location = &*location;
+        off_runtime(move || {
+            let mut again = false;
+            let mut deadline = None;
+            loop {
+                let c = client.as_mut().expect("a store's client is there until it drops");
+                let e = match f(c, workflows, again) {
+                    Ok(value) => return Ok(value),
+                    Err(e) if connection_lost(&e, c) => e,
+                    Err(e) => return Err(pg_error(location, &e)),
+                };
+                let until = *deadline.get_or_insert_with(|| Instant::now() + RECONNECT_FOR);
+                let why = pg_error(location, &e);
+                tracing::warn!("lost the database connection ({why}); connecting again");
+                loop {
+                    if Instant::now() >= until {
+                        return Err(pg_error(location, &e));
+                    }
+                    std::thread::sleep(RECONNECT_EVERY);
+                    let Ok(mut fresh) = config.connect(NoTls) else {
+                        continue;
+                    };
+                    if set_session(&mut fresh, *durability).is_ok() {
+                        // The old one goes quietly: it is closed already.
+                        *client = Some(fresh);
+                        break;
+                    }
+                }
+                if retry == Retry::No {
+                    return Err(pg_error(location, &e));
+                }
+                again = true;
+            }
+        })
     }
 }
 
 impl StoreWriter for PostgresStore {
     fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
-        self.with(|c, _| write::write(c, owner, events))
+        self.with(Retry::Idempotent, |c, _, again| {
+            write::write(c, owner, events, again)
+        })
     }
 
     fn allocate_run_ids(&mut self, count: u64) -> Result<Range<RunId>, StoreError> {
-        self.with(|c, _| write::allocate(c, count))
+        // Run again, it may skip a block: ids are never reused, gaps are fine.
+        self.with(Retry::Idempotent, |c, _, _| write::allocate(c, count))
     }
 
     fn release_run_ids(&mut self, unused: Range<RunId>) -> Result<bool, StoreError> {
-        self.with(|c, _| write::give_back(c, unused))
+        self.with(Retry::Idempotent, |c, _, _| write::give_back(c, unused.clone()))
     }
 
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
-        self.with(|c, _| write::renew(c, owner, until, now_millis()))
+        self.with(Retry::Idempotent, |c, _, _| {
+            write::renew(c, owner, until, now_millis())
+        })
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(|c, w| write::claim(c, owner, until, now_millis(), w))
+        self.with(Retry::No, |c, w, _| {
+            write::claim(c, owner, until, now_millis(), w)
+        })
     }
 
     fn claim_orphans(
@@ -223,15 +306,17 @@ impl StoreWriter for PostgresStore {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(|c, w| write::claim_orphans(c, owner, until, now_millis(), limit, w))
+        self.with(Retry::No, |c, w, _| {
+            write::claim_orphans(c, owner, until, now_millis(), limit, w)
+        })
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
-        self.with(|c, _| write::release(c, owner))
+        self.with(Retry::Idempotent, |c, _, _| write::release(c, owner))
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
-        self.with(|c, _| write::collect(c, before))
+        self.with(Retry::Idempotent, |c, _, _| write::collect(c, before))
     }
 }
 

@@ -38,17 +38,21 @@ type Res<T> = Result<T, postgres::Error>;
 /// own, with how many of the batch's events each has. The owned rows stay
 /// locked (`FOR UPDATE`) until the transaction ends, so no claim comes
 /// between this check and the writes.
-fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Refused>> {
+///
+/// The runs the batch accepts (but queues) are the writer's, unless
+/// `with_accepted` is false: then they are checked like the rest (they
+/// are in already).
+fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event], with_accepted: bool) -> Res<Vec<Refused>> {
     let mut accepted: HashSet<RunId> = HashSet::new();
     let mut touched: HashMap<RunId, usize> = HashMap::new();
     for event in events {
         match event {
             Event::RunAccepted {
                 run, queued: false, ..
-            } => {
+            } if with_accepted => {
                 accepted.insert(*run);
             }
-            Event::RunAccepted { queued: true, .. } => {}
+            Event::RunAccepted { .. } => {}
             other => {
                 if let Some(run) = other.run() {
                     *touched.entry(run).or_default() += 1;
@@ -83,9 +87,21 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Ref
 /// for the whole batch (a round trip each, not one per event): the
 /// tables they touch are independent, so the order across kinds does not
 /// matter, and within a kind the batch's order is kept where it could.
-pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<WriteReport> {
+///
+/// `again`: the batch is written a second time, after the connection was
+/// lost before its first commit was known to be in. Then its acceptances
+/// are inserted first, but for those already in, and every run it touches
+/// is fenced, those it accepts included: each statement after that does
+/// what it did the first time (inserts of attempt starts do nothing twice,
+/// attempt ends, state and run updates overwrite with the same values), so
+/// the batch is in once however often it is written.
+pub(super) fn write(client: &mut Client, owner: &str, events: &[Event], again: bool) -> Res<WriteReport> {
     let mut tx = client.transaction()?;
-    let refused = fence(&mut tx, owner, events)?;
+    if again {
+        let all: Vec<&Event> = events.iter().collect();
+        accept(&mut tx, owner, &all, true)?;
+    }
+    let refused = fence(&mut tx, owner, events, !again)?;
     let refused_runs: HashSet<RunId> = refused.iter().map(|r| r.run).collect();
     let events: Vec<&Event> = events
         .iter()
@@ -96,7 +112,9 @@ pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<W
             define(&mut tx, w)?;
         }
     }
-    accept(&mut tx, owner, &events)?;
+    if !again {
+        accept(&mut tx, owner, &events, false)?;
+    }
     start_attempts(&mut tx, &events)?;
     start_and_end_runs(&mut tx, &events)?;
     write_state(&mut tx, &events)?;
@@ -287,8 +305,9 @@ fn define(tx: &mut Transaction<'_>, w: &WorkflowRecord) -> Res<()> {
 
 /// The batch's accepted runs, in one statement: a batch accepting
 /// thousands of runs is one round trip. A run id already in the database
-/// fails the batch (ids are never reused).
-fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
+/// fails the batch (ids are never reused), unless `again`: then it is
+/// left as it is (the batch is written a second time).
+fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event], again: bool) -> Res<()> {
     let mut ids = Vec::new();
     let mut workflows = Vec::new();
     let mut names = Vec::new();
@@ -333,12 +352,16 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
         "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3) ON CONFLICT (owner) DO NOTHING",
         &[&owner, &now_millis(), &lease],
     )?;
-    tx.execute(
+    let insert =
         "INSERT INTO runs (id, workflow, name, input, accepted_at, tenant, submission_key, owner, status)
          SELECT *, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
-                                          $6::text[], $7::text[], $8::text[])",
-        &[&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owners],
-    )?;
+                                          $6::text[], $7::text[], $8::text[])";
+    let params: [&(dyn postgres::types::ToSql + Sync); 8] =
+        [&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owners];
+    match again {
+        false => tx.execute(insert, &params)?,
+        true => tx.execute(&format!("{insert} ON CONFLICT (id) DO NOTHING"), &params)?,
+    };
     if owners.iter().any(Option::is_none) {
         // Delivered at commit to every host listening: work for whoever
         // has a free slot.
