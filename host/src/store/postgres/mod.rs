@@ -116,6 +116,8 @@ pub struct PostgresStore {
     location: String,
     /// Workflow records read by claims, by digest.
     workflows: write::Workflows,
+    /// Statements prepared on `client`.
+    statements: write::Prepared,
     /// How to connect again after the connection is lost.
     config: postgres::Config,
     durability: Durability,
@@ -213,6 +215,7 @@ impl PostgresStore {
             client: Some(client),
             location,
             workflows: write::Workflows::new(),
+            statements: write::Prepared::default(),
             config,
             durability,
         })
@@ -226,12 +229,15 @@ impl PostgresStore {
     fn with<T: Send>(
         &mut self,
         retry: Retry,
-        f: impl Fn(&mut Client, &mut write::Workflows, bool) -> Result<T, postgres::Error> + Send + Sync,
+        f: impl Fn(&mut Client, &mut write::Workflows, &mut write::Prepared, bool) -> Result<T, postgres::Error>
+        + Send
+        + Sync,
     ) -> Result<T, StoreError> {
         let PostgresStore {
             client,
             location,
             workflows,
+            statements,
             config,
             durability,
         } = self;
@@ -241,7 +247,7 @@ impl PostgresStore {
             let mut deadline = None;
             loop {
                 let c = client.as_mut().expect("a store's client is there until it drops");
-                let e = match f(c, workflows, again) {
+                let e = match f(c, workflows, statements, again) {
                     Ok(value) => return Ok(value),
                     Err(e) if connection_lost(&e, c) => e,
                     Err(e) => return Err(pg_error(location, &e)),
@@ -260,6 +266,7 @@ impl PostgresStore {
                     if set_session(&mut fresh, *durability).is_ok() {
                         // The old one goes quietly: it is closed already.
                         *client = Some(fresh);
+                        *statements = write::Prepared::default();
                         break;
                     }
                 }
@@ -274,28 +281,30 @@ impl PostgresStore {
 
 impl StoreWriter for PostgresStore {
     fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
-        self.with(Retry::Idempotent, |c, _, again| {
-            write::write(c, owner, events, again)
+        self.with(Retry::Idempotent, |c, _, st, again| {
+            write::write(c, st, owner, events, again)
         })
     }
 
     fn allocate_run_ids(&mut self, count: u64) -> Result<Range<RunId>, StoreError> {
         // Run again, it may skip a block: ids are never reused, gaps are fine.
-        self.with(Retry::Idempotent, |c, _, _| write::allocate(c, count))
+        self.with(Retry::Idempotent, |c, _, _, _| write::allocate(c, count))
     }
 
     fn release_run_ids(&mut self, unused: Range<RunId>) -> Result<bool, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _| write::give_back(c, unused.clone()))
+        self.with(Retry::Idempotent, |c, _, _, _| {
+            write::give_back(c, unused.clone())
+        })
     }
 
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _| {
-            write::renew(c, owner, until, now_millis())
+        self.with(Retry::Idempotent, |c, _, st, _| {
+            write::renew(c, st, owner, until, now_millis())
         })
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(Retry::No, |c, w, _| {
+        self.with(Retry::No, |c, w, _, _| {
             write::claim(c, owner, until, now_millis(), w)
         })
     }
@@ -306,17 +315,17 @@ impl StoreWriter for PostgresStore {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(Retry::No, |c, w, _| {
-            write::claim_orphans(c, owner, until, now_millis(), limit, w)
+        self.with(Retry::No, |c, w, st, _| {
+            write::claim_orphans(c, st, owner, until, now_millis(), limit, w)
         })
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _| write::release(c, owner))
+        self.with(Retry::Idempotent, |c, _, _, _| write::release(c, owner))
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _| write::collect(c, before))
+        self.with(Retry::Idempotent, |c, _, _, _| write::collect(c, before))
     }
 }
 

@@ -6,7 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::{Client, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use super::read;
 use crate::store::{
@@ -34,6 +35,36 @@ fn heartbeat(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Re
 
 type Res<T> = Result<T, postgres::Error>;
 
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// Statements prepared on a writer's connection, by their text: each is
+/// parsed and planned once per connection rather than at every use (which
+/// costs a round trip and a parse each time, on every batch and every
+/// idle claim). A connection made again starts with none.
+#[derive(Default)]
+pub(super) struct Prepared(HashMap<String, Statement>);
+
+impl Prepared {
+    fn statement(&mut self, c: &mut impl GenericClient, sql: &str) -> Res<Statement> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = c.prepare(sql)?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn execute(&mut self, c: &mut impl GenericClient, sql: &str, params: &Params<'_>) -> Res<u64> {
+        let statement = self.statement(c, sql)?;
+        c.execute(&statement, params)
+    }
+
+    fn query(&mut self, c: &mut impl GenericClient, sql: &str, params: &Params<'_>) -> Res<Vec<Row>> {
+        let statement = self.statement(c, sql)?;
+        c.query(&statement, params)
+    }
+}
+
 /// Which of the runs `events` touch (but do not accept) `owner` does not
 /// own, with how many of the batch's events each has. The owned rows stay
 /// locked (`FOR UPDATE`) until the transaction ends, so no claim comes
@@ -42,7 +73,13 @@ type Res<T> = Result<T, postgres::Error>;
 /// The runs the batch accepts (but queues) are the writer's, unless
 /// `with_accepted` is false: then they are checked like the rest (they
 /// are in already).
-fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event], with_accepted: bool) -> Res<Vec<Refused>> {
+fn fence(
+    tx: &mut Transaction<'_>,
+    st: &mut Prepared,
+    owner: &str,
+    events: &[Event],
+    with_accepted: bool,
+) -> Res<Vec<Refused>> {
     let mut accepted: HashSet<RunId> = HashSet::new();
     let mut touched: HashMap<RunId, usize> = HashMap::new();
     for event in events {
@@ -65,8 +102,9 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event], with_accepted:
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = touched.keys().map(|&id| id as i64).collect();
-    let owned: HashSet<RunId> = tx
+    let owned: HashSet<RunId> = st
         .query(
+            tx,
             "SELECT id FROM runs WHERE owner = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
             &[&owner, &ids],
         )?
@@ -95,13 +133,19 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event], with_accepted:
 /// what it did the first time (inserts of attempt starts do nothing twice,
 /// attempt ends, state and run updates overwrite with the same values), so
 /// the batch is in once however often it is written.
-pub(super) fn write(client: &mut Client, owner: &str, events: &[Event], again: bool) -> Res<WriteReport> {
+pub(super) fn write(
+    client: &mut Client,
+    st: &mut Prepared,
+    owner: &str,
+    events: &[Event],
+    again: bool,
+) -> Res<WriteReport> {
     let mut tx = client.transaction()?;
     if again {
         let all: Vec<&Event> = events.iter().collect();
-        accept(&mut tx, owner, &all, true)?;
+        accept(&mut tx, st, owner, &all, true)?;
     }
-    let refused = fence(&mut tx, owner, events, !again)?;
+    let refused = fence(&mut tx, st, owner, events, !again)?;
     let refused_runs: HashSet<RunId> = refused.iter().map(|r| r.run).collect();
     let events: Vec<&Event> = events
         .iter()
@@ -113,11 +157,11 @@ pub(super) fn write(client: &mut Client, owner: &str, events: &[Event], again: b
         }
     }
     if !again {
-        accept(&mut tx, owner, &events, false)?;
+        accept(&mut tx, st, owner, &events, false)?;
     }
-    start_attempts(&mut tx, &events)?;
-    start_and_end_runs(&mut tx, &events)?;
-    write_state(&mut tx, &events)?;
+    start_attempts(&mut tx, st, &events)?;
+    start_and_end_runs(&mut tx, st, &events)?;
+    write_state(&mut tx, st, &events)?;
     let ends: Vec<&AttemptEnd> = events
         .iter()
         .filter_map(|e| match e {
@@ -125,14 +169,14 @@ pub(super) fn write(client: &mut Client, owner: &str, events: &[Event], again: b
             _ => None,
         })
         .collect();
-    end_attempts(&mut tx, &ends)?;
+    end_attempts(&mut tx, st, &ends)?;
     tx.commit()?;
     Ok(WriteReport { refused })
 }
 
 /// The batch's attempt starts, but those its ends overwrite anyway: under
 /// load most attempts start and end within one batch.
-fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+fn start_attempts(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
     let ended: HashSet<(RunId, &str, Option<u32>, u32)> = events
         .iter()
         .filter_map(|e| match e {
@@ -161,7 +205,8 @@ fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
     if runs.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO attempts (run, step, item, attempt, status, started_at)
          SELECT r, s, i, a, 'started', t FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
              AS u(r, s, i, a, t)
@@ -174,7 +219,7 @@ fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
 /// The batch's run starts (resumptions) and ends. When a run starts or
 /// ends more than once in the batch (ended interrupted, then resumed),
 /// they are written one by one, in order; else each kind in one statement.
-fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+fn start_and_end_runs(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
     let mut seen = HashSet::new();
     let once = events
         .iter()
@@ -186,8 +231,8 @@ fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
     if !once {
         for event in events {
             match event {
-                Event::RunStarted { run, at } => start_runs(tx, &[*run as i64], &[*at])?,
-                Event::RunEnded { .. } => end_runs(tx, &[event])?,
+                Event::RunStarted { run, at } => start_runs(tx, st, &[*run as i64], &[*at])?,
+                Event::RunEnded { .. } => end_runs(tx, st, &[event])?,
                 _ => {}
             }
         }
@@ -200,20 +245,21 @@ fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
             ats.push(*at);
         }
     }
-    start_runs(tx, &ids, &ats)?;
+    start_runs(tx, st, &ids, &ats)?;
     let ends: Vec<&Event> = events
         .iter()
         .copied()
         .filter(|e| matches!(e, Event::RunEnded { .. }))
         .collect();
-    end_runs(tx, &ends)
+    end_runs(tx, st, &ends)
 }
 
-fn start_runs(tx: &mut Transaction<'_>, ids: &[i64], ats: &[i64]) -> Res<()> {
+fn start_runs(tx: &mut Transaction<'_>, st: &mut Prepared, ids: &[i64], ats: &[i64]) -> Res<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    st.execute(
+        tx,
         "UPDATE runs SET status = 'running', started_at = coalesce(runs.started_at, u.at)
          FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE runs.id = u.id",
         &[&ids, &ats],
@@ -222,7 +268,7 @@ fn start_runs(tx: &mut Transaction<'_>, ids: &[i64], ats: &[i64]) -> Res<()> {
 }
 
 /// `ends`: [`Event::RunEnded`]s, each of another run.
-fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
+fn end_runs(tx: &mut Transaction<'_>, st: &mut Prepared, ends: &[&Event]) -> Res<()> {
     let (mut ids, mut statuses, mut outputs, mut errors, mut finished, mut started) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for event in ends {
@@ -246,7 +292,8 @@ fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    st.execute(
+        tx,
         "UPDATE runs SET status = u.status, output = u.output, error = u.error, finished_at = u.finished,
              started_at = coalesce(runs.started_at, u.started)
          FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[])
@@ -259,7 +306,7 @@ fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
 
 /// The batch's state writes, in one statement: the last value written to
 /// a key in the batch is the one kept.
-fn write_state(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+fn write_state(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
     let mut last: HashMap<(RunId, &str), &str> = HashMap::new();
     let mut order = Vec::new();
     for event in events {
@@ -275,7 +322,8 @@ fn write_state(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
     let runs: Vec<i64> = order.iter().map(|(run, _)| *run as i64).collect();
     let keys: Vec<&str> = order.iter().map(|(_, key)| *key).collect();
     let values: Vec<&str> = order.iter().map(|k| last[k]).collect();
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO state (run, key, value) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])
          ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
         &[&runs, &keys, &values],
@@ -307,7 +355,13 @@ fn define(tx: &mut Transaction<'_>, w: &WorkflowRecord) -> Res<()> {
 /// thousands of runs is one round trip. A run id already in the database
 /// fails the batch (ids are never reused), unless `again`: then it is
 /// left as it is (the batch is written a second time).
-fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event], again: bool) -> Res<()> {
+fn accept(
+    tx: &mut Transaction<'_>,
+    st: &mut Prepared,
+    owner: &str,
+    events: &[&Event],
+    again: bool,
+) -> Res<()> {
     let mut ids = Vec::new();
     let mut workflows = Vec::new();
     let mut names = Vec::new();
@@ -348,7 +402,8 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event], again: bool)
     // heartbeat (a journal registers on start; a bare store may not)
     // gets its row here, with the batch's lease.
     let lease = leases.iter().copied().max().unwrap_or(0);
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3) ON CONFLICT (owner) DO NOTHING",
         &[&owner, &now_millis(), &lease],
     )?;
@@ -359,20 +414,20 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event], again: bool)
     let params: [&(dyn postgres::types::ToSql + Sync); 8] =
         [&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owners];
     match again {
-        false => tx.execute(insert, &params)?,
-        true => tx.execute(&format!("{insert} ON CONFLICT (id) DO NOTHING"), &params)?,
+        false => st.execute(tx, insert, &params)?,
+        true => st.execute(tx, &format!("{insert} ON CONFLICT (id) DO NOTHING"), &params)?,
     };
     if owners.iter().any(Option::is_none) {
         // Delivered at commit to every host listening: work for whoever
         // has a free slot.
-        tx.execute("SELECT pg_notify($1, '')", &[&super::WORK_CHANNEL])?;
+        st.execute(tx, "SELECT pg_notify($1, '')", &[&super::WORK_CHANNEL])?;
     }
     Ok(())
 }
 
 /// The batch's attempt ends, in one statement: each overwrites its start
 /// (or an end written before, by a run resumed twice).
-fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
+fn end_attempts(tx: &mut Transaction<'_>, st: &mut Prepared, ends: &[&AttemptEnd]) -> Res<()> {
     if ends.is_empty() {
         return Ok(());
     }
@@ -401,7 +456,8 @@ fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
     let scratch = col(&|a| a.usage.peak_scratch as i64);
     let scratch_limits = col(&|a| a.limits.scratch as i64);
     let levels: Vec<Option<&str>> = ends.iter().map(|a| a.timeout_level.map(|l| l.as_str())).collect();
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
              started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
              component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch,
@@ -490,6 +546,7 @@ pub(super) fn claim(
 /// has locked, and reads what resuming them needs.
 pub(super) fn claim_orphans(
     client: &mut Client,
+    st: &mut Prepared,
     owner: &str,
     until: Millis,
     now: Millis,
@@ -500,8 +557,9 @@ pub(super) fn claim_orphans(
         return Ok(Vec::new());
     }
     let mut tx = client.transaction()?;
-    let mut ids: Vec<i64> = tx
+    let mut ids: Vec<i64> = st
         .query(
+            &mut tx,
             &format!(
                 "UPDATE runs SET owner = $1 WHERE id IN (
                      SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
@@ -519,7 +577,8 @@ pub(super) fn claim_orphans(
     if !ids.is_empty() {
         // Holding them is being alive: the heartbeat says so (an idle
         // claim that takes nothing writes nothing).
-        tx.execute(
+        st.execute(
+        &mut tx,
             "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
              ON CONFLICT (owner) DO UPDATE
                  SET heartbeat_at = excluded.heartbeat_at, lease_until = greatest(hosts.lease_until, excluded.lease_until)",
@@ -595,18 +654,24 @@ fn recover(tx: &mut Transaction<'_>, ids: &[i64], workflows: &mut Workflows) -> 
 /// Renews `owner`'s heartbeat: one row, whatever it runs (the lease of
 /// each of its runs is this row's), and returns how many incomplete runs
 /// it holds (read from an index, nothing written).
-pub(super) fn renew(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<u64> {
+pub(super) fn renew(
+    client: &mut Client,
+    st: &mut Prepared,
+    owner: &str,
+    until: Millis,
+    now: Millis,
+) -> Res<u64> {
     // One statement, one round trip: the heartbeat and the count.
-    let held: i64 = client
-        .query_one(
-            "WITH beat AS (
+    let held: i64 = st.query(
+        client,
+        "WITH beat AS (
                  INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
                  ON CONFLICT (owner) DO UPDATE
                      SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until
                  RETURNING 1)
              SELECT count(*) FROM runs WHERE owner = $1 AND finished_at IS NULL",
-            &[&owner, &now, &until],
-        )?
+        &[&owner, &now, &until],
+    )?[0]
         .get(0);
     Ok(held as u64)
 }
