@@ -28,6 +28,10 @@ pub struct SuiteConfig {
     pub quick: bool,
     /// Where journals and generated files go.
     pub scratch: PathBuf,
+    /// The journal `workflows-strict` writes: a PostgreSQL URL (one host
+    /// on it, against the default); `None`, a fresh SQLite file in
+    /// `scratch` each repetition.
+    pub journal: Option<PathBuf>,
     /// Extra time slept in each repetition of a scenario: makes a
     /// regression on purpose, to check that comparisons catch it.
     pub inject_delay: HashMap<String, Duration>,
@@ -272,7 +276,10 @@ pub async fn run_scenario(
         }
         "workflows-memory" | "workflows-strict" => {
             let scheduler = if scenario.name == "workflows-strict" {
-                let db = dir.join(format!("bench-{}.db", fastrand::u64(..)));
+                let db = suite
+                    .journal
+                    .clone()
+                    .unwrap_or_else(|| dir.join(format!("bench-{}.db", fastrand::u64(..))));
                 let (journal, _) = open_journal(&JournalSettings {
                     db,
                     durability: Durability::Strict,
