@@ -279,6 +279,19 @@ fn runs_submitted_to_one_of_three_hosts_are_shared_evenly() {
         .unwrap()
         .get(0);
     assert!(elsewhere > 0, "all 30 ran on the host they were sent to");
+    // Its events too, from the journal.
+    let remote: i64 = client(&db)
+        .query_one(
+            "SELECT min(id) FROM runs WHERE split_part(owner, ':', 2) <> $1",
+            &[&a.pid().to_string()],
+        )
+        .unwrap()
+        .get(0);
+    let events = a.get(&format!("/v1/runs/{remote}/events"), None).text();
+    assert!(
+        events.contains("event: end") && events.contains("succeeded"),
+        "{events}"
+    );
 }
 
 /// Runs (by host pid) incomplete and still owned by that host.
