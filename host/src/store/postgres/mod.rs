@@ -130,18 +130,6 @@ const RECONNECT_FOR: Duration = Duration::from_secs(30);
 /// ...trying this often.
 const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 
-/// Whether an operation may be run again after the connection was lost
-/// mid-way (when it is not known whether it committed).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
-    /// Yes: running it again does what running it once does.
-    Idempotent,
-    /// No: the error is returned (on a connection made again), and the
-    /// caller tries again later (a claim whose answer was lost would leave
-    /// its runs claimed by no one who knows it).
-    No,
-}
-
 /// Whether `e` says the connection is gone (closed, the server shutting
 /// down or restarting, a connection exception), rather than that the
 /// statement failed.
@@ -223,12 +211,11 @@ impl PostgresStore {
 
     /// Runs `f` on the connection (and the workflows read before), off
     /// any async runtime. When the connection is lost, it connects again
-    /// (for up to [`RECONNECT_FOR`]) and, if `retry` allows, runs `f`
-    /// again, telling it so (its `bool`): its first run may or may not
-    /// have committed.
+    /// (for up to [`RECONNECT_FOR`]) and runs `f` again, telling it so (its
+    /// `bool`): its first run may or may not have committed, and every
+    /// writer operation does what it did once however often it runs.
     fn with<T: Send>(
         &mut self,
-        retry: Retry,
         f: impl Fn(&mut Client, &mut write::Workflows, &mut write::Prepared, bool) -> Result<T, postgres::Error>
         + Send
         + Sync,
@@ -270,9 +257,6 @@ impl PostgresStore {
                         break;
                     }
                 }
-                if retry == Retry::No {
-                    return Err(pg_error(location, &e));
-                }
                 again = true;
             }
         })
@@ -281,32 +265,25 @@ impl PostgresStore {
 
 impl StoreWriter for PostgresStore {
     fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
-        self.with(Retry::Idempotent, |c, _, st, again| {
-            write::write(c, st, owner, events, again)
-        })
+        self.with(|c, _, st, again| write::write(c, st, owner, events, again))
     }
 
     fn allocate_run_ids(&mut self, count: u64) -> Result<Range<RunId>, StoreError> {
         // Run again, it may skip a block: ids are never reused, gaps are fine.
-        self.with(Retry::Idempotent, |c, _, _, _| write::allocate(c, count))
+        self.with(|c, _, _, _| write::allocate(c, count))
     }
 
     fn release_run_ids(&mut self, unused: Range<RunId>) -> Result<bool, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _, _| {
-            write::give_back(c, unused.clone())
-        })
+        self.with(|c, _, _, _| write::give_back(c, unused.clone()))
     }
 
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
-        self.with(Retry::Idempotent, |c, _, st, _| {
-            write::renew(c, st, owner, until, now_millis())
-        })
+        self.with(|c, _, st, _| write::renew(c, st, owner, until, now_millis()))
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(Retry::No, |c, w, _, _| {
-            write::claim(c, owner, until, now_millis(), w)
-        })
+        // Run again, it takes what it took and returns all the owner holds.
+        self.with(|c, w, _, _| write::claim(c, owner, until, now_millis(), w))
     }
 
     fn claim_orphans(
@@ -315,17 +292,19 @@ impl StoreWriter for PostgresStore {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(Retry::No, |c, w, st, _| {
-            write::claim_orphans(c, st, owner, until, now_millis(), limit, w)
+        let token = fastrand::i64(..);
+        self.with(|c, w, st, again| {
+            let claim = write::Claim { limit, token, again };
+            write::claim_orphans(c, st, owner, until, now_millis(), claim, w)
         })
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _, _| write::release(c, owner))
+        self.with(|c, _, _, _| write::release(c, owner))
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
-        self.with(Retry::Idempotent, |c, _, _, _| write::collect(c, before))
+        self.with(|c, _, _, _| write::collect(c, before))
     }
 }
 

@@ -100,7 +100,9 @@ INSERT INTO run_ids (only_row, next) VALUES (1, 1);
 /// Format 2: a run's lease is its owner's heartbeat row in `hosts` (one
 /// row per host, renewed in one statement whatever the host runs), not a
 /// column of every run; runs no host owns are queued for any host to
-/// claim, found by their own index. A format 1 database's owners get a
+/// claim, found by their own index; a claim marks the rows it takes (so
+/// that it can be run again when its answer is lost). A format 1
+/// database's owners get a
 /// `hosts` row holding their runs' latest lease, so that nothing live is
 /// taken for dead on the upgrade.
 const FORMAT_2: &str = "
@@ -110,6 +112,7 @@ INSERT INTO hosts (owner, heartbeat_at, lease_until)
     ON CONFLICT (owner) DO UPDATE SET lease_until = greatest(hosts.lease_until, excluded.lease_until);
 UPDATE runs SET lease_until = NULL WHERE lease_until IS NOT NULL;
 CREATE INDEX runs_queued ON runs (id) WHERE owner IS NULL AND finished_at IS NULL;
+ALTER TABLE runs ADD COLUMN claim BIGINT;
 ";
 
 /// What the database holds: the format it is in (0 when it has no

@@ -540,6 +540,20 @@ pub(super) fn claim(
     Ok(runs)
 }
 
+/// One claim of orphans: a token its rows are marked with, so that when its
+/// connection is lost before its commit is known, running it again finds
+/// the runs it took if it did commit, rather than taking others and leaving
+/// those with a claimant that does not know it holds them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    /// At most how many runs it takes.
+    pub(super) limit: usize,
+    /// Marks the rows it takes.
+    pub(super) token: i64,
+    /// Whether this is a second run of the claim.
+    pub(super) again: bool,
+}
+
 /// Takes for `owner` at most `limit` incomplete runs of other owners whose
 /// lease ended (or that were released or queued for any host): `owner`'s
 /// own lease, its heartbeat, covers them at once, skipping rows another claimant
@@ -550,38 +564,52 @@ pub(super) fn claim_orphans(
     owner: &str,
     until: Millis,
     now: Millis,
-    limit: usize,
+    claim: Claim,
     workflows: &mut Workflows,
 ) -> Res<Vec<RecoveredRun>> {
+    let limit = claim.limit;
     if limit == 0 {
         return Ok(Vec::new());
     }
     let mut tx = client.transaction()?;
-    let mut ids: Vec<i64> = st
-        .query(
+    let ids_of = |rows: Vec<Row>| -> Vec<i64> { rows.iter().map(|r| r.get(0)).collect() };
+    let mut ids = Vec::new();
+    if claim.again {
+        // Its first run may have committed: then these are its runs.
+        ids = ids_of(st.query(
+            &mut tx,
+            "SELECT id FROM runs WHERE owner = $1 AND finished_at IS NULL AND claim = $2",
+            &[&owner, &claim.token],
+        )?);
+    }
+    if ids.is_empty() {
+        ids = ids_of(st.query(
             &mut tx,
             &format!(
-                "UPDATE runs SET owner = $1 WHERE id IN (
+                "UPDATE runs SET owner = $1, claim = $4 WHERE id IN (
                      SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
                      AND (owner IS NULL OR NOT {})
                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
                  RETURNING id",
                 owner_live("$2")
             ),
-            &[&owner, &now, &i64::try_from(limit).unwrap_or(i64::MAX)],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+            &[
+                &owner,
+                &now,
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+                &claim.token,
+            ],
+        )?);
+    }
     ids.sort_unstable();
     if !ids.is_empty() {
         // Holding them is being alive: the heartbeat says so (an idle
         // claim that takes nothing writes nothing).
         st.execute(
-        &mut tx,
+            &mut tx,
             "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
-             ON CONFLICT (owner) DO UPDATE
-                 SET heartbeat_at = excluded.heartbeat_at, lease_until = greatest(hosts.lease_until, excluded.lease_until)",
+             ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                 lease_until = greatest(hosts.lease_until, excluded.lease_until)",
             &[&owner, &now, &until],
         )?;
     }
