@@ -175,6 +175,10 @@ pub async fn open_journal(settings: &JournalSettings) -> Result<(Journal, Vec<Re
 /// takes a crashed host's runs over within 1.2 times it.
 pub const SHARED_LEASE: Duration = Duration::from_secs(5);
 
+/// How often a host whose claims fill its slots looks for a free slot to
+/// claim more: a look at its own counters, not a query.
+const BACKLOG_POLL: Duration = Duration::from_millis(5);
+
 /// The instant `age` ago, in journal time.
 pub fn cutoff(age: Duration) -> Millis {
     now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
@@ -194,6 +198,28 @@ pub struct Host {
     /// Runs it executes at once (`max_workflows`): what it takes over
     /// from other hosts is in proportion to what is free of it.
     slots: usize,
+    /// Wakes [`Host::share_work`]: work may be waiting in the store.
+    work: Arc<tokio::sync::Notify>,
+}
+
+/// Where a run submitted to a host went (see [`Host::accept_all`]).
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// This host runs it.
+    Here(LiveRun),
+    /// It is queued in the store, for whichever host sharing it has a free
+    /// slot first (this one included).
+    Queued(RunId),
+}
+
+impl Accepted {
+    /// The run's id.
+    pub fn id(&self) -> RunId {
+        match self {
+            Accepted::Here(run) => run.id(),
+            Accepted::Queued(id) => *id,
+        }
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -263,6 +289,7 @@ impl Host {
             metrics_file: Mutex::new(None),
             stopping: AtomicBool::new(false),
             slots,
+            work: Arc::default(),
         }
     }
 
@@ -294,66 +321,137 @@ impl Host {
             .collect()
     }
 
-    /// Keeps taking over the runs of hosts that died or stopped, when the
-    /// store is shared (PostgreSQL): every fifth of a lease, and at least
-    /// every second (so that a dead host's runs move within 1.2 leases, a
-    /// stopped one's within a second), it claims as many
-    /// orphaned runs as it has free slots (`max_workflows` less its runs
-    /// running and queued), oldest first, and resumes them. Until
-    /// [`Host::shutdown`]. A store one host owns alone has no orphans.
+    /// Whether its store is shared with other hosts (PostgreSQL).
+    fn shares_store(&self) -> bool {
+        self.scheduler.journal().is_some()
+            && matches!(
+                StoreLocation::parse(&self.settings.db),
+                StoreLocation::Postgres(_)
+            )
+    }
+
+    /// How many more runs it would execute at once now: `max_workflows`
+    /// less its runs running and queued.
+    fn free_slots(&self) -> usize {
+        let stats = self.scheduler.stats();
+        self.slots
+            .saturating_sub(stats.running_workflows + stats.queued_workflows)
+    }
+
+    /// Keeps taking work from the store, when it is shared (PostgreSQL):
+    /// runs queued for any host, and the runs of hosts that died or
+    /// stopped. It claims as many as it has free slots, oldest first, so
+    /// that hosts share work in proportion to their room; while what it
+    /// claims fills its slots, it claims again as slots free up. Between
+    /// claims it waits to be woken: by [`Host::wake_for_work`], by the
+    /// database when any host queues runs or releases its own (`LISTEN`
+    /// on one connection of its own, see
+    /// [`listen_for_work`](crate::store::listen_for_work)), and at most a
+    /// fifth of a lease and at least every second (so that a dead host's
+    /// runs move within a lease and a second): an idle host costs the
+    /// database one claim a second and a heartbeat every third of a lease.
+    /// Until [`Host::shutdown`]. A store one host owns alone has
+    /// no such runs.
     pub fn share_work(self: &Arc<Self>) {
         let Some(journal) = self.scheduler.journal().cloned() else {
             return;
         };
-        if !matches!(
-            StoreLocation::parse(&self.settings.db),
-            StoreLocation::Postgres(_)
-        ) {
+        if !self.shares_store() {
             return;
         }
-        // Also at least every second: a host stopping releases its runs,
-        // and they should move at once, not a long lease later.
+        if let StoreLocation::Postgres(url) = StoreLocation::parse(&self.settings.db) {
+            let (wanted, woken) = (Arc::downgrade(self), Arc::downgrade(self));
+            let listening = crate::store::listen_for_work(
+                &url,
+                move || wanted.upgrade().is_some_and(|host| !host.is_stopping()),
+                move || {
+                    if let Some(host) = woken.upgrade() {
+                        host.wake_for_work();
+                    }
+                },
+            );
+            if let Err(e) = listening {
+                tracing::warn!("hosts' new work is found by polling only: {e}");
+            }
+        }
         let every = (journal.lease() / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let host = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
-                if host.is_stopping() {
-                    return;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = host.work.notified() => {}
                 }
-                let stats = host.scheduler.stats();
-                let free = host
-                    .slots
-                    .saturating_sub(stats.running_workflows + stats.queued_workflows);
-                if free == 0 {
-                    continue;
-                }
-                let claiming = journal.clone();
-                let claimed = tokio::task::spawn_blocking(move || claiming.claim_orphans(free)).await;
-                let runs = match claimed {
-                    Ok(Ok(runs)) => runs,
-                    Ok(Err(e)) => {
-                        tracing::warn!("cannot claim other hosts' runs: {e}");
+                // Claim while claims fill every free slot: more is waiting.
+                let mut backlog = true;
+                while backlog {
+                    if host.is_stopping() {
+                        return;
+                    }
+                    let free = host.free_slots();
+                    if free == 0 {
+                        tokio::time::sleep(BACKLOG_POLL).await;
                         continue;
                     }
-                    Err(_) => continue,
-                };
-                for run in runs {
-                    let id = run.id;
-                    match host.scheduler.resume(run) {
-                        Ok(handle) => {
-                            tracing::info!(run = id, "took over a run from a host that is gone");
-                            host.live.track(handle);
+                    let claiming = journal.clone();
+                    let claimed = tokio::task::spawn_blocking(move || claiming.claim_orphans(free)).await;
+                    let runs = match claimed {
+                        Ok(Ok(runs)) => runs,
+                        Ok(Err(e)) => {
+                            tracing::warn!("cannot claim work from the store: {e}");
+                            break;
                         }
-                        // Shutting down: it stays claimed and is released
-                        // with the rest as this host stops.
-                        Err(e) => tracing::warn!(run = id, "cannot resume a claimed run: {e}"),
+                        Err(_) => break,
+                    };
+                    backlog = runs.len() == free;
+                    for run in runs {
+                        let id = run.id;
+                        match host.scheduler.resume(run) {
+                            Ok(handle) => {
+                                tracing::debug!(run = id, "claimed a run from the store");
+                                host.live.track(handle);
+                            }
+                            // Shutting down: it stays claimed and is released
+                            // with the rest as this host stops.
+                            Err(e) => tracing::warn!(run = id, "cannot resume a claimed run: {e}"),
+                        }
                     }
                 }
             }
         });
+    }
+
+    /// Wakes [`Host::share_work`] to claim now: the store may hold work
+    /// for it (another host queued runs, say).
+    pub fn wake_for_work(&self) {
+        self.work.notify_one();
+    }
+
+    /// Accepts runs, executing here those it has free slots for and, on a
+    /// store shared with other hosts, queuing the rest in the store for
+    /// whichever host has room first (it claims from there too, as its
+    /// slots free up). On a store of its own, all run here (see
+    /// [`Host::submit_all`]). The runs it keeps are accepted in one commit
+    /// and those it queues in another, durable when this returns.
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::submit_all`] and [`Scheduler::queue_all`]; when the
+    /// first part fails, nothing is accepted.
+    pub async fn accept_all(&self, runs: Vec<Submission>) -> Result<Vec<Accepted>, SubmitError> {
+        let mut runs = runs;
+        let queued = match self.shares_store() {
+            true => runs.split_off(self.free_slots().min(runs.len())),
+            false => Vec::new(),
+        };
+        let mut accepted: Vec<Accepted> = self.submit_all(runs)?.into_iter().map(Accepted::Here).collect();
+        if !queued.is_empty() {
+            let ids = self.scheduler.queue_all(queued).await?;
+            accepted.extend(ids.into_iter().map(Accepted::Queued));
+        }
+        Ok(accepted)
     }
 
     /// Submits a run of `workflow` on `input` (see [`Scheduler::submit`]).

@@ -10,6 +10,7 @@ mod host;
 mod hostile;
 mod hostile_suite;
 mod loading;
+mod multihost;
 mod observability;
 mod outbound;
 mod polyglot;

@@ -81,6 +81,12 @@ impl Served {
         std::mem::forget(self);
     }
 
+    /// Its process id: a host's owner name in the journal starts with
+    /// its host name and this.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub(crate) fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id() as i32;

@@ -127,4 +127,46 @@ pub(crate) mod postgres {
     }
 
     stepbox::store_conformance!(Postgres::fresh);
+
+    /// A heartbeat is one row per host: renewing the lease of a host that
+    /// holds 500 runs writes its `hosts` row and not one run's row (a
+    /// lease column per run made every renewal rewrite them all).
+    #[test]
+    fn a_renewal_writes_the_hosts_row_and_no_run_row() {
+        use stepbox::store::{Event, WorkflowRecord, now_millis};
+        let db = TestDatabase::new();
+        let mut writer = PostgresStore::open(db.url(), Durability::Strict).unwrap();
+        let workflow = std::sync::Arc::new(WorkflowRecord {
+            digest: "wf".into(),
+            name: "wf".into(),
+            path: "wf.yaml".into(),
+            source: "name: wf".into(),
+            components: Vec::new(),
+        });
+        let now = now_millis();
+        let mut events = vec![Event::WorkflowDefined(workflow)];
+        events.extend((1..=500).map(|run| Event::RunAccepted {
+            run,
+            workflow: "wf".into(),
+            name: "wf".into(),
+            lease_until: now + 60_000,
+            queued: false,
+            input: b"{}".to_vec(),
+            at: now,
+            tenant: None,
+            key: None,
+        }));
+        writer.write("a", &events).unwrap();
+        assert_eq!(writer.renew_leases("a", now + 120_000).unwrap(), 500);
+        let mut client = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+        let row = client
+            .query_one(
+                "SELECT lease_until, (SELECT count(*) FROM runs WHERE runs.xmin = hosts.xmin)
+                 FROM hosts WHERE owner = 'a'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), now + 120_000, "the heartbeat moved");
+        assert_eq!(row.get::<_, i64>(1), 0, "no run row was written by the renewal");
+    }
 }

@@ -33,6 +33,10 @@ pub struct SuiteConfig {
     pub quick: bool,
     /// Where journals and generated files go.
     pub scratch: PathBuf,
+    /// The journal `workflows-strict` writes: a PostgreSQL URL (one host
+    /// on it, against the default); `None`, a fresh SQLite file in
+    /// `scratch` each repetition.
+    pub journal: Option<PathBuf>,
     /// Extra time slept in each repetition of a scenario: makes a
     /// regression on purpose, to check that comparisons catch it.
     pub inject_delay: HashMap<String, Duration>,
@@ -289,7 +293,10 @@ pub async fn run_scenario(
         }
         "workflows-memory" | "workflows-strict" => {
             let scheduler = if scenario.name == "workflows-strict" {
-                let db = dir.join(format!("bench-{}.db", fastrand::u64(..)));
+                let db = suite
+                    .journal
+                    .clone()
+                    .unwrap_or_else(|| dir.join(format!("bench-{}.db", fastrand::u64(..))));
                 let (journal, _) = open_journal(&JournalSettings {
                     db,
                     durability: Durability::Strict,
@@ -438,6 +445,7 @@ pub async fn run_scenario(
                 workflow: Arc::clone(&step),
                 name: Arc::clone(&step),
                 lease_until,
+                queued: false,
                 input: b"{}".to_vec(),
                 at: now_millis(),
                 tenant: None,

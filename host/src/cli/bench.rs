@@ -139,6 +139,12 @@ impl BenchCommand {
             fetch,
             quick: self.quick,
             scratch: scratch.path().to_owned(),
+            journal: global.db.clone().filter(|db| {
+                matches!(
+                    stepbox::host::StoreLocation::parse(db),
+                    stepbox::host::StoreLocation::Postgres(_)
+                )
+            }),
             inject_delay,
         };
         let sandbox = global.sandbox()?;

@@ -627,27 +627,11 @@ impl<R: StepRunner> Scheduler<R> {
                 .map(|_| journal.next_run_id())
                 .collect::<Result<_, _>>()?,
         };
-        let accepted = self.inner.journal.as_ref().map(|journal| {
-            let at = now_millis();
-            let lease_until = journal.lease_until();
-            journal.append_all(runs.iter().zip(&ids).map(|(run, &id)| {
-                let record = run
-                    .workflow
-                    .record
-                    .as_ref()
-                    .expect("workflows prepared with a journal have a record");
-                Event::RunAccepted {
-                    run: id,
-                    workflow: Arc::clone(&record.digest),
-                    name: Arc::clone(&record.name),
-                    lease_until,
-                    input: serde_json::to_vec(&run.input).unwrap_or_else(|_| b"null".to_vec()),
-                    at,
-                    tenant: run.tenant.clone(),
-                    key: run.key.clone(),
-                }
-            }))
-        });
+        let accepted = self
+            .inner
+            .journal
+            .as_ref()
+            .map(|journal| journal.append_all(acceptances(journal, &runs, &ids, false)));
         let handles = runs
             .into_iter()
             .zip(ids)
@@ -664,6 +648,35 @@ impl<R: StepRunner> Scheduler<R> {
             })
             .collect();
         Ok(handles)
+    }
+
+    /// Records runs as accepted and queued for any host sharing the store
+    /// to claim (see [`Event::RunAccepted`]'s `queued`), without running
+    /// them here: for a host with no free slot for them. All or none, in
+    /// one commit; returns their ids once it is durable.
+    ///
+    /// # Errors
+    ///
+    /// [`SubmitError::ShuttingDown`] once [`Scheduler::shutdown`] began;
+    /// [`SubmitError::Journal`] without a journal, or when the journal
+    /// cannot record them.
+    pub async fn queue_all(&self, runs: Vec<Submission<R>>) -> Result<Vec<RunId>, SubmitError> {
+        if self.inner.draining.is_cancelled() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let Some(journal) = &self.inner.journal else {
+            return Err(SubmitError::Journal(StoreError::Other {
+                path: "(memory)".into(),
+                detail: "runs are queued for other hosts only in a journal they share".into(),
+            }));
+        };
+        let ids: Vec<RunId> = runs
+            .iter()
+            .map(|_| journal.next_run_id())
+            .collect::<Result<_, _>>()?;
+        let ticket = journal.append_all(acceptances(journal, &runs, &ids, true));
+        journal.durable(ticket).await?;
+        Ok(ids)
     }
 
     /// Resumes a run the journal gave back on start: steps it completed are
@@ -828,6 +841,38 @@ impl<R: StepRunner> Scheduler<R> {
             })
             .collect()
     }
+}
+
+/// The events accepting `runs` as `ids` (queued for any host, or this one's).
+fn acceptances<R: StepRunner>(
+    journal: &Journal,
+    runs: &[Submission<R>],
+    ids: &[RunId],
+    queued: bool,
+) -> Vec<Event> {
+    let at = now_millis();
+    let lease_until = journal.lease_until();
+    runs.iter()
+        .zip(ids)
+        .map(|(run, &id)| {
+            let record = run
+                .workflow
+                .record
+                .as_ref()
+                .expect("workflows prepared with a journal have a record");
+            Event::RunAccepted {
+                run: id,
+                workflow: Arc::clone(&record.digest),
+                name: Arc::clone(&record.name),
+                lease_until,
+                queued,
+                input: serde_json::to_vec(&run.input).unwrap_or_else(|_| b"null".to_vec()),
+                at,
+                tenant: run.tenant.clone(),
+                key: run.key.clone(),
+            }
+        })
+        .collect()
 }
 
 /// A component's file name: how metrics, reports and the journal name it.

@@ -15,7 +15,7 @@ use super::auth::{Caller, Tenant};
 use super::catalog::CatalogError;
 use super::problem::Problem;
 use super::state::AppState;
-use crate::host::LiveRun;
+use crate::host::{Accepted, LiveRun};
 use crate::scheduler::{Submission, SubmitError, WorkflowReport};
 use crate::store::{RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError};
 
@@ -217,7 +217,7 @@ pub async fn submit(
             ..Submission::from((Arc::clone(&workflow), input))
         })
         .collect();
-    let runs = match state.host.submit_all(submissions) {
+    let runs = match state.host.accept_all(submissions).await {
         Ok(runs) => runs,
         Err(SubmitError::ShuttingDown) => {
             return Err(Problem::new(
@@ -236,11 +236,15 @@ pub async fn submit(
     };
     for run in &runs {
         let share = shares.split_one();
-        let run = run.clone();
-        tokio::spawn(async move {
-            run.wait().await;
-            drop(share);
-        });
+        // A run queued for any host holds no share of this one's: the host
+        // that claims it admits it against its own slots.
+        if let Accepted::Here(run) = run {
+            let run = run.clone();
+            tokio::spawn(async move {
+                run.wait().await;
+                drop(share);
+            });
+        }
     }
     // Answer only once the acceptance is in the journal: what was answered
     // 201 is never lost, whatever happens next.
@@ -253,7 +257,13 @@ pub async fn submit(
         ));
     }
     let views = runs.iter().map(|run| accepted_view(run.id(), &name)).collect();
-    let handles = runs.iter().cloned().map(Some).collect();
+    let handles = runs
+        .iter()
+        .map(|run| match run {
+            Accepted::Here(run) => Some(run.clone()),
+            Accepted::Queued(_) => None,
+        })
+        .collect();
     let mut response = answer(&state, views, handles, batch, wait, StatusCode::CREATED).await;
     if !batch && response.status() == StatusCode::CREATED {
         let location = format!("/v1/runs/{}", runs[0].id());

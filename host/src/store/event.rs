@@ -22,8 +22,13 @@ pub enum Event {
         /// The workflow's name.
         name: Arc<str>,
         /// Its first lease's end. The run is owned by the writer that
-        /// writes this event (the host that accepted it).
+        /// writes this event (the host that accepted it), unless it is
+        /// `queued`.
         lease_until: Millis,
+        /// Accepted for whichever host claims it first, on a store hosts
+        /// share: no one owns it until then (the accepting host has no free
+        /// slot for it), so its other events are refused until a claim.
+        queued: bool,
         /// Its input (JSON).
         input: Vec<u8>,
         /// When.

@@ -720,6 +720,7 @@ mod tests {
             workflow: "w".into(),
             name: "w".into(),
             lease_until: journal.lease_until(),
+            queued: false,
             input: b"{}".to_vec(),
             at: now_millis(),
             tenant: None,

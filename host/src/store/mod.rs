@@ -48,7 +48,7 @@ pub use self::event::{
     AttemptEnd, AttemptLimits, AttemptStatus, ComponentRecord, Event, RunState, WorkflowRecord,
 };
 pub use self::journal::{CommitObserver, Journal, JournalConfig, JournalStats, Ticket};
-pub use self::postgres::{DEFAULT_POOL, PostgresReader, PostgresStore, redact};
+pub use self::postgres::{DEFAULT_POOL, PostgresReader, PostgresStore, listen_for_work, redact};
 pub use self::records::{
     AttemptRecord, Definition, GcStats, HostSummary, RecoveredRun, RunFilter, RunHistory, RunSummary,
     WorkflowUnavailable,

@@ -92,7 +92,13 @@ pub trait StoreWriter: Send {
 
     /// Extends to `until` the lease of every incomplete run `owner` still
     /// owns (a run another writer claimed is not renewed), and returns how
-    /// many it renewed.
+    /// many it holds. An `until` already past ends them (as a host paused
+    /// past its lease).
+    ///
+    /// A lease is its owner's: the runs of one owner share one, renewed at
+    /// once. A store shared by hosts keeps it as one heartbeat row per host
+    /// (PostgreSQL), so that a renewal costs one row whatever the host
+    /// runs; a store one host owns alone may keep it per run (SQLite).
     ///
     /// # Errors
     ///

@@ -45,11 +45,21 @@ pub(crate) fn accepted_for(
         workflow: "wf1".into(),
         name: "docs".into(),
         lease_until,
+        queued: false,
         input: br#"{"text":"a b"}"#.to_vec(),
         at: now_millis(),
         tenant: tenant.map(Into::into),
         key: key.map(Into::into),
     }
+}
+
+/// Run `run` accepted queued, for any host to claim.
+pub(crate) fn queued(run: RunId) -> Event {
+    let mut event = accepted(run);
+    if let Event::RunAccepted { queued, .. } = &mut event {
+        *queued = true;
+    }
+    event
 }
 
 /// Run `run` accepted, with a lease of a minute.

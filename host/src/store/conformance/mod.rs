@@ -69,6 +69,7 @@ macro_rules! store_conformance {
             writes_of_a_run_another_owner_claimed_are_refused,
             orphans_are_claimed_from_dead_hosts_only_and_once,
             hosts_are_listed_with_the_runs_they_own,
+            queued_runs_are_no_ones_until_a_host_claims_them,
             id_blocks_never_overlap_and_released_tails_are_reused,
             listings_filter_by_status_and_workflow_newest_first,
             tenants_and_pages_filter_listings_and_keys_find_runs,
@@ -94,7 +95,7 @@ macro_rules! store_conformance {
 mod fixtures;
 
 pub(crate) use fixtures::{
-    accepted, accepted_for, accepted_until, attempt_end, ended, run_ended, started, state, workflow,
+    accepted, accepted_for, accepted_until, attempt_end, ended, queued, run_ended, started, state, workflow,
 };
 use fixtures::{claim, ids, status, write};
 
@@ -265,7 +266,8 @@ pub fn recovery_returns_incomplete_runs_with_what_they_did(store: &dyn StoreUnde
 
 /// A claim leaves alone a run under another owner's live lease, takes one
 /// whose lease ended or that its owner released, and gives the claimant
-/// back what it holds already.
+/// back what it holds already. (A lease is its owner's: one owner's runs
+/// share one, whether the store keeps it per host or per run.)
 pub fn a_live_lease_of_another_owner_is_not_claimed_an_expired_one_is(store: &dyn StoreUnderTest) {
     let mut writer = store.writer();
     let now = now_millis();
@@ -275,6 +277,12 @@ pub fn a_live_lease_of_another_owner_is_not_claimed_an_expired_one_is(store: &dy
         &[
             Event::WorkflowDefined(workflow()),
             accepted_until(1, now + 60_000),
+        ],
+    );
+    write(
+        &mut *writer,
+        "x",
+        &[
             accepted_until(2, now - 1_000),
             accepted_until(3, now - 1_000),
             run_ended(3, RunState::Failed, Some("boom")),
@@ -295,10 +303,12 @@ pub fn a_live_lease_of_another_owner_is_not_claimed_an_expired_one_is(store: &dy
     );
 }
 
-/// Fencing: once another owner has claimed a run (after the first one's
-/// lease ended), the first owner's writes for it are refused, counted, and
-/// not applied, while the rest of its batch is; the new owner's apply.
-/// Renewal renews only the runs the writer still owns.
+/// Fencing: a host paused past its lease, whose runs another owner claimed
+/// meanwhile, records nothing more for them: its writes are refused,
+/// counted, and not applied, while the rest of its batch is (a run it
+/// accepts in it); the new owner's apply. Renewing its lease when it wakes
+/// gives it back none of them: renewal renews only the runs the writer
+/// still owns.
 pub fn writes_of_a_run_another_owner_claimed_are_refused(store: &dyn StoreUnderTest) {
     let mut writer = store.writer();
     let now = now_millis();
@@ -307,11 +317,18 @@ pub fn writes_of_a_run_another_owner_claimed_are_refused(store: &dyn StoreUnderT
         "a",
         &[
             Event::WorkflowDefined(workflow()),
-            accepted_until(1, now - 1_000),
+            accepted_until(1, now + 60_000),
             accepted_until(2, now + 60_000),
         ],
     );
-    assert_eq!(claim(&mut *writer, "b"), [1]);
+    // a pauses past its lease; b takes its runs over.
+    assert_eq!(writer.renew_leases("a", now - 1).unwrap(), 2);
+    assert_eq!(claim(&mut *writer, "b"), [1, 2]);
+    assert_eq!(
+        writer.renew_leases("a", now + 60_000).unwrap(),
+        0,
+        "a wakes: none of its runs are its own any more"
+    );
 
     let report = writer
         .write(
@@ -319,21 +336,28 @@ pub fn writes_of_a_run_another_owner_claimed_are_refused(store: &dyn StoreUnderT
             &[
                 state(1, "k", "a"),
                 started(1, "s", None, 1),
-                state(2, "k", "a"),
+                accepted_until(3, now + 60_000),
+                state(3, "k", "a"),
                 ended(1, "s", None, 1, AttemptStatus::Completed, true),
                 run_ended(1, RunState::Failed, Some("late")),
+                run_ended(2, RunState::Failed, Some("late")),
             ],
         )
         .unwrap();
-    assert_eq!(report.refused, [Refused { run: 1, events: 4 }]);
-    assert_eq!(report.refused_events(), 4);
+    assert_eq!(
+        report.refused,
+        [Refused { run: 1, events: 4 }, Refused { run: 2, events: 1 }]
+    );
+    assert_eq!(report.refused_events(), 5);
     let reader = store.reader();
     let one = reader.history(1).unwrap().unwrap();
     assert!(one.state.is_empty() && one.attempts.is_empty(), "{one:?}");
     assert!(one.summary.status.is_incomplete(), "a's late end did not end it");
+    assert!(reader.history(2).unwrap().unwrap().summary.status.is_incomplete());
     assert_eq!(
-        reader.history(2).unwrap().unwrap().state,
-        [("k".to_owned(), "a".to_owned())]
+        reader.history(3).unwrap().unwrap().state,
+        [("k".to_owned(), "a".to_owned())],
+        "the rest of the batch is written"
     );
 
     write(&mut *writer, "b", &[state(1, "k", "b")]);
@@ -350,19 +374,22 @@ pub fn writes_of_a_run_another_owner_claimed_are_refused(store: &dyn StoreUnderT
     );
     assert_eq!(reader.history(99).unwrap(), None);
 
-    // Run 1's lease (b's) ends; a's renewal must not extend it.
+    // b's lease ends; a's renewal must not extend it to b's runs.
     writer.claim_incomplete("b", now - 1).unwrap();
     assert_eq!(
         writer.renew_leases("a", now + 120_000).unwrap(),
         1,
-        "a renews only run 2"
+        "a renews only run 3"
     );
-    assert_eq!(claim(&mut *writer, "c"), [1]);
+    assert_eq!(claim(&mut *writer, "c"), [1, 2]);
+    let report = writer.write("b", &[state(1, "k", "b2")]).unwrap();
+    assert_eq!(report.refused_events(), 1, "b lost run 1 to c in turn");
 }
 
 /// Orphan claims take other owners' runs whose lease ended, at most the
 /// limit, oldest first, never the claimant's own or a live lease; two
-/// claimants never take the same run. (A store one host owns alone has
+/// claimants never take the same run, and a claim that took some renews
+/// the claimant's lease (it holds them from now on, and all it held). (A store one host owns alone has
 /// no orphans: it claims none, and the rest is not checked.)
 pub fn orphans_are_claimed_from_dead_hosts_only_and_once(store: &dyn StoreUnderTest) {
     let mut writer = store.writer();
@@ -385,8 +412,8 @@ pub fn orphans_are_claimed_from_dead_hosts_only_and_once(store: &dyn StoreUnderT
     let theirs = other.claim_orphans("other", now + 60_000, 10).unwrap();
     assert_eq!(
         ids(&theirs),
-        [3, 4, 6],
-        "not me's fresh claims, not the live lease"
+        [3, 4],
+        "not me's fresh claims, not the live lease, not me's own: a claim renews the claimant's lease"
     );
     assert!(writer.claim_orphans("me", now + 60_000, 10).unwrap().is_empty());
     let report = writer.write("dead", &[state(1, "k", "late")]).unwrap();
@@ -423,6 +450,41 @@ pub fn hosts_are_listed_with_the_runs_they_own(store: &dyn StoreUnderTest) {
     writer.release_leases("a").unwrap();
     let seen: Vec<String> = reader.hosts().unwrap().into_iter().map(|h| h.owner).collect();
     assert_eq!(seen, ["b"], "a released its runs");
+}
+
+/// A run accepted queued is no one's, the accepting writer's included:
+/// its events are refused until a host claims it, and then are that
+/// host's; it is claimed at once (no lease to wait for), and no host is
+/// listed for it until then.
+pub fn queued_runs_are_no_ones_until_a_host_claims_them(store: &dyn StoreUnderTest) {
+    let mut writer = store.writer();
+    write(
+        &mut *writer,
+        "a",
+        &[Event::WorkflowDefined(workflow()), accepted(1), queued(2)],
+    );
+    let report = writer
+        .write("a", &[state(1, "k", "a"), state(2, "k", "a")])
+        .unwrap();
+    assert_eq!(report.refused, [Refused { run: 2, events: 1 }]);
+    let reader = store.reader();
+    let hosts = reader.hosts().unwrap();
+    let seen: Vec<(&str, u64)> = hosts.iter().map(|h| (h.owner.as_str(), h.runs)).collect();
+    assert_eq!(seen, [("a", 1)], "{hosts:?}");
+    assert_eq!(
+        claim(&mut *writer, "b"),
+        [2],
+        "a's own run is under its live lease"
+    );
+    write(&mut *writer, "b", &[state(2, "k", "b")]);
+    assert_eq!(
+        reader.history(2).unwrap().unwrap().state,
+        [("k".to_owned(), "b".to_owned())]
+    );
+    assert_eq!(
+        reader.history(2).unwrap().unwrap().summary.status,
+        RunState::Accepted
+    );
 }
 
 /// Id blocks never overlap (between two writers too, where a store allows

@@ -9,6 +9,15 @@
 //! writing transaction, so a claim cannot come between the check and the
 //! write.
 //!
+//! Leases are per host, not per run: each host has one row in `hosts`,
+//! its heartbeat, and a run is held while its owner's row is live. A
+//! renewal writes that one row whatever the host runs (a lease column on
+//! every run made each renewal rewrite every running run's row). Owners
+//! are unique per process start, so an owner name is a host and its
+//! epoch at once: a host paused past its lease whose runs were claimed
+//! meanwhile finds them under another owner, and its writes for them are
+//! refused by the same row lock that orders the claim.
+//!
 //! Statements are explicit SQL; the layout is embedded and laid out by the
 //! first writer (see `schema`). The URL's password never appears in an
 //! error: the database is named by its URL with the password masked.
@@ -26,7 +35,7 @@ mod write;
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
@@ -39,6 +48,10 @@ use super::{
 
 /// Connections a reader's pool holds at most, by default.
 pub const DEFAULT_POOL: u32 = 8;
+
+/// The channel a writer notifies when it queues runs for any host, and
+/// that hosts listen on to claim them at once.
+pub(super) const WORK_CHANNEL: &str = "stepbox_work";
 
 /// How long a query waits for a pooled connection before it fails.
 const POOL_WAIT: Duration = Duration::from_secs(5);
@@ -101,6 +114,41 @@ pub struct PostgresStore {
     /// Always `Some` but in `drop`.
     client: Option<Client>,
     location: String,
+    /// Workflow records read by claims, by digest.
+    workflows: write::Workflows,
+    /// Statements prepared on `client`.
+    statements: write::Prepared,
+    /// How to connect again after the connection is lost.
+    config: postgres::Config,
+    durability: Durability,
+}
+
+/// How long a writer that lost its connection keeps trying to make it
+/// again (a database server restarting, failing over) before the
+/// operation fails...
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+/// ...trying this often.
+const RECONNECT_EVERY: Duration = Duration::from_millis(200);
+
+/// Whether `e` says the connection is gone (closed, the server shutting
+/// down or restarting, a connection exception), rather than that the
+/// statement failed.
+fn connection_lost(e: &postgres::Error, client: &Client) -> bool {
+    use std::error::Error as _;
+    client.is_closed()
+        || e.is_closed()
+        || e.source().is_some_and(|s| s.is::<std::io::Error>())
+        || e.code()
+            .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+}
+
+/// The session settings a writer's connection needs.
+fn set_session(client: &mut Client, durability: Durability) -> Result<(), postgres::Error> {
+    let sync = match durability {
+        Durability::Strict => "on",
+        Durability::Batched | Durability::Memory => "off",
+    };
+    client.batch_execute(&format!("SET synchronous_commit = {sync}"))
 }
 
 impl Drop for PostgresStore {
@@ -137,12 +185,11 @@ impl PostgresStore {
 
     fn connect(url: &str, durability: Durability) -> Result<PostgresStore, StoreError> {
         let location = redact(url);
-        let mut client = config(url, &location)?
-            .connect(NoTls)
-            .map_err(|e| StoreError::Other {
-                path: PathBuf::from(&location),
-                detail: format!("cannot connect: {e}"),
-            })?;
+        let config = config(url, &location)?;
+        let mut client = config.connect(NoTls).map_err(|e| StoreError::Other {
+            path: PathBuf::from(&location),
+            detail: format!("cannot connect: {e}"),
+        })?;
         let found = schema::migrate(&mut client).map_err(|e| pg_error(&location, &e))?;
         if found > schema::FORMAT {
             return Err(StoreError::NewerFormat {
@@ -151,52 +198,92 @@ impl PostgresStore {
                 known: schema::FORMAT,
             });
         }
-        let sync = match durability {
-            Durability::Strict => "on",
-            Durability::Batched | Durability::Memory => "off",
-        };
-        client
-            .batch_execute(&format!("SET synchronous_commit = {sync}"))
-            .map_err(|e| pg_error(&location, &e))?;
+        set_session(&mut client, durability).map_err(|e| pg_error(&location, &e))?;
         Ok(PostgresStore {
             client: Some(client),
             location,
+            workflows: write::Workflows::new(),
+            statements: write::Prepared::default(),
+            config,
+            durability,
         })
     }
 
-    /// Runs `f` on the connection, off any async runtime.
+    /// Runs `f` on the connection (and the workflows read before), off
+    /// any async runtime. When the connection is lost, it connects again
+    /// (for up to [`RECONNECT_FOR`]) and runs `f` again, telling it so (its
+    /// `bool`): its first run may or may not have committed, and every
+    /// writer operation does what it did once however often it runs.
     fn with<T: Send>(
         &mut self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+        f: impl Fn(&mut Client, &mut write::Workflows, &mut write::Prepared, bool) -> Result<T, postgres::Error>
+        + Send
+        + Sync,
     ) -> Result<T, StoreError> {
-        let location = &self.location;
-        let client = self
-            .client
-            .as_mut()
-            .expect("a store's client is there until it drops");
-        off_runtime(move || f(client)).map_err(|e| pg_error(location, &e))
+        let PostgresStore {
+            client,
+            location,
+            workflows,
+            statements,
+            config,
+            durability,
+        } = self;
+        let location = &*location;
+        off_runtime(move || {
+            let mut again = false;
+            let mut deadline = None;
+            loop {
+                let c = client.as_mut().expect("a store's client is there until it drops");
+                let e = match f(c, workflows, statements, again) {
+                    Ok(value) => return Ok(value),
+                    Err(e) if connection_lost(&e, c) => e,
+                    Err(e) => return Err(pg_error(location, &e)),
+                };
+                let until = *deadline.get_or_insert_with(|| Instant::now() + RECONNECT_FOR);
+                let why = pg_error(location, &e);
+                tracing::warn!("lost the database connection ({why}); connecting again");
+                loop {
+                    if Instant::now() >= until {
+                        return Err(pg_error(location, &e));
+                    }
+                    std::thread::sleep(RECONNECT_EVERY);
+                    let Ok(mut fresh) = config.connect(NoTls) else {
+                        continue;
+                    };
+                    if set_session(&mut fresh, *durability).is_ok() {
+                        // The old one goes quietly: it is closed already.
+                        *client = Some(fresh);
+                        *statements = write::Prepared::default();
+                        break;
+                    }
+                }
+                again = true;
+            }
+        })
     }
 }
 
 impl StoreWriter for PostgresStore {
     fn write(&mut self, owner: &str, events: &[Event]) -> Result<WriteReport, StoreError> {
-        self.with(|c| write::write(c, owner, events))
+        self.with(|c, _, st, again| write::write(c, st, owner, events, again))
     }
 
     fn allocate_run_ids(&mut self, count: u64) -> Result<Range<RunId>, StoreError> {
-        self.with(|c| write::allocate(c, count))
+        // Run again, it may skip a block: ids are never reused, gaps are fine.
+        self.with(|c, _, _, _| write::allocate(c, count))
     }
 
     fn release_run_ids(&mut self, unused: Range<RunId>) -> Result<bool, StoreError> {
-        self.with(|c| write::give_back(c, unused))
+        self.with(|c, _, _, _| write::give_back(c, unused.clone()))
     }
 
     fn renew_leases(&mut self, owner: &str, until: Millis) -> Result<u64, StoreError> {
-        self.with(|c| write::renew(c, owner, until, now_millis()))
+        self.with(|c, _, st, _| write::renew(c, st, owner, until, now_millis()))
     }
 
     fn claim_incomplete(&mut self, owner: &str, until: Millis) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(|c| write::claim(c, owner, until, now_millis()))
+        // Run again, it takes what it took and returns all the owner holds.
+        self.with(|c, w, _, _| write::claim(c, owner, until, now_millis(), w))
     }
 
     fn claim_orphans(
@@ -205,16 +292,87 @@ impl StoreWriter for PostgresStore {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<RecoveredRun>, StoreError> {
-        self.with(|c| write::claim_orphans(c, owner, until, now_millis(), limit))
+        let token = fastrand::i64(..);
+        self.with(|c, w, st, again| {
+            let claim = write::Claim { limit, token, again };
+            write::claim_orphans(c, st, owner, until, now_millis(), claim, w)
+        })
     }
 
     fn release_leases(&mut self, owner: &str) -> Result<u64, StoreError> {
-        self.with(|c| write::release(c, owner))
+        self.with(|c, _, _, _| write::release(c, owner))
     }
 
     fn collect(&mut self, before: Millis) -> Result<GcStats, StoreError> {
-        self.with(|c| write::collect(c, before))
+        self.with(|c, _, _, _| write::collect(c, before))
     }
+}
+
+/// Calls `wake` whenever a host queues runs or releases its own (a
+/// `NOTIFY` on the work channel), from a thread of its own holding one
+/// connection of its own (not a pooled one: it waits on it for good), and
+/// once each time it (re)connects, since notifications sent while it was
+/// away are lost. Waiting costs the database nothing: no query runs until
+/// a notification comes. The connection is made again, every second,
+/// after it fails; the thread ends, within a second, once `wanted`
+/// returns false.
+///
+/// # Errors
+///
+/// [`StoreError::Other`] when `url` is not a PostgreSQL URL or the thread
+/// cannot start.
+pub fn listen_for_work(
+    url: &str,
+    wanted: impl Fn() -> bool + Send + 'static,
+    wake: impl Fn() + Send + 'static,
+) -> Result<(), StoreError> {
+    // How often the thread looks whether it is still wanted.
+    const LOOK: Duration = Duration::from_secs(1);
+    use postgres::fallible_iterator::FallibleIterator;
+    let location = redact(url);
+    let config = config(url, &location)?;
+    let listen = move || {
+        while wanted() {
+            let mut client = match config.connect(NoTls) {
+                Ok(client) => client,
+                Err(e) => {
+                    tracing::debug!(db = %location, "cannot listen for work: {e}");
+                    std::thread::sleep(LOOK);
+                    continue;
+                }
+            };
+            if let Err(e) = client.batch_execute(&format!("LISTEN {WORK_CHANNEL}")) {
+                tracing::debug!(db = %location, "cannot listen for work: {e}");
+                std::thread::sleep(LOOK);
+                continue;
+            }
+            wake();
+            while wanted() {
+                let heard = client.notifications().timeout_iter(LOOK).next();
+                match heard {
+                    Ok(Some(_)) => {
+                        // One wake for those that came together.
+                        let _ = client.notifications().iter().count();
+                        wake();
+                    }
+                    Ok(None) if client.is_closed() => break,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(db = %location, "stopped listening for work: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("stepbox-listen".into())
+        .spawn(listen)
+        .map(drop)
+        .map_err(|e| StoreError::Other {
+            path: PathBuf::from(redact(url)),
+            detail: format!("cannot start listening for work: {e}"),
+        })
 }
 
 /// The query side on PostgreSQL: a bounded pool of connections, shared.

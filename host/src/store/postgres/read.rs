@@ -244,13 +244,15 @@ pub(super) fn count_matching(client: &mut Client, filter: &RunFilter) -> Res<Vec
         .collect())
 }
 
-/// Hosts with a live heartbeat, and owners of incomplete runs, by owner.
+/// Hosts with a live heartbeat, and owners of incomplete runs (with the
+/// lease they last renewed, if they ever did), by owner.
 pub(super) fn hosts(client: &mut Client, now: Millis) -> Res<Vec<HostSummary>> {
     let rows = client.query(
-        "SELECT coalesce(h.owner, r.owner), h.heartbeat_at, coalesce(h.lease_until, r.lease_until), coalesce(r.runs, 0)
-         FROM (SELECT * FROM hosts WHERE lease_until >= $1) h
-         FULL JOIN (SELECT owner, max(lease_until) AS lease_until, count(*) AS runs FROM runs
+        "SELECT coalesce(h.owner, r.owner), h.heartbeat_at, h.lease_until, coalesce(r.runs, 0)
+         FROM hosts h
+         FULL JOIN (SELECT owner, count(*) AS runs FROM runs
                     WHERE finished_at IS NULL AND owner IS NOT NULL GROUP BY owner) r ON r.owner = h.owner
+         WHERE h.lease_until >= $1 OR r.runs > 0
          ORDER BY coalesce(h.owner, r.owner) COLLATE \"C\"",
         &[&now],
     )?;

@@ -5,7 +5,7 @@
 use postgres::Client;
 
 /// The newest layout this build reads and writes.
-pub(super) const FORMAT: i64 = 1;
+pub(super) const FORMAT: i64 = 2;
 
 /// Serialises layout changes between hosts starting at once (an advisory
 /// lock key: "stepbox" in ASCII).
@@ -97,6 +97,24 @@ CREATE TABLE run_ids (
 INSERT INTO run_ids (only_row, next) VALUES (1, 1);
 ";
 
+/// Format 2: a run's lease is its owner's heartbeat row in `hosts` (one
+/// row per host, renewed in one statement whatever the host runs), not a
+/// column of every run; runs no host owns are queued for any host to
+/// claim, found by their own index; a claim marks the rows it takes (so
+/// that it can be run again when its answer is lost). A format 1
+/// database's owners get a
+/// `hosts` row holding their runs' latest lease, so that nothing live is
+/// taken for dead on the upgrade.
+const FORMAT_2: &str = "
+INSERT INTO hosts (owner, heartbeat_at, lease_until)
+    SELECT owner, 0, max(coalesce(lease_until, 0)) FROM runs
+    WHERE finished_at IS NULL AND owner IS NOT NULL GROUP BY owner
+    ON CONFLICT (owner) DO UPDATE SET lease_until = greatest(hosts.lease_until, excluded.lease_until);
+UPDATE runs SET lease_until = NULL WHERE lease_until IS NOT NULL;
+CREATE INDEX runs_queued ON runs (id) WHERE owner IS NULL AND finished_at IS NULL;
+ALTER TABLE runs ADD COLUMN claim BIGINT;
+";
+
 /// What the database holds: the format it is in (0 when it has no
 /// stepbox tables yet).
 pub(super) fn version(client: &mut Client) -> Result<i64, postgres::Error> {
@@ -110,8 +128,8 @@ pub(super) fn version(client: &mut Client) -> Result<i64, postgres::Error> {
     Ok(row.map_or(0, |r| r.get(0)))
 }
 
-/// Lays out a database with no stepbox tables; leaves one at [`FORMAT`]
-/// alone. Returns the format the database is in afterwards.
+/// Lays out a database with no stepbox tables, brings an older layout up
+/// to [`FORMAT`], leaves one at [`FORMAT`] (or newer) alone. Returns the format the database is in afterwards.
 pub(super) fn migrate(client: &mut Client) -> Result<i64, postgres::Error> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
@@ -121,7 +139,11 @@ pub(super) fn migrate(client: &mut Client) -> Result<i64, postgres::Error> {
         .map_or(0, |r| r.get(0));
     if current == 0 {
         tx.batch_execute(FORMAT_1)?;
-        tx.execute("INSERT INTO stepbox_format (version) VALUES ($1)", &[&FORMAT])?;
+        tx.execute("INSERT INTO stepbox_format (version) VALUES (1)", &[])?;
+    }
+    if current < 2 {
+        tx.batch_execute(FORMAT_2)?;
+        tx.execute("UPDATE stepbox_format SET version = 2", &[])?;
     }
     tx.commit()?;
     Ok(current.max(FORMAT))

@@ -6,27 +6,90 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::{Client, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use super::read;
 use crate::store::{
-    AttemptEnd, Event, GcStats, Millis, RecoveredRun, Refused, RunId, WorkflowRecord, WriteReport,
+    AttemptEnd, Event, GcStats, Millis, RecoveredRun, Refused, RunId, WorkflowRecord, WriteReport, now_millis,
 };
 
+/// Whether a run's owner holds it now: the owner has a heartbeat row whose
+/// lease has not ended at `$now` (a run-level condition on `runs`, the
+/// instant in the parameter named by `now`).
+fn owner_live(now: &str) -> String {
+    format!("EXISTS (SELECT 1 FROM hosts h WHERE h.owner = runs.owner AND h.lease_until >= {now})")
+}
+
+/// Registers `owner`'s heartbeat, its lease ending at `until`, in a
+/// transaction of its own: committed before the owner claims anything, so
+/// that a claimant racing it sees the lease of every run it takes.
+fn heartbeat(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<()> {
+    client.execute(
+        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+         ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
+        &[&owner, &now, &until],
+    )?;
+    Ok(())
+}
+
 type Res<T> = Result<T, postgres::Error>;
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// Statements prepared on a writer's connection, by their text: each is
+/// parsed and planned once per connection rather than at every use (which
+/// costs a round trip and a parse each time, on every batch and every
+/// idle claim). A connection made again starts with none.
+#[derive(Default)]
+pub(super) struct Prepared(HashMap<String, Statement>);
+
+impl Prepared {
+    fn statement(&mut self, c: &mut impl GenericClient, sql: &str) -> Res<Statement> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = c.prepare(sql)?;
+        self.0.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn execute(&mut self, c: &mut impl GenericClient, sql: &str, params: &Params<'_>) -> Res<u64> {
+        let statement = self.statement(c, sql)?;
+        c.execute(&statement, params)
+    }
+
+    fn query(&mut self, c: &mut impl GenericClient, sql: &str, params: &Params<'_>) -> Res<Vec<Row>> {
+        let statement = self.statement(c, sql)?;
+        c.query(&statement, params)
+    }
+}
 
 /// Which of the runs `events` touch (but do not accept) `owner` does not
 /// own, with how many of the batch's events each has. The owned rows stay
 /// locked (`FOR UPDATE`) until the transaction ends, so no claim comes
 /// between this check and the writes.
-fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Refused>> {
+///
+/// The runs the batch accepts (but queues) are the writer's, unless
+/// `with_accepted` is false: then they are checked like the rest (they
+/// are in already).
+fn fence(
+    tx: &mut Transaction<'_>,
+    st: &mut Prepared,
+    owner: &str,
+    events: &[Event],
+    with_accepted: bool,
+) -> Res<Vec<Refused>> {
     let mut accepted: HashSet<RunId> = HashSet::new();
     let mut touched: HashMap<RunId, usize> = HashMap::new();
     for event in events {
         match event {
-            Event::RunAccepted { run, .. } => {
+            Event::RunAccepted {
+                run, queued: false, ..
+            } if with_accepted => {
                 accepted.insert(*run);
             }
+            Event::RunAccepted { .. } => {}
             other => {
                 if let Some(run) = other.run() {
                     *touched.entry(run).or_default() += 1;
@@ -39,8 +102,9 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Ref
         return Ok(Vec::new());
     }
     let ids: Vec<i64> = touched.keys().map(|&id| id as i64).collect();
-    let owned: HashSet<RunId> = tx
+    let owned: HashSet<RunId> = st
         .query(
+            tx,
             "SELECT id FROM runs WHERE owner = $1 AND id = ANY($2) ORDER BY id FOR UPDATE",
             &[&owner, &ids],
         )?
@@ -61,9 +125,27 @@ fn fence(tx: &mut Transaction<'_>, owner: &str, events: &[Event]) -> Res<Vec<Ref
 /// for the whole batch (a round trip each, not one per event): the
 /// tables they touch are independent, so the order across kinds does not
 /// matter, and within a kind the batch's order is kept where it could.
-pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<WriteReport> {
+///
+/// `again`: the batch is written a second time, after the connection was
+/// lost before its first commit was known to be in. Then its acceptances
+/// are inserted first, but for those already in, and every run it touches
+/// is fenced, those it accepts included: each statement after that does
+/// what it did the first time (inserts of attempt starts do nothing twice,
+/// attempt ends, state and run updates overwrite with the same values), so
+/// the batch is in once however often it is written.
+pub(super) fn write(
+    client: &mut Client,
+    st: &mut Prepared,
+    owner: &str,
+    events: &[Event],
+    again: bool,
+) -> Res<WriteReport> {
     let mut tx = client.transaction()?;
-    let refused = fence(&mut tx, owner, events)?;
+    if again {
+        let all: Vec<&Event> = events.iter().collect();
+        accept(&mut tx, st, owner, &all, true)?;
+    }
+    let refused = fence(&mut tx, st, owner, events, !again)?;
     let refused_runs: HashSet<RunId> = refused.iter().map(|r| r.run).collect();
     let events: Vec<&Event> = events
         .iter()
@@ -74,10 +156,12 @@ pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<W
             define(&mut tx, w)?;
         }
     }
-    accept(&mut tx, owner, &events)?;
-    start_attempts(&mut tx, &events)?;
-    start_and_end_runs(&mut tx, &events)?;
-    write_state(&mut tx, &events)?;
+    if !again {
+        accept(&mut tx, st, owner, &events, false)?;
+    }
+    start_attempts(&mut tx, st, &events)?;
+    start_and_end_runs(&mut tx, st, &events)?;
+    write_state(&mut tx, st, &events)?;
     let ends: Vec<&AttemptEnd> = events
         .iter()
         .filter_map(|e| match e {
@@ -85,14 +169,14 @@ pub(super) fn write(client: &mut Client, owner: &str, events: &[Event]) -> Res<W
             _ => None,
         })
         .collect();
-    end_attempts(&mut tx, &ends)?;
+    end_attempts(&mut tx, st, &ends)?;
     tx.commit()?;
     Ok(WriteReport { refused })
 }
 
 /// The batch's attempt starts, but those its ends overwrite anyway: under
 /// load most attempts start and end within one batch.
-fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+fn start_attempts(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
     let ended: HashSet<(RunId, &str, Option<u32>, u32)> = events
         .iter()
         .filter_map(|e| match e {
@@ -121,7 +205,8 @@ fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
     if runs.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO attempts (run, step, item, attempt, status, started_at)
          SELECT r, s, i, a, 'started', t FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
              AS u(r, s, i, a, t)
@@ -134,7 +219,7 @@ fn start_attempts(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
 /// The batch's run starts (resumptions) and ends. When a run starts or
 /// ends more than once in the batch (ended interrupted, then resumed),
 /// they are written one by one, in order; else each kind in one statement.
-fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+fn start_and_end_runs(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
     let mut seen = HashSet::new();
     let once = events
         .iter()
@@ -146,8 +231,8 @@ fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
     if !once {
         for event in events {
             match event {
-                Event::RunStarted { run, at } => start_runs(tx, &[*run as i64], &[*at])?,
-                Event::RunEnded { .. } => end_runs(tx, &[event])?,
+                Event::RunStarted { run, at } => start_runs(tx, st, &[*run as i64], &[*at])?,
+                Event::RunEnded { .. } => end_runs(tx, st, &[event])?,
                 _ => {}
             }
         }
@@ -160,20 +245,21 @@ fn start_and_end_runs(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
             ats.push(*at);
         }
     }
-    start_runs(tx, &ids, &ats)?;
+    start_runs(tx, st, &ids, &ats)?;
     let ends: Vec<&Event> = events
         .iter()
         .copied()
         .filter(|e| matches!(e, Event::RunEnded { .. }))
         .collect();
-    end_runs(tx, &ends)
+    end_runs(tx, st, &ends)
 }
 
-fn start_runs(tx: &mut Transaction<'_>, ids: &[i64], ats: &[i64]) -> Res<()> {
+fn start_runs(tx: &mut Transaction<'_>, st: &mut Prepared, ids: &[i64], ats: &[i64]) -> Res<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    st.execute(
+        tx,
         "UPDATE runs SET status = 'running', started_at = coalesce(runs.started_at, u.at)
          FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, at) WHERE runs.id = u.id",
         &[&ids, &ats],
@@ -182,7 +268,7 @@ fn start_runs(tx: &mut Transaction<'_>, ids: &[i64], ats: &[i64]) -> Res<()> {
 }
 
 /// `ends`: [`Event::RunEnded`]s, each of another run.
-fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
+fn end_runs(tx: &mut Transaction<'_>, st: &mut Prepared, ends: &[&Event]) -> Res<()> {
     let (mut ids, mut statuses, mut outputs, mut errors, mut finished, mut started) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for event in ends {
@@ -206,7 +292,8 @@ fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    tx.execute(
+    st.execute(
+        tx,
         "UPDATE runs SET status = u.status, output = u.output, error = u.error, finished_at = u.finished,
              started_at = coalesce(runs.started_at, u.started)
          FROM UNNEST($1::bigint[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::bigint[])
@@ -219,7 +306,7 @@ fn end_runs(tx: &mut Transaction<'_>, ends: &[&Event]) -> Res<()> {
 
 /// The batch's state writes, in one statement: the last value written to
 /// a key in the batch is the one kept.
-fn write_state(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
+fn write_state(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
     let mut last: HashMap<(RunId, &str), &str> = HashMap::new();
     let mut order = Vec::new();
     for event in events {
@@ -235,7 +322,8 @@ fn write_state(tx: &mut Transaction<'_>, events: &[&Event]) -> Res<()> {
     let runs: Vec<i64> = order.iter().map(|(run, _)| *run as i64).collect();
     let keys: Vec<&str> = order.iter().map(|(_, key)| *key).collect();
     let values: Vec<&str> = order.iter().map(|k| last[k]).collect();
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO state (run, key, value) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])
          ON CONFLICT (run, key) DO UPDATE SET value = excluded.value",
         &[&runs, &keys, &values],
@@ -265,8 +353,15 @@ fn define(tx: &mut Transaction<'_>, w: &WorkflowRecord) -> Res<()> {
 
 /// The batch's accepted runs, in one statement: a batch accepting
 /// thousands of runs is one round trip. A run id already in the database
-/// fails the batch (ids are never reused).
-fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
+/// fails the batch (ids are never reused), unless `again`: then it is
+/// left as it is (the batch is written a second time).
+fn accept(
+    tx: &mut Transaction<'_>,
+    st: &mut Prepared,
+    owner: &str,
+    events: &[&Event],
+    again: bool,
+) -> Res<()> {
     let mut ids = Vec::new();
     let mut workflows = Vec::new();
     let mut names = Vec::new();
@@ -275,12 +370,14 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
     let mut leases = Vec::new();
     let mut tenants: Vec<Option<&str>> = Vec::new();
     let mut keys: Vec<Option<&str>> = Vec::new();
+    let mut owners: Vec<Option<&str>> = Vec::new();
     for event in events {
         if let Event::RunAccepted {
             run,
             workflow,
             name,
             lease_until,
+            queued,
             input,
             at,
             tenant,
@@ -295,23 +392,42 @@ fn accept(tx: &mut Transaction<'_>, owner: &str, events: &[&Event]) -> Res<()> {
             leases.push(*lease_until);
             tenants.push(tenant.as_deref());
             keys.push(key.as_deref());
+            owners.push((!queued).then_some(owner));
         }
     }
     if ids.is_empty() {
         return Ok(());
     }
-    tx.execute(
-        "INSERT INTO runs (id, workflow, name, input, accepted_at, lease_until, tenant, submission_key, owner, status)
-         SELECT *, $9::text, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
-                                               $6::bigint[], $7::text[], $8::text[])",
-        &[&ids, &workflows, &names, &inputs, &ats, &leases, &tenants, &keys, &owner],
+    // The lease is the owner's: a host that accepts before its first
+    // heartbeat (a journal registers on start; a bare store may not)
+    // gets its row here, with the batch's lease.
+    let lease = leases.iter().copied().max().unwrap_or(0);
+    st.execute(
+        tx,
+        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3) ON CONFLICT (owner) DO NOTHING",
+        &[&owner, &now_millis(), &lease],
     )?;
+    let insert =
+        "INSERT INTO runs (id, workflow, name, input, accepted_at, tenant, submission_key, owner, status)
+         SELECT *, 'accepted' FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bigint[],
+                                          $6::text[], $7::text[], $8::text[])";
+    let params: [&(dyn postgres::types::ToSql + Sync); 8] =
+        [&ids, &workflows, &names, &inputs, &ats, &tenants, &keys, &owners];
+    match again {
+        false => st.execute(tx, insert, &params)?,
+        true => st.execute(tx, &format!("{insert} ON CONFLICT (id) DO NOTHING"), &params)?,
+    };
+    if owners.iter().any(Option::is_none) {
+        // Delivered at commit to every host listening: work for whoever
+        // has a free slot.
+        st.execute(tx, "SELECT pg_notify($1, '')", &[&super::WORK_CHANNEL])?;
+    }
     Ok(())
 }
 
 /// The batch's attempt ends, in one statement: each overwrites its start
 /// (or an end written before, by a run resumed twice).
-fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
+fn end_attempts(tx: &mut Transaction<'_>, st: &mut Prepared, ends: &[&AttemptEnd]) -> Res<()> {
     if ends.is_empty() {
         return Ok(());
     }
@@ -340,7 +456,8 @@ fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
     let scratch = col(&|a| a.usage.peak_scratch as i64);
     let scratch_limits = col(&|a| a.limits.scratch as i64);
     let levels: Vec<Option<&str>> = ends.iter().map(|a| a.timeout_level.map(|l| l.as_str())).collect();
-    tx.execute(
+    st.execute(
+        tx,
         "INSERT INTO attempts (run, step, item, attempt, status, last, outcome, message,
              started_at, finished_at, duration_us, queue_wait_us, fuel, peak_memory, output, log,
              component, fuel_limit, memory_limit, time_limit_us, started_us, peak_scratch,
@@ -391,117 +508,213 @@ fn end_attempts(tx: &mut Transaction<'_>, ends: &[&AttemptEnd]) -> Res<()> {
 
 /// Takes, for `owner` until `until`, every incomplete run no live host
 /// holds, and reads what resuming each one it now holds needs.
-pub(super) fn claim(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<Vec<RecoveredRun>> {
+pub(super) fn claim(
+    client: &mut Client,
+    owner: &str,
+    until: Millis,
+    now: Millis,
+    workflows: &mut Workflows,
+) -> Res<Vec<RecoveredRun>> {
+    heartbeat(client, owner, until, now)?;
+    // Rows of hosts gone for a day go, as a host starts.
+    client.execute("DELETE FROM hosts WHERE lease_until < $1", &[&(now - 86_400_000)])?;
     let mut tx = client.transaction()?;
     // Under READ COMMITTED a row another claimant just took is re-checked
-    // after its commit: its fresh lease keeps it out of this claim.
+    // after its commit: its owner's lease, committed before its claim,
+    // keeps it out of this one.
     tx.execute(
-        "UPDATE runs SET owner = $1, lease_until = $2 WHERE finished_at IS NULL
-         AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until < $3)",
-        &[&owner, &until, &now],
+        &format!(
+            "UPDATE runs SET owner = $1 WHERE finished_at IS NULL
+             AND (owner IS NULL OR owner = $1 OR NOT {})",
+            owner_live("$2")
+        ),
+        &[&owner, &now],
     )?;
     let claimed = tx.query(
         "SELECT id FROM runs WHERE finished_at IS NULL AND owner = $1 ORDER BY id",
         &[&owner],
     )?;
     let ids: Vec<i64> = claimed.iter().map(|r| r.get(0)).collect();
-    let runs = recover(&mut tx, &ids)?;
+    let runs = recover(&mut tx, &ids, workflows)?;
     tx.commit()?;
     Ok(runs)
 }
 
+/// One claim of orphans: a token its rows are marked with, so that when its
+/// connection is lost before its commit is known, running it again finds
+/// the runs it took if it did commit, rather than taking others and leaving
+/// those with a claimant that does not know it holds them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    /// At most how many runs it takes.
+    pub(super) limit: usize,
+    /// Marks the rows it takes.
+    pub(super) token: i64,
+    /// Whether this is a second run of the claim.
+    pub(super) again: bool,
+}
+
 /// Takes for `owner` at most `limit` incomplete runs of other owners whose
-/// lease ended (or that were released), skipping rows another claimant
+/// lease ended (or that were released or queued for any host): `owner`'s
+/// own lease, its heartbeat, covers them at once, skipping rows another claimant
 /// has locked, and reads what resuming them needs.
 pub(super) fn claim_orphans(
     client: &mut Client,
+    st: &mut Prepared,
     owner: &str,
     until: Millis,
     now: Millis,
-    limit: usize,
+    claim: Claim,
+    workflows: &mut Workflows,
 ) -> Res<Vec<RecoveredRun>> {
+    let limit = claim.limit;
     if limit == 0 {
         return Ok(Vec::new());
     }
     let mut tx = client.transaction()?;
-    let mut ids: Vec<i64> = tx
-        .query(
-            "UPDATE runs SET owner = $1, lease_until = $2 WHERE id IN (
-                 SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
-                 AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3)
-                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
-             RETURNING id",
-            &[&owner, &until, &now, &i64::try_from(limit).unwrap_or(i64::MAX)],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids_of = |rows: Vec<Row>| -> Vec<i64> { rows.iter().map(|r| r.get(0)).collect() };
+    let mut ids = Vec::new();
+    if claim.again {
+        // Its first run may have committed: then these are its runs.
+        ids = ids_of(st.query(
+            &mut tx,
+            "SELECT id FROM runs WHERE owner = $1 AND finished_at IS NULL AND claim = $2",
+            &[&owner, &claim.token],
+        )?);
+    }
+    if ids.is_empty() {
+        ids = ids_of(st.query(
+            &mut tx,
+            &format!(
+                "UPDATE runs SET owner = $1, claim = $4 WHERE id IN (
+                     SELECT id FROM runs WHERE finished_at IS NULL AND owner IS DISTINCT FROM $1
+                     AND (owner IS NULL OR NOT {})
+                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING id",
+                owner_live("$2")
+            ),
+            &[
+                &owner,
+                &now,
+                &i64::try_from(limit).unwrap_or(i64::MAX),
+                &claim.token,
+            ],
+        )?);
+    }
     ids.sort_unstable();
-    let runs = recover(&mut tx, &ids)?;
+    if !ids.is_empty() {
+        // Holding them is being alive: the heartbeat says so (an idle
+        // claim that takes nothing writes nothing).
+        st.execute(
+            &mut tx,
+            "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+             ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                 lease_until = greatest(hosts.lease_until, excluded.lease_until)",
+            &[&owner, &now, &until],
+        )?;
+    }
+    let runs = recover(&mut tx, &ids, workflows)?;
     tx.commit()?;
     Ok(runs)
 }
 
-/// What resuming each of runs `ids` needs, read in the claiming transaction.
-fn recover(tx: &mut Transaction<'_>, ids: &[i64]) -> Res<Vec<RecoveredRun>> {
+/// Workflow records by digest, kept by a writer across claims: a digest
+/// names one definition and its components forever, and reading the
+/// components (their bytes) again for every batch of claimed runs would
+/// cost more than the claim.
+pub(super) type Workflows = HashMap<String, Arc<WorkflowRecord>>;
+
+/// What resuming each of runs `ids` needs, read in the claiming
+/// transaction. Runs with no attempt and no state yet (queued runs,
+/// mostly) have nothing to read but their row.
+fn recover(tx: &mut Transaction<'_>, ids: &[i64], workflows: &mut Workflows) -> Res<Vec<RecoveredRun>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows = tx.query(
         "SELECT id, workflow, input FROM runs WHERE id = ANY($1) ORDER BY id",
         &[&ids],
     )?;
-    let mut workflows: HashMap<String, _> = HashMap::new();
+    let begun: HashSet<i64> = tx
+        .query(
+            "SELECT run FROM attempts WHERE run = ANY($1) UNION SELECT run FROM state WHERE run = ANY($1)",
+            &[&ids],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut runs = Vec::with_capacity(rows.len());
     for row in rows {
-        let id = row.get::<_, i64>(0) as RunId;
+        let id = row.get::<_, i64>(0);
         let digest: String = row.get(1);
         let workflow = match workflows.get(&digest) {
-            Some(w) => Clone::clone(w),
+            Some(w) => Ok(Arc::clone(w)),
             None => {
                 let w = read::workflow_record(tx, &digest)?;
-                workflows.insert(digest, w.clone());
+                if let Ok(w) = &w {
+                    workflows.insert(digest, Arc::clone(w));
+                }
                 w
             }
         };
+        let (done, attempts, state) = match begun.contains(&id) {
+            true => (
+                read::attempts_of(tx, id as RunId, "AND last AND status IN ('completed', 'failed')")?,
+                read::unit_attempts(tx, id as RunId)?,
+                read::state_of(tx, id as RunId)?,
+            ),
+            false => Default::default(),
+        };
         runs.push(RecoveredRun {
-            id,
-            workflow: workflow.map(|w: Arc<WorkflowRecord>| w),
+            id: id as RunId,
+            workflow,
             input: row
                 .get::<_, Option<Vec<u8>>>(2)
                 .unwrap_or_else(|| b"null".to_vec()),
-            done: read::attempts_of(tx, id, "AND last AND status IN ('completed', 'failed')")?,
-            attempts: read::unit_attempts(tx, id)?,
-            state: read::state_of(tx, id)?,
+            done,
+            attempts,
+            state,
         });
     }
     Ok(runs)
 }
 
-/// Extends `owner`'s leases on its incomplete runs, and its heartbeat:
-/// one row per host, so that a host with no runs is seen alive too. Rows
-/// of hosts gone for a day are cleared.
-pub(super) fn renew(client: &mut Client, owner: &str, until: Millis, now: Millis) -> Res<u64> {
-    let mut tx = client.transaction()?;
-    let renewed = tx.execute(
-        "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND finished_at IS NULL",
-        &[&owner, &until],
-    )?;
-    tx.execute(
-        "INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
-         ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until",
+/// Renews `owner`'s heartbeat: one row, whatever it runs (the lease of
+/// each of its runs is this row's), and returns how many incomplete runs
+/// it holds (read from an index, nothing written).
+pub(super) fn renew(
+    client: &mut Client,
+    st: &mut Prepared,
+    owner: &str,
+    until: Millis,
+    now: Millis,
+) -> Res<u64> {
+    // One statement, one round trip: the heartbeat and the count.
+    let held: i64 = st.query(
+        client,
+        "WITH beat AS (
+                 INSERT INTO hosts (owner, heartbeat_at, lease_until) VALUES ($1, $2, $3)
+                 ON CONFLICT (owner) DO UPDATE
+                     SET heartbeat_at = excluded.heartbeat_at, lease_until = excluded.lease_until
+                 RETURNING 1)
+             SELECT count(*) FROM runs WHERE owner = $1 AND finished_at IS NULL",
         &[&owner, &now, &until],
-    )?;
-    tx.execute("DELETE FROM hosts WHERE lease_until < $1", &[&(now - 86_400_000)])?;
-    tx.commit()?;
-    Ok(renewed)
+    )?[0]
+        .get(0);
+    Ok(held as u64)
 }
 
 /// Gives up `owner`'s incomplete runs and its heartbeat: it is stopping.
 pub(super) fn release(client: &mut Client, owner: &str) -> Res<u64> {
     let mut tx = client.transaction()?;
     let released = tx.execute(
-        "UPDATE runs SET owner = NULL, lease_until = NULL WHERE owner = $1 AND finished_at IS NULL",
+        "UPDATE runs SET owner = NULL WHERE owner = $1 AND finished_at IS NULL",
         &[&owner],
     )?;
     tx.execute("DELETE FROM hosts WHERE owner = $1", &[&owner])?;
+    if released > 0 {
+        tx.execute("SELECT pg_notify($1, '')", &[&super::WORK_CHANNEL])?;
+    }
     tx.commit()?;
     Ok(released)
 }

@@ -44,9 +44,12 @@ fn fence(
     let mut touched: HashMap<RunId, usize, FastHash> = HashMap::default();
     for event in events {
         match event {
-            Event::RunAccepted { run, .. } => {
+            Event::RunAccepted {
+                run, queued: false, ..
+            } => {
                 accepted.insert(*run);
             }
+            Event::RunAccepted { queued: true, .. } => {}
             other => {
                 if let Some(run) = other.run() {
                     *touched.entry(run).or_default() += 1;
@@ -93,7 +96,9 @@ impl SqliteStore {
         let owned = &mut self.owned.1;
         for event in events {
             match event {
-                Event::RunAccepted { run, .. } => {
+                Event::RunAccepted {
+                    run, queued: false, ..
+                } => {
                     owned.insert(*run);
                 }
                 Event::RunEnded { run, status, .. } if !status.is_incomplete() => {
@@ -484,7 +489,8 @@ struct Accepted<'a> {
     run: RunId,
     workflow: &'a str,
     name: &'a str,
-    owner: &'a str,
+    /// `None` for a run accepted queued, for any host.
+    owner: Option<&'a str>,
     lease_until: Millis,
     input: &'a [u8],
     at: Millis,
@@ -501,6 +507,7 @@ impl<'a> Accepted<'a> {
                 workflow,
                 name,
                 lease_until,
+                queued,
                 input,
                 at,
                 tenant,
@@ -509,7 +516,7 @@ impl<'a> Accepted<'a> {
                 run: *run,
                 workflow,
                 name,
-                owner,
+                owner: (!queued).then_some(owner),
                 lease_until: *lease_until,
                 input,
                 at: *at,
