@@ -17,7 +17,7 @@ use super::problem::Problem;
 use super::state::AppState;
 use crate::host::{Accepted, LiveRun};
 use crate::scheduler::{Submission, SubmitError, WorkflowReport};
-use crate::store::{RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError};
+use crate::store::{Durability, RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError};
 
 /// The longest idempotency key accepted.
 const MAX_KEY: usize = 255;
@@ -207,6 +207,10 @@ pub async fn submit(
             Duration::from_secs(1),
         ));
     };
+    // A strict journal makes a waited run's ending durable before it is
+    // answered, and its acceptance with it: such a run need not wait for
+    // a commit of its acceptance alone (see `Submission::waited`).
+    let defer = wait.is_some() && state.host.settings().durability == Durability::Strict;
     let submissions: Vec<Submission> = inputs
         .into_iter()
         .enumerate()
@@ -214,6 +218,7 @@ pub async fn submit(
             tenant: tenant.recorded(),
             key: key.as_deref().map(|k| batch_key(k, i, batch).into()),
             gate: tenant.gate.clone(),
+            waited: defer,
             ..Submission::from((Arc::clone(&workflow), input))
         })
         .collect();
@@ -247,14 +252,10 @@ pub async fn submit(
         }
     }
     // Answer only once the acceptance is in the journal: what was answered
-    // 201 is never lost, whatever happens next.
-    if let Some(journal) = state.host.scheduler().journal()
-        && let Err(e) = journal.flush().await
-    {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the runs could not be recorded: {e}"),
-        ));
+    // is never lost, whatever happens next. A deferred acceptance is made
+    // durable by the run's end, or by `answer` when the wait runs out.
+    if !defer && let Err(problem) = recorded(&state).await {
+        return Err(problem);
     }
     let views = runs.iter().map(|run| accepted_view(run.id(), &name)).collect();
     let handles = runs
@@ -333,7 +334,12 @@ async fn answer(
                 status = StatusCode::OK;
             }
             Ok(Err(problem)) => return problem.into_response(),
-            Err(_) => status = StatusCode::ACCEPTED,
+            Err(_) => {
+                if let Err(problem) = recorded(state).await {
+                    return problem.into_response();
+                }
+                status = StatusCode::ACCEPTED;
+            }
         }
     }
     let body = match batch {
@@ -341,6 +347,19 @@ async fn answer(
         false => views.pop().unwrap_or(Value::Null),
     };
     (status, Json(body)).into_response()
+}
+
+/// Waits until everything appended to the journal is durable.
+async fn recorded(state: &AppState) -> Result<(), Problem> {
+    match state.host.scheduler().journal() {
+        Some(journal) => journal.flush().await.map_err(|e| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the runs could not be recorded: {e}"),
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 /// How a waited-for run ended.
