@@ -359,6 +359,61 @@ async fn a_secret_is_readable_by_its_step_and_redacted_from_all_it_leaves() {
     assert_failed_with(&report, "secret `API_TOKEN` is not granted");
 }
 
+/// Keeps what a step writes to its state and sends to its children.
+#[derive(Default)]
+struct Recorder {
+    written: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl stepbox::sandbox::StepHost for Recorder {
+    async fn call(&self, call: stepbox::sandbox::ChildCall) -> stepbox::sandbox::ChildResult {
+        self.written
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&call.input).into_owned());
+        stepbox::sandbox::ChildResult::error(GuestErrorKind::Failed, "no children here".into())
+    }
+    fn state_get(&self, _key: &str) -> Option<String> {
+        None
+    }
+    fn state_set(&self, key: &str, value: String) -> Result<(), String> {
+        self.written.lock().unwrap().push(format!("{key}={value}"));
+        Ok(())
+    }
+    fn state_add(&self, _key: &str, _delta: i64) -> Result<i64, String> {
+        Ok(0)
+    }
+}
+
+#[tokio::test]
+async fn a_secret_is_redacted_from_stdout_log_state_child_calls_and_errors() {
+    let secret = "leak-me-0x5eed";
+    let sb = TestSandbox::new();
+    let step = sb.load("hostile");
+    let recorder = Arc::new(Recorder::default());
+    let input = serde_json::to_vec(&json!({"mode": "leak", "name": "TOKEN"})).unwrap();
+    let report = sb
+        .sandbox
+        .run(
+            &step,
+            &input,
+            RunOptions::default()
+                .secrets(Secrets::new([("TOKEN", secret)]))
+                .host(Arc::clone(&recorder) as Arc<dyn stepbox::sandbox::StepHost>),
+        )
+        .await;
+    assert_failed_with(&report, "error: [redacted]");
+    let log: Vec<&str> = report.log.records.iter().map(|r| r.message.as_str()).collect();
+    assert!(
+        log.contains(&"stdout: [redacted]") && log.contains(&"log: [redacted]"),
+        "{log:?}"
+    );
+    let written = recorder.written.lock().unwrap().clone();
+    assert_eq!(written, [r#"leak="[redacted]""#, r#"{"leak":"[redacted]"}"#]);
+    assert!(!serde_json::to_string(&report).unwrap().contains(secret));
+}
+
 fn stepbox(dir: &std::path::Path, args: &[&str], secret: Option<&str>) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_stepbox"));
     command

@@ -173,6 +173,13 @@ impl Default for HttpPolicy {
 }
 
 impl HttpPolicy {
+    /// The policy of a step granted nothing: one for all of them, so that
+    /// a step that makes no request costs no allocation for it.
+    pub(crate) fn deny_all() -> Arc<HttpPolicy> {
+        static DENY_ALL: OnceLock<Arc<HttpPolicy>> = OnceLock::new();
+        Arc::clone(DENY_ALL.get_or_init(|| Arc::new(HttpPolicy::default())))
+    }
+
     /// The default caps, granting `allow`.
     pub fn allowing(allow: impl IntoIterator<Item = HttpGrant>) -> HttpPolicy {
         HttpPolicy {

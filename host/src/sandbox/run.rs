@@ -258,7 +258,11 @@ impl Sandbox {
                     attempt: options.attempt.max(1),
                 },
                 http: wasmtime_wasi_http::WasiHttpCtx::new(),
-                outbound: Outbound::new(options.http.unwrap_or_default(), log.clone(), deadline),
+                outbound: Outbound::new(
+                    options.http.unwrap_or_else(HttpPolicy::deny_all),
+                    log.clone(),
+                    deadline,
+                ),
                 secrets: options.secrets.clone(),
             },
         );

@@ -215,11 +215,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
     )?;
     host.func_wrap(
         "state-set",
-        |mut store: StoreContextMut<'_, InstanceState>, (key, value): (String, String)| {
+        |mut store: StoreContextMut<'_, InstanceState>, (mut key, mut value): (String, String)| {
             // State is journaled: no secret goes into it.
             let state = store.data_mut();
-            let value = state.secrets.redact(&value).into_owned();
-            let key = state.secrets.redact(&key).into_owned();
+            state.secrets.scrub(&mut key);
+            state.secrets.scrub(&mut value);
             Ok((state.imports.state_set(key, value),))
         },
     )?;
@@ -243,7 +243,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Res
                 let fuel = store.get_fuel()?;
                 let deadline = store.data().deadline;
                 // A child's input is journaled with its attempt.
-                let input = store.data().secrets.redact_bytes(&input).into_owned();
+                let input = if let std::borrow::Cow::Owned(clean) = store.data().secrets.redact_bytes(&input)
+                {
+                    clean
+                } else {
+                    input
+                };
                 let result = host
                     .call(ChildCall {
                         step,

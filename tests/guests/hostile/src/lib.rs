@@ -58,6 +58,9 @@ enum Mode {
     Flaky { key: String, fail_times: i64 },
     /// Calls the workflow's step `step` on `input` and returns what it returned.
     Call { step: String, input: Value },
+    /// Reads secret `name` and leaks it every way a step can: to stdout,
+    /// the log, the state, a child call's input, and its error.
+    Leak { name: String },
     /// Reports its idempotency key and attempt number, failing as retryable
     /// while the attempt is below `fail_below`.
     Whoami {
@@ -235,6 +238,14 @@ fn misbehave(mode: Mode) -> Result<Value, StepError> {
             Ok(json!({"attempt": attempt}))
         }
         Mode::Call { step, input } => stepbox_guest::call::<Value, Value>(&step, &input),
+        Mode::Leak { name } => {
+            let value = stepbox_guest::secret(&name).unwrap_or_default();
+            println!("stdout: {value}");
+            stepbox_guest::info(format!("log: {value}"));
+            stepbox_guest::state::set("leak", &value)?;
+            let _ = stepbox_guest::call::<Value, Value>("child", &json!({ "leak": value }));
+            Err(StepError::failed(format!("error: {value}")))
+        }
         Mode::Whoami { fail_below } => {
             let attempt = stepbox_guest::attempt();
             if attempt < fail_below {
