@@ -369,9 +369,16 @@ fn the_regression_check_flags_a_slowed_scenario_and_passes_an_unchanged_one() {
 }
 
 #[test]
-fn the_server_scenarios_run_workflows_over_http_and_report_figures() {
+fn the_server_and_outbound_http_scenarios_run_over_http_and_report_figures() {
     let dir = tempfile::tempdir().unwrap();
     let components = components_dir();
+    let names = [
+        "serve-3step",
+        "serve-3step-p50",
+        "serve-batch",
+        "http-call",
+        "http-call-native",
+    ];
     let out = ok(&stepbox(
         dir.path(),
         &[
@@ -380,7 +387,7 @@ fn the_server_scenarios_run_workflows_over_http_and_report_figures() {
             "--repeat",
             "1",
             "--scenarios",
-            "serve-3step,serve-3step-p50,serve-batch",
+            &names.join(","),
             "--components",
             &components,
             "--json",
@@ -388,7 +395,7 @@ fn the_server_scenarios_run_workflows_over_http_and_report_figures() {
     ));
     let results: serde_json::Value = serde_json::from_str(&out).unwrap();
     let text = results.to_string();
-    for name in ["serve-3step", "serve-3step-p50", "serve-batch"] {
+    for name in names {
         let figure = results["results"]["scenarios"]
             .as_array()
             .and_then(|all| all.iter().find(|m| m["name"] == name))

@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Empty};
+use bytes::Bytes;
+use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::serve::Client;
 
 /// What every request gets back.
 const BODY: &[u8] = br#"{"ok":true}"#;
@@ -65,28 +68,13 @@ async fn answer(mut socket: TcpStream) {
 pub(super) async fn native_calls(addr: SocketAddr, n: usize) -> Result<Duration, String> {
     let t = Instant::now();
     for _ in 0..n {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        let conn = tokio::spawn(conn);
-        let request = http::Request::get("/json")
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let mut client = Client::connect(addr).await?;
+        let body = client
+            .send(Method::GET, "/json", "application/json", Bytes::new())
+            .await?;
         if body.as_ref() != BODY {
             return Err("the loopback server answered something else".into());
         }
-        drop(sender);
-        let _ = conn.await;
     }
     Ok(t.elapsed())
 }

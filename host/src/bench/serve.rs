@@ -25,7 +25,7 @@ pub const CLIENTS: usize = 64;
 pub const BATCH: usize = 100;
 
 /// One keep-alive HTTP/1.1 connection.
-struct Client {
+pub(super) struct Client {
     sender: SendRequest<Full<Bytes>>,
     /// The `Host` header: the address itself (an open server answers only
     /// to loopback names).
@@ -33,7 +33,7 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Result<Client, String> {
+    pub(super) async fn connect(addr: SocketAddr) -> Result<Client, String> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect to {addr}: {e}"))?;
@@ -50,7 +50,7 @@ impl Client {
 
     /// Sends one request; returns the status and the body, which must be a
     /// success.
-    async fn send(
+    pub(super) async fn send(
         &mut self,
         method: Method,
         path: &str,
