@@ -50,7 +50,8 @@ pub struct Answer {
 /// Sends the request and returns the answer; a refused or failed request is
 /// the step's error (a refusal is final, a transport failure retryable).
 pub fn fetch(call: Call) -> Result<Answer, StepError> {
-    let mut request = Request::new(call.method.as_deref().unwrap_or("GET"), &call.url);
+    let method = call.method.as_deref().unwrap_or("GET");
+    let mut request = Request::new(method, &call.url);
     if let Some(name) = &call.bearer {
         let token = stepbox_guest::secret(name)
             .ok_or_else(|| StepError::failed(format!("secret `{name}` is not granted to this step")))?;
@@ -62,12 +63,7 @@ pub fn fetch(call: Call) -> Result<Answer, StepError> {
     let mut last = None;
     for _ in 0..call.repeat.unwrap_or(1).max(1) {
         let response = request.clone().send()?;
-        stepbox_guest::info(format!(
-            "{} {} -> {}",
-            request_method(&call),
-            call.url,
-            response.status
-        ));
+        stepbox_guest::info(format!("{method} {} -> {}", call.url, response.status));
         last = Some(response);
     }
     let response = last.expect("at least one request is sent");
@@ -79,10 +75,6 @@ pub fn fetch(call: Call) -> Result<Answer, StepError> {
         status: response.status,
         body,
     })
-}
-
-fn request_method(call: &Call) -> &str {
-    call.method.as_deref().unwrap_or("GET")
 }
 
 stepbox_guest::step!(fetch);

@@ -85,10 +85,8 @@ impl Secrets {
         for name in names {
             let value: Arc<str> = match self.values.iter().find(|(n, _)| n == name) {
                 Some((_, value)) => Arc::clone(value),
-                None => match std::env::var(&**name) {
-                    Ok(value) if env => value.into(),
-                    _ => return Err(name),
-                },
+                None if env => std::env::var(&**name).map_err(|_| &**name)?.into(),
+                None => return Err(name),
             };
             chosen.push((Arc::clone(name), value));
         }

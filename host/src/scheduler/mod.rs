@@ -511,7 +511,7 @@ impl<R: StepRunner> Scheduler<R> {
     /// workflow has more steps than allowed.
     pub fn prepare(&self, workflow: Workflow) -> Result<Arc<PreparedWorkflow<R>>, PrepareError> {
         self.inner.admission.check_steps(workflow.steps.len())?;
-        let secrets = self.secrets(&workflow)?;
+        let secrets = self.grants(&workflow)?;
         let runner = &self.inner.runner;
         let components =
             workflow.check_components(|step| runner.load_file(&step.component).map_err(|e| e.to_string()))?;
@@ -526,14 +526,15 @@ impl<R: StepRunner> Scheduler<R> {
         Ok(self.assemble(workflow, components, secrets, record))
     }
 
-    /// The secrets each step of `workflow` may read, from the host's,
-    /// once its HTTP grants are checked against the host's ceiling.
-    fn secrets(&self, workflow: &Workflow) -> Result<Vec<Secrets>, PrepareError> {
+    /// Checks what `workflow` grants its steps against what this host
+    /// allows: its HTTP destinations against the ceiling, its secrets
+    /// against those the host holds. Returns each step's secrets.
+    fn grants(&self, workflow: &Workflow) -> Result<Vec<Secrets>, PrepareError> {
         let config = &self.inner.config;
         if let Some(ceiling) = &config.http_ceiling {
             for step in &workflow.steps {
-                let grants = step.http.iter().flat_map(|h| h.allow.iter());
-                if let Some(beyond) = grants.into_iter().find(|g| !ceiling.contains(g)) {
+                let mut grants = step.http.iter().flat_map(|h| h.allow.iter());
+                if let Some(beyond) = grants.find(|g| !ceiling.contains(g)) {
                     return Err(PrepareError::HttpNotAllowed {
                         step: step.id.to_string(),
                         grant: beyond.to_string(),
@@ -756,7 +757,7 @@ impl<R: StepRunner> Scheduler<R> {
             .admission
             .check_steps(workflow.steps.len())
             .map_err(|e| e.to_string())?;
-        let secrets = self.secrets(&workflow).map_err(|e| e.to_string())?;
+        let secrets = self.grants(&workflow).map_err(|e| e.to_string())?;
         let wf = self.assemble(workflow, components, secrets, Some(Arc::clone(record)));
         self.inner
             .recorded
