@@ -300,3 +300,33 @@ async fn the_wasm_stack_is_a_per_run_limit() {
         other => panic!("expected a refusal, got {other}"),
     }
 }
+
+#[tokio::test]
+async fn a_tmp_directory_is_handed_on_only_if_its_guest_never_opened_it() {
+    let sb = TestSandbox::new();
+    let step = sb.load("hostile");
+    let hello = sb.load("hello");
+    let greet = || sb.run(&hello, json!({"name": "x"}), limits());
+    greet().await;
+    let kept = sb.instance_dirs();
+    assert_eq!(kept.len(), 1, "an unopened directory is kept: {kept:?}");
+    for _ in 0..20 {
+        greet().await;
+    }
+    assert_eq!(sb.instance_dirs(), kept, "and handed to each next instance");
+
+    // The next instance gets it, opens it, leaves a file: it goes.
+    let echo = sb.run(&step, json!({"mode": "echo", "id": 1}), limits()).await;
+    assert_eq!(output(&echo)["id"], 1);
+    assert!(sb.instance_dirs().is_empty(), "{:?}", sb.instance_dirs());
+
+    // Opened only to be listed, and left empty: it goes all the same.
+    greet().await;
+    assert_eq!(sb.instance_dirs().len(), 1);
+    let listed = sb
+        .run(&step, json!({"mode": "hold-listings", "count": 1}), limits())
+        .await;
+    assert!(listed.outcome.output().is_some(), "{}", listed.outcome);
+    assert!(sb.instance_dirs().is_empty(), "{:?}", sb.instance_dirs());
+    assert!(sb.descriptors_into_scratch().is_empty());
+}

@@ -70,9 +70,10 @@ impl TestSandbox {
             .await
     }
 
-    /// What is left in the sandbox's scratch root, beside its lock file and
-    /// the empty shard directories that hold instance directories: nothing,
-    /// once all runs ended.
+    /// What is left in the sandbox's scratch root, beside its lock file,
+    /// the shard directories that hold instance directories and the empty
+    /// instance directories no guest opened, kept for the next instances:
+    /// nothing, once all runs ended.
     fn scratch_leftovers(&self) -> Vec<PathBuf> {
         let mut left = Vec::new();
         for entry in std::fs::read_dir(self.sandbox.scratch_dir()).unwrap() {
@@ -80,17 +81,33 @@ impl TestSandbox {
             if path.file_name().is_some_and(|n| n == ".lock") {
                 continue;
             }
-            let shard = path.is_dir()
-                && path
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('s'));
-            if shard {
-                left.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            } else {
+            if !is_shard(&path) {
                 left.push(path);
+                continue;
+            }
+            for instance in std::fs::read_dir(&path).unwrap() {
+                let instance = instance.unwrap().path();
+                match std::fs::read_dir(&instance) {
+                    Ok(mut inside) if instance.is_dir() && !instance.is_symlink() => {
+                        left.extend(inside.next().map(|e| e.unwrap().path()));
+                    }
+                    _ => left.push(instance),
+                }
             }
         }
         left
+    }
+
+    /// The instance directories in the sandbox's scratch root.
+    fn instance_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for entry in std::fs::read_dir(self.sandbox.scratch_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if is_shard(&path) {
+                dirs.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        dirs
     }
 
     /// Open descriptors of this process that point into the scratch root,
@@ -102,6 +119,13 @@ impl TestSandbox {
             .filter(|path| *path != lock)
             .collect()
     }
+}
+
+fn is_shard(path: &Path) -> bool {
+    path.is_dir()
+        && path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('s'))
 }
 
 fn open_descriptors_under(dir: &Path) -> Vec<PathBuf> {

@@ -25,6 +25,10 @@ pub(crate) struct InstanceState {
     pub(crate) meter: Meter,
     /// The metered handles, by table index.
     pub(crate) held: HashMap<u32, Held>,
+    /// Whether the guest asked for its preopened directories: until it
+    /// does, it has no handle on its `/tmp`, which is then still empty and
+    /// unseen, fit for the next instance.
+    pub(crate) tmp_opened: bool,
     pub(crate) log: LogCapture,
     /// The effective deadline: `remaining-ms` counts down to it.
     pub(crate) deadline: Instant,

@@ -211,7 +211,7 @@ impl Sandbox {
         let own_deadline = started + limits.timeout;
         let deadline = options.deadline.map_or(own_deadline, |d| d.min(own_deadline));
         let log = LogCapture::new(usize::try_from(limits.log.as_u64()).unwrap_or(usize::MAX));
-        let scratch = match ScratchDir::create(inner.scratch.path()) {
+        let scratch = match inner.scratch.dir() {
             Ok(dir) => dir,
             Err(e) => {
                 return early(
@@ -245,6 +245,7 @@ impl Sandbox {
                 limiter: MemoryLimiter::new(usize::try_from(memory_limit).unwrap_or(usize::MAX)),
                 meter: meter.clone(),
                 held: HashMap::new(),
+                tmp_opened: false,
                 log: log.clone(),
                 deadline,
                 imports: match options.host {
@@ -298,10 +299,14 @@ impl Sandbox {
         let elapsed = started.elapsed();
         let fuel_left = store.get_fuel().unwrap_or(0);
         let peak_memory = store.data().limiter.peak as u64;
+        let tmp_opened = store.data().tmp_opened;
         // The store holds the preopened directory's descriptor: close it
         // before the directory goes, then give the slot back.
         drop(store);
-        drop(scratch);
+        match tmp_opened {
+            true => drop(scratch),
+            false => inner.scratch.unopened(scratch),
+        }
         drop(permit);
 
         let mut log = log.finish();

@@ -23,7 +23,14 @@ pub(crate) struct ScratchRoot {
     path: PathBuf,
     /// Held for the root's life: the proof that its host is alive.
     _lock: File,
+    /// Instance directories no guest ever opened, still empty: the next
+    /// instances take these before making new ones.
+    clean: Mutex<Vec<ScratchDir>>,
 }
+
+/// The most unused clean directories a root keeps (each an inode, and on
+/// tmpfs a little memory): more than the instances a host runs at once.
+const MAX_CLEAN: usize = 4096;
 
 impl ScratchRoot {
     /// Creates a fresh root `<parent>/stepbox-PID-N`, first removing the
@@ -63,7 +70,13 @@ impl ScratchRoot {
                 }
             });
             match renamed {
-                Ok(()) => return Ok(ScratchRoot { path, _lock: lock }),
+                Ok(()) => {
+                    return Ok(ScratchRoot {
+                        path,
+                        _lock: lock,
+                        clean: Mutex::new(Vec::new()),
+                    });
+                }
                 Err(_) if path.exists() => {
                     let _ = std::fs::remove_dir_all(&staging);
                 }
@@ -79,10 +92,43 @@ impl ScratchRoot {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// An empty directory for one instance: one that an earlier instance
+    /// left unopened, else a new one.
+    ///
+    /// Making and removing a directory per step was an eighth of a trivial
+    /// workflow's CPU time under load (`perf` of `serve-3step`), and most
+    /// steps never open their `/tmp`.
+    ///
+    /// # Errors
+    ///
+    /// Why a new directory could not be made.
+    pub(crate) fn dir(&self) -> io::Result<ScratchDir> {
+        let reused = self.clean.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        match reused {
+            Some(dir) => Ok(dir),
+            None => ScratchDir::create(&self.path),
+        }
+    }
+
+    /// Takes back `dir` from an instance whose guest never asked for its
+    /// preopened directories: it holds nothing and nobody looked at it, so
+    /// the next instance may have it as new. Call this only once the
+    /// instance's store, which holds a descriptor of it, is gone.
+    pub(crate) fn unopened(&self, dir: ScratchDir) {
+        let mut clean = self.clean.lock().unwrap_or_else(PoisonError::into_inner);
+        if clean.len() < MAX_CLEAN {
+            clean.push(dir);
+        }
+    }
 }
 
 impl Drop for ScratchRoot {
     fn drop(&mut self) {
+        self.clean
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
@@ -248,6 +294,32 @@ mod tests {
             names.len()
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unopened_dir_is_handed_out_again_and_an_opened_one_never() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = ScratchRoot::create(parent.path()).unwrap();
+        let first = root.dir().unwrap();
+        let unopened = first.path().to_owned();
+        root.unopened(first);
+        assert!(unopened.is_dir(), "a clean directory is kept, not removed");
+        let again = root.dir().unwrap();
+        assert_eq!(again.path(), unopened);
+        // Used: dropped, not given back, so it goes with what it holds.
+        std::fs::write(again.path().join("left"), b"x").unwrap();
+        drop(again);
+        assert!(!unopened.exists());
+        let fresh = root.dir().unwrap();
+        assert!(std::fs::read_dir(fresh.path()).unwrap().next().is_none());
+        let kept = fresh.path().to_owned();
+        root.unopened(fresh);
+        let path = root.path().to_owned();
+        drop(root);
+        assert!(
+            !kept.exists() && !path.exists(),
+            "the root goes with its clean directories"
+        );
     }
 
     #[test]

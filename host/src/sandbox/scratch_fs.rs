@@ -20,7 +20,8 @@ use std::path::Path;
 use bytes::Bytes;
 use cap_primitives::fs::{FollowSymlinks, MetadataExt as _};
 use wasmtime::component::{HasData, Resource, ResourceTable};
-use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystem, WasiFilesystemCtxView};
+use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     self, DirectoryEntryStream, ErrorCode, HostDescriptor, HostDirectoryEntryStream,
 };
@@ -57,9 +58,19 @@ impl HasData for ScratchFsData {
     type Data<'a> = ScratchFs<'a>;
 }
 
-/// Links the metered `wasi:filesystem/types` over wasmtime-wasi's own (the
-/// linker must allow shadowing).
+/// Links the metered `wasi:filesystem/types` over wasmtime-wasi's own, and
+/// `wasi:filesystem/preopens` noting that the step asked for its `/tmp`
+/// (the linker must allow shadowing).
 pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<InstanceState>) -> wasmtime::Result<()> {
+    // A guest reaches its `/tmp` only through the descriptor this returns:
+    // one that never asks cannot have looked at or left anything in it.
+    preopens::add_to_linker::<InstanceState, WasiFilesystem>(linker, |state| {
+        state.tmp_opened = true;
+        WasiFilesystemCtxView {
+            ctx: state.wasi.filesystem(),
+            table: &mut state.table,
+        }
+    })?;
     types::add_to_linker::<InstanceState, ScratchFsData>(linker, |state| ScratchFs {
         fs: WasiFilesystemCtxView {
             ctx: state.wasi.filesystem(),
