@@ -436,3 +436,124 @@ fn hosts_ride_out_postgres_restarting_under_load_losing_and_doubling_nothing() {
     until_finished_at(&url, RUNS as i64 + 30, Duration::from_secs(60));
     each_ended_once_at(&url, RUNS as i64 + 30, 3);
 }
+
+/// `greet` with `greeting` in its input: which version a host ran shows in
+/// the output.
+fn greet(digest: &str, greeting: &str) -> String {
+    format!("name: greet\nsteps:\n  - id: one\n    component: {digest}\n    input: {{name: {greeting}}}\n")
+}
+
+/// Submits one `greet` run to `host` as `token`, waits for it; its message.
+fn greeted(host: &Served, token: &str) -> String {
+    let answer = host.send("POST", "/v1/workflows/greet/runs?wait=30s", Some(token), b"{}");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let run = answer.json();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    run["output"]["message"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_workflow_uploaded_to_one_host_runs_when_submitted_to_another_and_stays_its_tenants() {
+    use stepbox::config::TokenDigest;
+    let db = TestDatabase::new();
+    let tenants = format!(
+        "[[tenants]]\nname = \"acme\"\ntokens = [\"{}\"]\n[[tenants]]\nname = \"zeta\"\ntokens = [\"{}\"]\n",
+        TokenDigest::of("acme-token"),
+        TokenDigest::of("zeta-token"),
+    );
+    // Each host has a data directory of its own, as on machines of their own.
+    let hosts = hosts(db.url(), 2, &tenants);
+    let (a, b) = (&hosts[0].0, &hosts[1].0);
+    let digest = a.upload("hello", Some("acme-token"));
+    let put = a.send(
+        "PUT",
+        "/v1/workflows/greet",
+        Some("acme-token"),
+        greet(&digest, "one").as_bytes(),
+    );
+    assert_eq!(put.status, 201, "{put:?}");
+
+    assert_eq!(greeted(b, "acme-token"), "Hello, one!");
+    let listed = b.get("/v1/workflows", Some("acme-token")).json();
+    assert_eq!(listed["workflows"][0]["name"], "greet", "{listed}");
+    let text = b.get("/v1/workflows/greet", Some("acme-token")).json();
+    assert!(text.to_string().contains("name: one"), "{text}");
+    // Uploading the same component to the other host is not new.
+    assert_eq!(
+        b.send(
+            "PUT",
+            "/v1/components",
+            Some("acme-token"),
+            &std::fs::read(stepbox_tests::guest("hello")).unwrap()
+        )
+        .status,
+        200
+    );
+
+    // Another tenant sees none of it, on either host.
+    for host in [a, b] {
+        let other = host.send("POST", "/v1/workflows/greet/runs", Some("zeta-token"), b"{}");
+        assert_eq!(other.status, 404, "{other:?}");
+        assert_eq!(
+            host.get("/v1/workflows", Some("zeta-token")).json()["workflows"],
+            json!([])
+        );
+        let borrowed = host.send(
+            "PUT",
+            "/v1/workflows/greet",
+            Some("zeta-token"),
+            greet(&digest, "z").as_bytes(),
+        );
+        assert_eq!(borrowed.status, 400, "another tenant's component: {borrowed:?}");
+    }
+
+    // Replaced through B, A runs the new one within a second.
+    let put = b.send(
+        "PUT",
+        "/v1/workflows/greet",
+        Some("acme-token"),
+        greet(&digest, "two").as_bytes(),
+    );
+    assert_eq!(put.status, 200, "{put:?}");
+    assert_eq!(greeted(b, "acme-token"), "Hello, two!");
+    std::thread::sleep(stepbox::server::CATALOG_FRESH + Duration::from_millis(100));
+    assert_eq!(greeted(a, "acme-token"), "Hello, two!");
+}
+
+#[test]
+fn a_workflow_only_on_one_hosts_disk_from_before_hosts_shared_uploads_is_shared_on_first_use() {
+    use stepbox::config::TokenDigest;
+    let db = TestDatabase::new();
+    let tenants = format!(
+        "[[tenants]]\nname = \"acme\"\ntokens = [\"{}\"]\n",
+        TokenDigest::of("t")
+    );
+    let hosts = hosts(db.url(), 2, &tenants);
+    let ((a, a_dir), (b, _)) = (&hosts[0], &hosts[1]);
+    // What a host of the version before kept of an upload: files alone.
+    let bytes = std::fs::read(stepbox_tests::guest("hello")).unwrap();
+    let hex: String = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let tenant = a_dir.path().join("uploads").join("acme");
+    std::fs::create_dir_all(tenant.join("components")).unwrap();
+    std::fs::create_dir_all(tenant.join("workflows")).unwrap();
+    std::fs::write(tenant.join(format!("components/{hex}.wasm")), &bytes).unwrap();
+    std::fs::write(
+        tenant.join("workflows/greet.yaml"),
+        greet(&format!("sha256:{hex}"), "old"),
+    )
+    .unwrap();
+
+    assert_eq!(
+        b.send("POST", "/v1/workflows/greet/runs", Some("t"), b"{}")
+            .status,
+        404
+    );
+    assert_eq!(greeted(a, "t"), "Hello, old!");
+    assert_eq!(greeted(b, "t"), "Hello, old!");
+}

@@ -2,6 +2,12 @@
 //! disk under the server's data directory (one directory per tenant) and
 //! prepared once per upload.
 //!
+//! On a store that several hosts share (PostgreSQL), the store holds the
+//! uploads, and the disk is each host's copy of the components it ran:
+//! a workflow uploaded to one host can be submitted to any. A host checks
+//! the version of a workflow it prepared at most once every [`FRESH`], so
+//! a workflow replaced through one host is used by every host within it.
+//!
 //! A workflow names its components by uploaded digest (`component:
 //! sha256:HEX`); the catalog points each step at the tenant's copy, so a
 //! tenant's workflow can use only the tenant's components.
@@ -9,12 +15,18 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 
 use crate::host::write_atomically;
 use crate::scheduler::{PrepareError, PreparedWorkflow, Scheduler};
+use crate::store::{StoreError, StoreReader, UploadStore};
 use crate::workflow::{Location, Workflow};
+
+/// How long a host uses a workflow it prepared before it asks the shared
+/// store whether another host replaced it.
+pub const FRESH: Duration = Duration::from_secs(1);
 
 /// Why an upload or a lookup failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +48,9 @@ pub enum CatalogError {
     /// The data directory could not be read or written.
     #[error("the server's data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// The store that hosts share could not be read or written.
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 /// A workflow as uploaded.
@@ -53,9 +68,20 @@ type WorkflowKey = (Arc<str>, String);
 /// The catalog of every tenant.
 pub struct Catalog {
     root: PathBuf,
+    /// The host's store: it keeps the uploads when hosts share it.
+    store: Arc<dyn StoreReader>,
     /// (tenant, workflow) → prepared, for workflows used since they were
     /// uploaded or since the server started.
-    prepared: Mutex<HashMap<WorkflowKey, Arc<PreparedWorkflow>>>,
+    prepared: Mutex<HashMap<WorkflowKey, Prepared>>,
+}
+
+/// A workflow prepared, the version of it the shared store had, and when
+/// that was last checked.
+#[derive(Clone)]
+struct Prepared {
+    workflow: Arc<PreparedWorkflow>,
+    version: i64,
+    checked: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,12 +100,52 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 impl Catalog {
-    /// The catalog kept under `root`.
-    pub fn new(root: PathBuf) -> Catalog {
+    /// The catalog kept under `root`, and in `store` if hosts share it.
+    pub fn new(root: PathBuf, store: Arc<dyn StoreReader>) -> Catalog {
         Catalog {
             root,
+            store,
             prepared: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn shared(&self) -> Option<&dyn UploadStore> {
+        self.store.uploads()
+    }
+
+    fn keep(&self, tenant: &Arc<str>, name: &str, workflow: &Arc<PreparedWorkflow>, version: i64) {
+        let prepared = Prepared {
+            workflow: Arc::clone(workflow),
+            version,
+            checked: Instant::now(),
+        };
+        lock(&self.prepared).insert((Arc::clone(tenant), name.to_owned()), prepared);
+    }
+
+    /// The path of component `hex` of `tenant` on this host's disk,
+    /// fetched from the shared store if this host does not have it yet;
+    /// `None` if it was never uploaded.
+    fn component_file(&self, tenant: &str, hex: &str) -> Result<Option<PathBuf>, CatalogError> {
+        let dir = self.components_dir(tenant);
+        let path = dir.join(format!("{hex}.wasm"));
+        if path.is_file() {
+            return Ok(Some(path));
+        }
+        let Some(shared) = self.shared() else {
+            return Ok(None);
+        };
+        let Some(bytes) = shared.component(tenant, &format!("sha256:{hex}"))? else {
+            return Ok(None);
+        };
+        // The name is the promise that the bytes are the ones uploaded.
+        if self::hex(&sha2::Sha256::digest(&bytes)) != hex {
+            return Err(CatalogError::Io(std::io::Error::other(format!(
+                "component sha256:{hex} in the shared store does not match its digest"
+            ))));
+        }
+        std::fs::create_dir_all(&dir)?;
+        write_atomically(&path, &bytes)?;
+        Ok(Some(path))
     }
 
     fn components_dir(&self, tenant: &str) -> PathBuf {
@@ -111,12 +177,15 @@ impl Catalog {
             .map_err(|e| CatalogError::NotComponent(e.to_string()))?;
         let dir = self.components_dir(tenant);
         let path = dir.join(format!("{hex}.wasm"));
-        if path.is_file() {
-            return Ok((name, false));
+        let mut new = !path.is_file();
+        if new {
+            std::fs::create_dir_all(&dir)?;
+            write_atomically(&path, bytes)?;
         }
-        std::fs::create_dir_all(&dir)?;
-        write_atomically(&path, bytes)?;
-        Ok((name, true))
+        if let Some(shared) = self.shared() {
+            new = shared.put_component(tenant, &name, bytes)?;
+        }
+        Ok((name, new))
     }
 
     /// Checks workflow `name` and keeps it for `tenant`, replacing the one
@@ -140,13 +209,20 @@ impl Catalog {
             true => ("json", "yaml"),
             false => ("yaml", "json"),
         };
-        let existed = self.uploaded(tenant, name)?.is_some();
+        let existed = match self.shared() {
+            Some(shared) => shared.workflow_version(tenant, name)?.is_some(),
+            None => self.uploaded(tenant, name)?.is_some(),
+        };
+        let version = match self.shared() {
+            Some(shared) => shared.put_workflow(tenant, name, &uploaded.text, uploaded.json)?,
+            None => 0,
+        };
         write_atomically(&dir.join(format!("{name}.{keep}")), uploaded.text.as_bytes())?;
         match std::fs::remove_file(dir.join(format!("{name}.{other}"))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
             _ => {}
         }
-        lock(&self.prepared).insert((Arc::clone(tenant), name.to_owned()), Arc::clone(&prepared));
+        self.keep(tenant, name, &prepared, version);
         Ok((prepared, !existed))
     }
 
@@ -162,24 +238,51 @@ impl Catalog {
         tenant: &Arc<str>,
         name: &str,
     ) -> Result<Arc<PreparedWorkflow>, CatalogError> {
-        let key = (Arc::clone(tenant), name.to_owned());
-        if let Some(hit) = lock(&self.prepared).get(&key) {
-            return Ok(Arc::clone(hit));
+        if let Some(hit) = self.cached(tenant, name) {
+            return Ok(hit);
         }
-        let uploaded = self
-            .uploaded(tenant, name)?
+        let key = (Arc::clone(tenant), name.to_owned());
+        let Some(shared) = self.shared() else {
+            let uploaded = self
+                .uploaded(tenant, name)?
+                .ok_or_else(|| CatalogError::NoWorkflow(name.to_owned()))?;
+            let prepared = self.prepare(scheduler, tenant, name, &uploaded)?;
+            self.keep(tenant, name, &prepared, 0);
+            return Ok(prepared);
+        };
+        let held = lock(&self.prepared).get(&key).cloned();
+        let Some(version) = shared.workflow_version(tenant, name)? else {
+            lock(&self.prepared).remove(&key);
+            return match self.disk_uploaded(tenant, name)? {
+                Some(local) => self.publish(scheduler, tenant, name, &local),
+                None => Err(CatalogError::NoWorkflow(name.to_owned())),
+            };
+        };
+        if let Some(held) = held.filter(|h| h.version == version) {
+            self.keep(tenant, name, &held.workflow, version);
+            return Ok(held.workflow);
+        }
+        let stored = shared
+            .workflow(tenant, name)?
             .ok_or_else(|| CatalogError::NoWorkflow(name.to_owned()))?;
+        let uploaded = Uploaded {
+            text: stored.text,
+            json: stored.json,
+        };
         let prepared = self.prepare(scheduler, tenant, name, &uploaded)?;
-        lock(&self.prepared).insert(key, Arc::clone(&prepared));
+        self.keep(tenant, name, &prepared, stored.version);
         Ok(prepared)
     }
 
-    /// Workflow `name` of `tenant` if it is prepared already: without
+    /// Workflow `name` of `tenant` if it is prepared already (and, when
+    /// hosts share the store, was checked within [`FRESH`]): without
     /// blocking, for the path every submission takes.
     pub fn cached(&self, tenant: &Arc<str>, name: &str) -> Option<Arc<PreparedWorkflow>> {
+        let shared = self.shared().is_some();
         lock(&self.prepared)
             .get(&(Arc::clone(tenant), name.to_owned()))
-            .cloned()
+            .filter(|p| !shared || p.checked.elapsed() < FRESH)
+            .map(|p| Arc::clone(&p.workflow))
     }
 
     /// Workflow `name` of `tenant` as uploaded, if it was.
@@ -188,6 +291,20 @@ impl Catalog {
     ///
     /// [`CatalogError::Io`] when it cannot be read.
     pub fn uploaded(&self, tenant: &str, name: &str) -> Result<Option<Uploaded>, CatalogError> {
+        if !valid_name(name) {
+            return Ok(None);
+        }
+        if let Some(shared) = self.shared() {
+            return Ok(shared.workflow(tenant, name)?.map(|w| Uploaded {
+                text: w.text,
+                json: w.json,
+            }));
+        }
+        self.disk_uploaded(tenant, name)
+    }
+
+    /// Workflow `name` of `tenant` as this host's disk has it.
+    fn disk_uploaded(&self, tenant: &str, name: &str) -> Result<Option<Uploaded>, CatalogError> {
         if !valid_name(name) {
             return Ok(None);
         }
@@ -202,12 +319,43 @@ impl Catalog {
         Ok(None)
     }
 
+    /// Puts a workflow that only this host's disk has into the shared
+    /// store, with its components: one uploaded to this host before hosts
+    /// shared uploads, found on its first use since.
+    fn publish(
+        &self,
+        scheduler: &Scheduler,
+        tenant: &Arc<str>,
+        name: &str,
+        local: &Uploaded,
+    ) -> Result<Arc<PreparedWorkflow>, CatalogError> {
+        let prepared = self.prepare(scheduler, tenant, name, local)?;
+        let Some(shared) = self.shared() else {
+            return Ok(prepared);
+        };
+        let mut components: Vec<&Path> = prepared.workflow().steps.iter().map(|s| &*s.component).collect();
+        components.sort();
+        components.dedup();
+        for path in components {
+            let Some(hex) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            shared.put_component(tenant, &format!("sha256:{hex}"), &std::fs::read(path)?)?;
+        }
+        let version = shared.put_workflow(tenant, name, &local.text, local.json)?;
+        self.keep(tenant, name, &prepared, version);
+        Ok(prepared)
+    }
+
     /// The names of `tenant`'s workflows, sorted.
     ///
     /// # Errors
     ///
     /// [`CatalogError::Io`] when the directory cannot be read.
     pub fn workflow_names(&self, tenant: &str) -> Result<Vec<String>, CatalogError> {
+        if let Some(shared) = self.shared() {
+            return Ok(shared.workflow_names(tenant)?);
+        }
         let mut names = match std::fs::read_dir(self.workflows_dir(tenant)) {
             Ok(entries) => entries
                 .filter_map(Result::ok)
@@ -252,7 +400,6 @@ impl Catalog {
                 location: None,
             });
         }
-        let components = self.components_dir(tenant);
         let mut resolved: HashMap<Arc<std::path::Path>, Arc<std::path::Path>> = HashMap::new();
         for step in &mut workflow.steps {
             if let Some(path) = resolved.get(&step.component) {
@@ -279,8 +426,7 @@ impl Catalog {
                     location: at,
                 });
             };
-            let path: Arc<Path> = components.join(format!("{hex}.wasm")).into();
-            if !path.is_file() {
+            let Some(path) = self.component_file(tenant, &hex)? else {
                 return Err(CatalogError::Invalid {
                     message: format!(
                         "step `{}`: component `sha256:{hex}` was not uploaded (PUT /v1/components)",
@@ -288,7 +434,8 @@ impl Catalog {
                     ),
                     location: at,
                 });
-            }
+            };
+            let path: Arc<Path> = path.into();
             resolved.insert(Arc::clone(&step.component), Arc::clone(&path));
             step.component = path;
         }

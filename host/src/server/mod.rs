@@ -45,6 +45,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 
+pub use self::catalog::FRESH as CATALOG_FRESH;
 pub use self::problem::Problem;
 pub use self::routes::{ROUTES, UI_ROUTES};
 use self::state::AppState;
@@ -134,9 +135,9 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr, source })?;
         let state = AppState {
             host,
+            catalog: catalog::Catalog::new(data, Arc::clone(&reader)),
             reader,
             tenants: auth::Tenants::new(&tenants),
-            catalog: catalog::Catalog::new(data),
             settings,
             keys: state::KeyLocks::default(),
             panics: Default::default(),

@@ -30,6 +30,10 @@ fn catalog_problem(e: CatalogError) -> Problem {
             tracing::warn!("{e}");
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
+        CatalogError::Store(_) => {
+            tracing::warn!("{e}");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 

@@ -54,7 +54,9 @@ pub use self::records::{
     WorkflowUnavailable,
 };
 pub use self::sqlite::{SqliteReader, SqliteStore};
-pub use self::traits::{PoolState, Refused, StoreReader, StoreWriter, WriteReport};
+pub use self::traits::{
+    PoolState, Refused, StoreReader, StoreWriter, StoredWorkflow, UploadStore, WriteReport,
+};
 
 /// A run's id: unique in its store and stable across restarts.
 pub type RunId = u64;

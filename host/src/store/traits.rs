@@ -249,6 +249,78 @@ pub trait StoreReader: Send + Sync {
     fn pool(&self) -> Option<PoolState> {
         None
     }
+
+    /// Where a server keeps what tenants upload, if this store is one that
+    /// several hosts share (PostgreSQL): there, a workflow uploaded to one
+    /// host can be submitted to any. A store of one host (SQLite) has
+    /// none, and its server keeps uploads on its own disk.
+    fn uploads(&self) -> Option<&dyn UploadStore> {
+        None
+    }
+}
+
+/// What tenants uploaded to servers sharing a store: components by digest
+/// and workflows by name, each within its tenant.
+///
+/// Uploads are rare and small beside the journal, and go through the
+/// reader's connections, not the writer's: an upload never waits behind a
+/// batch of events.
+pub trait UploadStore: Send + Sync {
+    /// Keeps component `bytes` as `digest` (`sha256:HEX` of the bytes) for
+    /// `tenant`; true if the tenant did not have it.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be written.
+    fn put_component(&self, tenant: &str, digest: &str, bytes: &[u8]) -> Result<bool, StoreError>;
+
+    /// Component `digest` of `tenant`, if it was uploaded.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn component(&self, tenant: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Keeps workflow `name` of `tenant` as uploaded, replacing the one of
+    /// that name; returns its version, higher than any before it.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be written.
+    fn put_workflow(&self, tenant: &str, name: &str, text: &str, json: bool) -> Result<i64, StoreError>;
+
+    /// Workflow `name` of `tenant` as last uploaded.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn workflow(&self, tenant: &str, name: &str) -> Result<Option<StoredWorkflow>, StoreError>;
+
+    /// The version of workflow `name` of `tenant`: what a host that
+    /// prepared it checks before it uses it again.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn workflow_version(&self, tenant: &str, name: &str) -> Result<Option<i64>, StoreError>;
+
+    /// The names of `tenant`'s workflows, sorted.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn workflow_names(&self, tenant: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// A workflow as a tenant uploaded it, from an [`UploadStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWorkflow {
+    /// Its text.
+    pub text: String,
+    /// Whether it is JSON (else YAML).
+    pub json: bool,
+    /// Its version: each upload of the name gets a higher one.
+    pub version: i64,
 }
 
 /// A reader's connection pool, as it is now.

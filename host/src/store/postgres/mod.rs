@@ -31,6 +31,7 @@
 
 mod read;
 mod schema;
+mod uploads;
 mod write;
 
 use std::ops::Range;
@@ -42,8 +43,8 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     AttemptRecord, Definition, Durability, Event, GcStats, HostSummary, Millis, PoolState, RecoveredRun,
-    RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, WriteReport,
-    now_millis,
+    RunFilter, RunHistory, RunId, RunState, RunSummary, StoreError, StoreReader, StoreWriter, StoredWorkflow,
+    UploadStore, WriteReport, now_millis,
 };
 
 /// Connections a reader's pool holds at most, by default.
@@ -517,6 +518,10 @@ impl StoreReader for PostgresReader {
         self.with(|c| read::hosts(c, now_millis()))
     }
 
+    fn uploads(&self) -> Option<&dyn UploadStore> {
+        Some(self)
+    }
+
     fn pool(&self) -> Option<PoolState> {
         let pool = self.connections();
         let state = pool.state();
@@ -525,6 +530,32 @@ impl StoreReader for PostgresReader {
             idle: state.idle_connections,
             max: pool.max_size(),
         })
+    }
+}
+
+impl UploadStore for PostgresReader {
+    fn put_component(&self, tenant: &str, digest: &str, bytes: &[u8]) -> Result<bool, StoreError> {
+        self.with(|c| uploads::put_component(c, tenant, digest, bytes))
+    }
+
+    fn component(&self, tenant: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| uploads::component(c, tenant, digest))
+    }
+
+    fn put_workflow(&self, tenant: &str, name: &str, text: &str, json: bool) -> Result<i64, StoreError> {
+        self.with(|c| uploads::put_workflow(c, tenant, name, text, json))
+    }
+
+    fn workflow(&self, tenant: &str, name: &str) -> Result<Option<StoredWorkflow>, StoreError> {
+        self.with(|c| uploads::workflow(c, tenant, name))
+    }
+
+    fn workflow_version(&self, tenant: &str, name: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| uploads::workflow_version(c, tenant, name))
+    }
+
+    fn workflow_names(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|c| uploads::workflow_names(c, tenant))
     }
 }
 

@@ -5,7 +5,7 @@
 use postgres::Client;
 
 /// The newest layout this build reads and writes.
-pub(super) const FORMAT: i64 = 2;
+pub(super) const FORMAT: i64 = 3;
 
 /// Serialises layout changes between hosts starting at once (an advisory
 /// lock key: "stepbox" in ASCII).
@@ -115,6 +115,29 @@ CREATE INDEX runs_queued ON runs (id) WHERE owner IS NULL AND finished_at IS NUL
 ALTER TABLE runs ADD COLUMN claim BIGINT;
 ";
 
+/// Format 3: what tenants upload to servers, so that every host sharing
+/// the database serves every tenant's workflows. A workflow's version comes
+/// from a sequence: it only grows, whichever host takes an upload.
+const FORMAT_3: &str = "
+CREATE TABLE uploaded_components (
+    tenant TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    bytes BYTEA NOT NULL,
+    uploaded_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, digest)
+);
+CREATE SEQUENCE uploaded_workflow_versions;
+CREATE TABLE uploaded_workflows (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    json BOOLEAN NOT NULL,
+    version BIGINT NOT NULL,
+    uploaded_at BIGINT NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+";
+
 /// What the database holds: the format it is in (0 when it has no
 /// stepbox tables yet).
 pub(super) fn version(client: &mut Client) -> Result<i64, postgres::Error> {
@@ -144,6 +167,10 @@ pub(super) fn migrate(client: &mut Client) -> Result<i64, postgres::Error> {
     if current < 2 {
         tx.batch_execute(FORMAT_2)?;
         tx.execute("UPDATE stepbox_format SET version = 2", &[])?;
+    }
+    if current < 3 {
+        tx.batch_execute(FORMAT_3)?;
+        tx.execute("UPDATE stepbox_format SET version = 3", &[])?;
     }
     tx.commit()?;
     Ok(current.max(FORMAT))
