@@ -52,7 +52,7 @@
 //! [[tenants]]               # none: the API is open, for one implicit tenant
 //! name = "acme"
 //! tokens = ["sha256:…"]     # SHA-256 of each bearer token; `stepbox token new`
-//! max_running = 64          # its runs executing at once
+//! max_running = 64          # its runs executing at once (on each host)
 //! max_queued = 1000         # its runs accepted and waiting
 //! submissions_per_second = 100
 //!

@@ -200,7 +200,13 @@ pub struct Host {
     slots: usize,
     /// Wakes [`Host::share_work`]: work may be waiting in the store.
     work: Arc<tokio::sync::Notify>,
+    /// Each tenant's running quota on this host, for the runs it claims.
+    tenant_gates: std::sync::OnceLock<TenantGates>,
 }
+
+/// A tenant's running quota on a host, by tenant name: what a server with
+/// tenants gives [`Host::gate_tenants`].
+pub type TenantGates = Box<dyn Fn(&str) -> Option<Arc<tokio::sync::Semaphore>> + Send + Sync>;
 
 /// Where a run submitted to a host went (see [`Host::accept_all`]).
 #[derive(Debug, Clone)]
@@ -290,7 +296,16 @@ impl Host {
             stopping: AtomicBool::new(false),
             slots,
             work: Arc::default(),
+            tenant_gates: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes the runs this host claims from a shared store (runs queued by
+    /// any host, and those of hosts that died) wait for their tenant's
+    /// running quota here, as the runs submitted here do. Set once, by the
+    /// server that knows the tenants; later calls are ignored.
+    pub fn gate_tenants(&self, gates: TenantGates) {
+        let _ = self.tenant_gates.set(gates);
     }
 
     /// The scheduler: to prepare workflows, and for its stats and breakers.
@@ -408,7 +423,11 @@ impl Host {
                     backlog = runs.len() == free;
                     for run in runs {
                         let id = run.id;
-                        match host.scheduler.resume(run) {
+                        let gate = match (&run.tenant, host.tenant_gates.get()) {
+                            (Some(tenant), Some(gates)) => gates(tenant),
+                            _ => None,
+                        };
+                        match host.scheduler.resume_gated(run, gate) {
                             Ok(handle) => {
                                 tracing::debug!(run = id, "claimed a run from the store");
                                 host.live.track(handle);

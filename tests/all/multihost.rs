@@ -91,16 +91,7 @@ impl Drop for Cluster {
 
 /// `n` hosts on `db`, each with its own directory and `extra` configuration.
 fn hosts(db: &str, n: usize, extra: &str) -> Vec<(Served, tempfile::TempDir)> {
-    (0..n)
-        .map(|_| {
-            let dir = tempfile::tempdir().unwrap();
-            let config = format!(
-                "[journal]\nshutdown_grace = \"0s\"\n{extra}\n[server]\ndata = \"{}\"\n",
-                dir.path().join("uploads").display()
-            );
-            (Served::start_on(dir.path(), &config, None, db), dir)
-        })
-        .collect()
+    (0..n).map(|_| host(db, extra)).collect()
 }
 
 /// Submits `n` runs of `workflow` to `host` in batches of 100; their ids.
@@ -556,4 +547,83 @@ fn a_workflow_only_on_one_hosts_disk_from_before_hosts_shared_uploads_is_shared_
     );
     assert_eq!(greeted(a, "t"), "Hello, old!");
     assert_eq!(greeted(b, "t"), "Hello, old!");
+}
+
+/// A host on `db` with `extra` configuration, in a directory of its own.
+fn host(db: &str, extra: &str) -> (Served, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[journal]\nshutdown_grace = \"0s\"\n{extra}\n[server]\ndata = \"{}\"\n",
+        dir.path().join("uploads").display()
+    );
+    (Served::start_on(dir.path(), &config, None, db), dir)
+}
+
+#[test]
+fn a_tenants_quotas_hold_for_the_runs_it_has_on_every_host_and_in_the_queue() {
+    use stepbox::config::TokenDigest;
+    let db = TestDatabase::new();
+    let tenant = format!(
+        "[[tenants]]\nname = \"acme\"\ntokens = [\"{}\"]\nmax_running = 1\nmax_queued = 3\n",
+        TokenDigest::of("t")
+    );
+    // A keeps one run and queues the rest in the database; B has room for
+    // all of them, but only one of the tenant's runs at a time.
+    let (a, _a_dir) = host(db.url(), &format!("[quotas]\nmax_workflows = 1\n{tenant}"));
+    let (b, _b_dir) = host(db.url(), &format!("[quotas]\nmax_workflows = 8\n{tenant}"));
+    let digest = a.upload("hostile", Some("t"));
+    let sleepy = format!(
+        "name: sleepy\nsteps:\n  - id: one\n    component: {digest}\n    input: {{mode: sleep, ms: 300}}\n"
+    );
+    assert_eq!(
+        a.send("PUT", "/v1/workflows/sleepy", Some("t"), sleepy.as_bytes())
+            .status,
+        201
+    );
+    let inputs = json!({"inputs": vec![json!({}); 4]});
+    let answer = a.send(
+        "POST",
+        "/v1/workflows/sleepy/runs",
+        Some("t"),
+        inputs.to_string().as_bytes(),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+
+    // Four live runs, wherever they are, are the tenant's quota: B refuses
+    // a fifth though it has none of them yet.
+    let fifth = b.send("POST", "/v1/workflows/sleepy/runs", Some("t"), b"{}");
+    assert_eq!(fifth.status, 429, "{fifth:?}");
+    assert!(fifth.header("retry-after").is_some());
+
+    until_finished(&db, 4, Duration::from_secs(30));
+    each_ended_once(&db, 4, 1);
+    // No host ran two of the tenant's runs at once, those it claimed included.
+    let mut c = client(&db);
+    let rows = c
+        .query(
+            "SELECT r.owner, min(a.started_us), max(a.started_us + a.duration_us)
+             FROM runs r JOIN attempts a ON a.run = r.id GROUP BY r.id, r.owner ORDER BY r.owner, 2",
+            &[],
+        )
+        .unwrap();
+    let spans: Vec<(String, i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let on_b = spans
+        .iter()
+        .filter(|s| s.0.split(':').nth(1) == Some(&b.pid().to_string()))
+        .count();
+    assert!(on_b >= 2, "B claimed from the queue: {spans:?}");
+    for pair in spans.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            assert!(
+                pair[0].2 <= pair[1].1,
+                "one host ran two of the tenant's runs at once: {spans:?}"
+            );
+        }
+    }
+    // With its runs done, the tenant may submit again, to either host.
+    assert_eq!(
+        b.send("POST", "/v1/workflows/sleepy/runs", Some("t"), b"{}")
+            .status,
+        201
+    );
 }

@@ -693,6 +693,22 @@ impl<R: StepRunner> Scheduler<R> {
     ///
     /// As [`Scheduler::submit`].
     pub fn resume(&self, run: RecoveredRun) -> Result<RunHandle, SubmitError> {
+        self.resume_gated(run, None)
+    }
+
+    /// Resumes `run` as [`Scheduler::resume`] does, but admits it only
+    /// with a permit of `gate` (its tenant's running quota on this host),
+    /// as [`Submission::gate`] does: for a run this host claimed from the
+    /// queue of a store that hosts share, never admitted before.
+    ///
+    /// # Errors
+    ///
+    /// As [`Scheduler::resume`].
+    pub fn resume_gated(
+        &self,
+        run: RecoveredRun,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> Result<RunHandle, SubmitError> {
         if self.inner.draining.is_cancelled() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -713,9 +729,7 @@ impl<R: StepRunner> Scheduler<R> {
             submitted: Instant::now(),
             accepted: None,
             admitted: Arc::default(),
-            // A tenant's share is the submitting server's to give; a
-            // resumed run was admitted against it before.
-            gate: None,
+            gate,
         };
         match prepared {
             Ok(wf) => {

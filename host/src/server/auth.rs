@@ -179,6 +179,17 @@ pub struct Tenants {
 }
 
 impl Tenants {
+    /// Each tenant's running quota by name, for the runs a host claims
+    /// from a shared store (see [`Host::gate_tenants`](crate::Host::gate_tenants)).
+    pub fn gates(&self) -> crate::host::TenantGates {
+        let gates: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>> = self
+            .list
+            .iter()
+            .filter_map(|t| Some((t.name.to_string(), Arc::clone(t.gate.as_ref()?))))
+            .collect();
+        Box::new(move |name| gates.get(name).cloned())
+    }
+
     /// The configured tenants; none configured makes an open server.
     pub fn new(settings: &[TenantSettings]) -> Tenants {
         let list = match settings.is_empty() {

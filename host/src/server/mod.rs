@@ -133,11 +133,13 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
+        let tenants = auth::Tenants::new(&tenants);
+        host.gate_tenants(tenants.gates());
         let state = AppState {
             host,
             catalog: catalog::Catalog::new(data, Arc::clone(&reader)),
             reader,
-            tenants: auth::Tenants::new(&tenants),
+            tenants,
             settings,
             keys: state::KeyLocks::default(),
             panics: Default::default(),

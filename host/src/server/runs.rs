@@ -186,6 +186,7 @@ pub async fn submit(
         }
         .map_err(|e| match e {
             CatalogError::NoWorkflow(_) => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
+            CatalogError::Store(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         })?,
     };
@@ -196,8 +197,8 @@ pub async fn submit(
             after,
         ));
     }
-    let Some(mut shares) = tenant.reserve(inputs.len()) else {
-        return Ok(throttle(
+    let full = || {
+        throttle(
             &state,
             format!(
                 "tenant `{}` has as many runs accepted and unfinished as its quota allows ({})",
@@ -205,8 +206,29 @@ pub async fn submit(
                 tenant.max_live.unwrap_or(usize::MAX)
             ),
             Duration::from_secs(1),
-        ));
+        )
     };
+    let Some(mut shares) = tenant.reserve(inputs.len()) else {
+        return Ok(full());
+    };
+    // Where hosts share the store, the tenant's runs on the others and
+    // those queued for any count too. (Submissions to several hosts at
+    // the very same moment may each see the others' not yet written.)
+    if let Some(max) = tenant.max_live
+        && state.reader.uploads().is_some()
+    {
+        let (reader, name) = (Arc::clone(&state.reader), Arc::clone(&tenant.name));
+        let unfinished = blocking(move || reader.unfinished_runs_of(&name))
+            .await?
+            .map_err(|e| Problem::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        if usize::try_from(unfinished)
+            .unwrap_or(usize::MAX)
+            .saturating_add(inputs.len())
+            > max
+        {
+            return Ok(full());
+        }
+    }
     // A strict journal makes a waited run's ending durable before it is
     // answered, and its acceptance with it: such a run need not wait for
     // a commit of its acceptance alone (see `Submission::waited`).

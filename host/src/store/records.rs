@@ -95,6 +95,9 @@ pub struct RecoveredRun {
     pub workflow: Result<Arc<WorkflowRecord>, WorkflowUnavailable>,
     /// Its input.
     pub input: Vec<u8>,
+    /// The tenant it was submitted for, on a server with tenants: the
+    /// host that claims it admits it against that tenant's running quota.
+    pub tenant: Option<String>,
     /// The last attempt of every unit of work that ended for good (completed,
     /// or failed with no retry to follow): these do not run again.
     pub done: Vec<AttemptRecord>,

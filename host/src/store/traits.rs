@@ -235,6 +235,16 @@ pub trait StoreReader: Send + Sync {
     /// A [`StoreError`] if the store cannot be read.
     fn run_by_key(&self, tenant: Option<&str>, key: &str) -> Result<Option<RunId>, StoreError>;
 
+    /// How many runs of `tenant` are accepted and not finished, whichever
+    /// host holds them (or none, queued): what a tenant's quota of live
+    /// runs counts on a store that hosts share. Read from the index of
+    /// unfinished runs, so its cost does not grow with the history.
+    ///
+    /// # Errors
+    ///
+    /// A [`StoreError`] if the store cannot be read.
+    fn unfinished_runs_of(&self, tenant: &str) -> Result<u64, StoreError>;
+
     /// The hosts writing to the store: each owner of incomplete runs, and
     /// (where the store keeps heartbeats) each host whose lease is live,
     /// with how many incomplete runs it owns; by owner name.

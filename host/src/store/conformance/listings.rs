@@ -96,6 +96,24 @@ pub fn tenants_and_pages_filter_listings_and_keys_find_runs(store: &dyn StoreUnd
         reader.history(2).unwrap().unwrap().summary.tenant.as_deref(),
         Some("zeta")
     );
+
+    // A tenant's unfinished runs are counted, its finished ones not.
+    let unfinished = |tenant| reader.unfinished_runs_of(tenant).unwrap();
+    assert_eq!(
+        (unfinished("acme"), unfinished("zeta"), unfinished("nobody")),
+        (3, 1, 0)
+    );
+    let mut writer = store.writer();
+    write(&mut *writer, "a", &[run_ended(4, RunState::Succeeded, None)]);
+    assert_eq!(unfinished("acme"), 2);
+    // A claimed run says whose it is, for that tenant's quota on the host
+    // that claims it.
+    let claimed = writer.claim_incomplete("a", lease).unwrap();
+    let tenants: Vec<(RunId, Option<&str>)> = claimed.iter().map(|r| (r.id, r.tenant.as_deref())).collect();
+    assert_eq!(
+        tenants,
+        [(1, Some("acme")), (2, Some("zeta")), (3, None), (5, Some("acme"))]
+    );
 }
 
 /// `since` and `until` bound listings by when runs were accepted, and

@@ -514,6 +514,10 @@ impl StoreReader for PostgresReader {
         self.with(|c| read::run_by_key(c, tenant, key))
     }
 
+    fn unfinished_runs_of(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.with(|c| read::unfinished_runs_of(c, tenant))
+    }
+
     fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
         self.with(|c| read::hosts(c, now_millis()))
     }

@@ -276,6 +276,16 @@ pub(super) fn run_by_key(client: &mut Client, tenant: Option<&str>, key: &str) -
         .map(|r| r.get::<_, i64>(0) as RunId))
 }
 
+pub(super) fn unfinished_runs_of(client: &mut Client, tenant: &str) -> Res<u64> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM runs WHERE finished_at IS NULL AND tenant = $1",
+            &[&tenant],
+        )?
+        .get(0);
+    Ok(n.max(0) as u64)
+}
+
 /// The definition and components of workflow `digest`, or which of them is gone.
 pub(super) fn workflow_record(
     client: &mut impl GenericClient,

@@ -632,7 +632,7 @@ fn recover(tx: &mut Transaction<'_>, ids: &[i64], workflows: &mut Workflows) -> 
         return Ok(Vec::new());
     }
     let rows = tx.query(
-        "SELECT id, workflow, input FROM runs WHERE id = ANY($1) ORDER BY id",
+        "SELECT id, workflow, input, tenant FROM runs WHERE id = ANY($1) ORDER BY id",
         &[&ids],
     )?;
     let begun: HashSet<i64> = tx
@@ -671,6 +671,7 @@ fn recover(tx: &mut Transaction<'_>, ids: &[i64], workflows: &mut Workflows) -> 
             input: row
                 .get::<_, Option<Vec<u8>>>(2)
                 .unwrap_or_else(|| b"null".to_vec()),
+            tenant: row.get(3),
             done,
             attempts,
             state,

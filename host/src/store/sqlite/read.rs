@@ -186,6 +186,10 @@ impl StoreReader for SqliteReader {
         self.with(|q| q.run_by_key(tenant, key))
     }
 
+    fn unfinished_runs_of(&self, tenant: &str) -> Result<u64, StoreError> {
+        self.with(|q| q.unfinished_runs_of(tenant))
+    }
+
     fn hosts(&self) -> Result<Vec<HostSummary>, StoreError> {
         self.with(|q| q.hosts())
     }
@@ -330,6 +334,18 @@ impl Queries<'_> {
             )
             .optional()
             .map(|id| id.map(|id| id as RunId))
+            .map_err(|e| self.error(e))
+    }
+
+    pub(super) fn unfinished_runs_of(&self, tenant: &str) -> Result<u64, StoreError> {
+        let t = self.run_columns.tenant;
+        self.conn
+            .query_row(
+                &format!("SELECT count(*) FROM runs WHERE finished_at IS NULL AND {t} = ?1"),
+                [tenant],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
             .map_err(|e| self.error(e))
     }
 

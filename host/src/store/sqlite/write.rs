@@ -84,7 +84,7 @@ fn fence(
 }
 
 /// A claimed run's id, workflow digest and input.
-type Claimed = (i64, String, Option<Vec<u8>>);
+type Claimed = (i64, String, Option<Vec<u8>>, Option<String>);
 
 impl SqliteStore {
     /// Keeps [`SqliteStore::owned`] up to date after `owner` committed
@@ -326,9 +326,9 @@ impl SqliteStore {
         )?;
         let rows = tx
             .prepare(&format!(
-                "SELECT id, workflow, input FROM runs WHERE {INCOMPLETE} AND owner = ?1 ORDER BY id"
+                "SELECT id, workflow, input, tenant FROM runs WHERE {INCOMPLETE} AND owner = ?1 ORDER BY id"
             ))?
-            .query_map([owner], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map([owner], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
         Ok(rows)
@@ -349,7 +349,7 @@ impl SqliteStore {
         type Code = Result<Arc<WorkflowRecord>, WorkflowUnavailable>;
         let mut workflows: HashMap<String, Code> = HashMap::new();
         let mut runs = Vec::with_capacity(claimed.len());
-        for (id, digest, input) in claimed {
+        for (id, digest, input, tenant) in claimed {
             let id = id as RunId;
             let workflow = match workflows.get(&digest) {
                 Some(w) => w.clone(),
@@ -363,6 +363,7 @@ impl SqliteStore {
                 id,
                 workflow,
                 input: input.unwrap_or_else(|| b"null".to_vec()),
+                tenant,
                 done: q.attempts_of(id, "AND last = 1 AND status IN ('completed', 'failed')")?,
                 attempts: q.unit_attempts(id)?,
                 state: q.state_of(id)?,
