@@ -560,8 +560,12 @@ impl StoreWriter for SlowCompletions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_strict_durability_no_dependent_starts_before_its_needs_completion_is_committed() {
+/// Runs workflow `fenced` (`first`, then `then` and a fan-out `each`, both
+/// needing it; `then` granted outbound HTTP when `reaches_out`) with the
+/// commit of `first`'s completion held back 300 ms. Returns when that
+/// commit landed, the dependents' attempts, and whether the run's end was in
+/// the store when the run reported.
+async fn fenced(reaches_out: bool) -> (i64, Vec<AttemptRecord>, bool) {
     let sb = TestSandbox::new();
     let dir = tempfile::tempdir().unwrap();
     let committed_us = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -573,7 +577,10 @@ async fn under_strict_durability_no_dependent_starts_before_its_needs_completion
     };
     let scheduler = journaled(&sb, store);
     let trivial = stepbox_tests::guest("trivial").display().to_string();
-    // A plain dependent and a fanned-out one, both needing `first`.
+    let grant = match reaches_out {
+        true => "\n    allow_http: [\"127.0.0.1:9\"]",
+        false => "",
+    };
     let yaml = format!(
         "name: fenced
 steps:
@@ -581,7 +588,7 @@ steps:
     component: {trivial}
   - id: then
     component: {trivial}
-    needs: [first]
+    needs: [first]{grant}
   - id: each
     component: {trivial}
     needs: [first]
@@ -591,12 +598,16 @@ steps:
     let file = dir.path().join("fenced.yaml");
     std::fs::write(&file, yaml).unwrap();
     let wf = scheduler.prepare(Workflow::from_file(&file).unwrap()).unwrap();
+    assert_eq!(wf.reaches_out(), reaches_out);
     let report = scheduler
         .submit(&wf, json!({"items": [1, 2, 3]}))
         .unwrap()
         .wait()
         .await;
     assert_eq!(report.status, RunStatus::Succeeded, "{:?}", report.error);
+    let reader = SqliteReader::open(&dir.path().join("j.db")).unwrap();
+    let ended_when_reported =
+        reader.history(report.run_id).unwrap().unwrap().summary.status == RunState::Succeeded;
 
     let journal = scheduler.journal().unwrap().clone();
     journal.flush().await.unwrap();
@@ -605,10 +616,24 @@ steps:
         .unwrap()
         .first()
         .expect("`first` ended in a commit");
-    let reader = SqliteReader::open(&dir.path().join("j.db")).unwrap();
     let history = reader.history(report.run_id).unwrap().unwrap();
-    let dependents: Vec<&AttemptRecord> = history.attempts.iter().filter(|a| a.step != "first").collect();
-    assert_eq!(dependents.len(), 4, "{:?}", history.attempts);
+    let dependents: Vec<AttemptRecord> = history
+        .attempts
+        .into_iter()
+        .filter(|a| a.step != "first")
+        .collect();
+    assert_eq!(dependents.len(), 4, "{dependents:?}");
+    tokio::task::spawn_blocking(move || journal.close())
+        .await
+        .unwrap()
+        .unwrap();
+    (committed, dependents, ended_when_reported)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_strict_durability_no_step_of_a_workflow_that_reaches_out_starts_before_its_needs_are_committed()
+ {
+    let (committed, dependents, ended) = fenced(true).await;
     for a in dependents {
         assert!(
             a.started_us >= committed,
@@ -618,10 +643,20 @@ steps:
             committed - a.started_us
         );
     }
-    tokio::task::spawn_blocking(move || journal.close())
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(ended, "the run reported before its end was in the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_strict_durability_a_workflow_that_cannot_reach_out_goes_on_while_it_commits_and_reports_once_durable()
+ {
+    let (committed, dependents, ended) = fenced(false).await;
+    // Nothing these steps do leaves the host but through the journal, after
+    // `first`'s completion: they need not wait for its commit.
+    assert!(
+        dependents.iter().all(|a| a.started_us < committed),
+        "a dependent waited for the commit: {dependents:?}"
+    );
+    assert!(ended, "the run reported before its end was in the store");
 }
 
 #[test]

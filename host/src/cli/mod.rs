@@ -44,8 +44,8 @@ struct GlobalArgs {
     /// The journal database [default: .stepbox/stepbox.db]
     #[arg(long, global = true, value_name = "FILE")]
     db: Option<PathBuf>,
-    /// strict: a step's completion is durable before anything depends on it; batched: within a
-    /// window; memory: no journal [default: strict]
+    /// strict: a step's completion is durable before anything outside the host can depend on it;
+    /// batched: within a window; memory: no journal [default: strict]
     #[arg(long, global = true, value_name = "LEVEL")]
     durability: Option<stepbox::store::Durability>,
     /// While `run` or `resume` works, keep its metrics (Prometheus text format) in this file, rewritten every second

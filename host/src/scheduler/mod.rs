@@ -314,6 +314,10 @@ pub struct PreparedWorkflow<R: StepRunner = Sandbox> {
     secrets: Vec<Secrets>,
     /// How the journal knows it; `None` without a journal.
     record: Option<Recorded>,
+    /// Whether any of its steps may act outside the host (is granted
+    /// outbound HTTP): then, under strict durability, each step waits for
+    /// its needs' completions to be durable before it starts.
+    reaches_out: bool,
 }
 
 /// What every run's acceptance says of its workflow's journal record:
@@ -327,6 +331,15 @@ impl<R: StepRunner> PreparedWorkflow<R> {
     /// The definition.
     pub fn workflow(&self) -> &Workflow {
         &self.workflow
+    }
+
+    /// Whether any of its steps is granted outbound HTTP, and so may act
+    /// outside the host. Under strict durability the steps of such a
+    /// workflow start only once their needs' completions are durable; the
+    /// steps of one that cannot start at once, because all they do reaches
+    /// only the journal (see [`Durability`](crate::store::Durability)).
+    pub fn reaches_out(&self) -> bool {
+        self.reaches_out
     }
 
     /// The plan.
@@ -570,7 +583,9 @@ impl<R: StepRunner> Scheduler<R> {
         }
         drop(names);
         let component_names = components.iter().map(|c| short_name(c.name()).into()).collect();
+        let reaches_out = workflow.steps.iter().any(|s| s.http.is_some());
         Arc::new(PreparedWorkflow {
+            reaches_out,
             workflow,
             components,
             component_names,

@@ -209,7 +209,14 @@ impl<R: StepRunner> Run<R> {
                         waiting[next] -= 1;
                         if waiting[next] == 0 {
                             // Tickets are positions: the latest covers every need.
-                            let fence = plan.needs(next).iter().filter_map(|&j| journaled[j]).max();
+                            // A step of a workflow that cannot act outside the
+                            // host need not wait: what it does reaches only the
+                            // journal, after its needs' completions, so a crash
+                            // that loses those loses what it did too.
+                            let fence = match wf.reaches_out() {
+                                true => plan.needs(next).iter().filter_map(|&j| journaled[j]).max(),
+                                false => None,
+                            };
                             shared.start(next, &outputs, fence, &mut tasks);
                         }
                     }

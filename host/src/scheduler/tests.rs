@@ -623,7 +623,7 @@ fn invalid_quotas_are_refused_with_the_setting_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_strict_durability_a_step_starts_only_once_its_needs_are_in_the_store() {
+async fn under_strict_durability_a_step_that_may_reach_out_starts_only_once_its_needs_are_in_the_store() {
     use crate::store::{
         AttemptStatus, Durability, Journal, JournalConfig, SqliteReader, SqliteStore, StoreReader as _,
     };
@@ -658,9 +658,10 @@ async fn under_strict_durability_a_step_starts_only_once_its_needs_are_in_the_st
         "name: chain
 steps:
   - {id: a, component: echo, input: 1}
-  - {id: b, component: echo, needs: [a], input: '${steps.a}'}
+  - {id: b, component: echo, needs: [a], input: '${steps.a}', allow_http: ['127.0.0.1:9']}
 output: ${steps.b}",
     );
+    assert!(wf.reaches_out());
     let runs: Vec<_> = (0..20).map(|_| (Arc::clone(&wf), json!({}))).collect();
     for handle in scheduler.submit_all(runs).unwrap() {
         assert_eq!(handle.wait().await.status, RunStatus::Succeeded);

@@ -90,17 +90,23 @@ pub fn millis(t: SystemTime) -> Millis {
 ///
 /// | level | a step's completion | an accepted run | cost |
 /// |---|---|---|---|
-/// | `strict` | durable (fsynced) before any step that depends on it starts, and before its run reports | durable before it starts | one fsync per commit, shared by every run waiting on it |
+/// | `strict` | durable (fsynced) before its run reports, and before any step that depends on it starts if its workflow grants any step outbound HTTP | durable before it starts | one fsync per commit, shared by every run waiting on it |
 /// | `batched` | durable within the batch window; a crash may lose the last window, whose steps then run again | durable before it starts | one fsync per window |
 /// | `memory` | nothing is written; a crash loses every run in flight | not recorded | none |
 ///
 /// Under every level a step may run more than once (at least once): a step
 /// interrupted by a crash runs again on resume. Steps make that safe with
 /// their idempotency key.
+///
+/// A step that cannot act outside the host (none of its workflow's steps
+/// is granted outbound HTTP) reaches the outside only through the journal,
+/// after its needs' completions: a crash that loses those loses what it
+/// did too. So under `strict` such a workflow's steps do not wait for
+/// commits between them; only its run's report does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
-    /// Completions are durable before anything depends on them.
+    /// Completions are durable before anything outside the host can depend on them.
     #[default]
     Strict,
     /// Completions are durable within a bounded window.
