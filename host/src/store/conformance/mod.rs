@@ -640,6 +640,24 @@ pub fn many_events_of_a_kind_in_one_batch_each_land(store: &dyn StoreUnderTest) 
     let mut incomplete = claim(&mut *writer, "a");
     incomplete.sort_unstable();
     assert_eq!(incomplete, (1..=37).step_by(2).collect::<Vec<_>>());
+    // A resumed run whose start and end land in one batch is ended, with
+    // its start time, beside one only started.
+    let at = now_millis() - 5;
+    write(
+        &mut *writer,
+        "a",
+        &[
+            Event::RunStarted { run: 31, at },
+            Event::RunStarted { run: 35, at },
+            run_ended(31, RunState::Succeeded, None),
+        ],
+    );
+    let summary = |run| reader.history(run).unwrap().unwrap().summary;
+    assert_eq!(
+        (summary(31).status, summary(31).started_at),
+        (RunState::Succeeded, Some(at))
+    );
+    assert_eq!(summary(35).status, RunState::Running);
 
     let mut batch = Vec::new();
     for item in 0..37u32 {

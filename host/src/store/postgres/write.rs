@@ -217,18 +217,19 @@ fn start_attempts(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]
 }
 
 /// The batch's run starts (resumptions) and ends. When a run starts or
-/// ends more than once in the batch (ended interrupted, then resumed),
-/// they are written one by one, in order; else each kind in one statement.
+/// ends more than once in the batch, or starts after it ended (ended
+/// interrupted, then resumed), they are written one by one, in order; else
+/// each kind in one statement, the starts first. A resumed run that starts
+/// and ends within one batch (its steps need not wait for commits) is the
+/// common case under load, so it takes the fast path.
 fn start_and_end_runs(tx: &mut Transaction<'_>, st: &mut Prepared, events: &[&Event]) -> Res<()> {
-    let mut seen = HashSet::new();
-    let once = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::RunStarted { run, .. } | Event::RunEnded { run, .. } => Some(*run),
-            _ => None,
-        })
-        .all(|run| seen.insert(run));
-    if !once {
+    let (mut started, mut ended) = (HashSet::new(), HashSet::new());
+    let in_order = events.iter().all(|e| match e {
+        Event::RunStarted { run, .. } => !ended.contains(run) && started.insert(*run),
+        Event::RunEnded { run, .. } => ended.insert(*run),
+        _ => true,
+    });
+    if !in_order {
         for event in events {
             match event {
                 Event::RunStarted { run, at } => start_runs(tx, st, &[*run as i64], &[*at])?,
