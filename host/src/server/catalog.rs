@@ -51,6 +51,9 @@ pub enum CatalogError {
     /// The store that hosts share could not be read or written.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// What the shared store holds is not what was uploaded.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 /// A workflow as uploaded.
@@ -139,9 +142,9 @@ impl Catalog {
         };
         // The name is the promise that the bytes are the ones uploaded.
         if self::hex(&sha2::Sha256::digest(&bytes)) != hex {
-            return Err(CatalogError::Io(std::io::Error::other(format!(
+            return Err(CatalogError::Damaged(format!(
                 "component sha256:{hex} in the shared store does not match its digest"
-            ))));
+            )));
         }
         std::fs::create_dir_all(&dir)?;
         write_atomically(&path, &bytes)?;
@@ -209,13 +212,12 @@ impl Catalog {
             true => ("json", "yaml"),
             false => ("yaml", "json"),
         };
-        let existed = match self.shared() {
-            Some(shared) => shared.workflow_version(tenant, name)?.is_some(),
-            None => self.uploaded(tenant, name)?.is_some(),
-        };
-        let version = match self.shared() {
-            Some(shared) => shared.put_workflow(tenant, name, &uploaded.text, uploaded.json)?,
-            None => 0,
+        let (existed, version) = match self.shared() {
+            Some(shared) => (
+                shared.workflow_version(tenant, name)?.is_some(),
+                shared.put_workflow(tenant, name, &uploaded.text, uploaded.json)?,
+            ),
+            None => (self.uploaded(tenant, name)?.is_some(), 0),
         };
         write_atomically(&dir.join(format!("{name}.{keep}")), uploaded.text.as_bytes())?;
         match std::fs::remove_file(dir.join(format!("{name}.{other}"))) {

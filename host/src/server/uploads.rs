@@ -26,7 +26,7 @@ fn catalog_problem(e: CatalogError) -> Problem {
             }
         }
         CatalogError::NoWorkflow(_) => Problem::new(StatusCode::NOT_FOUND, e.to_string()),
-        CatalogError::Io(_) => {
+        CatalogError::Io(_) | CatalogError::Damaged(_) => {
             tracing::warn!("{e}");
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
