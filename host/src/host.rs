@@ -336,8 +336,9 @@ impl Host {
             .collect()
     }
 
-    /// Whether its store is shared with other hosts (PostgreSQL).
-    fn shares_store(&self) -> bool {
+    /// Whether its store is shared with other hosts (PostgreSQL): then
+    /// runs may execute, and wait, on any of them.
+    pub fn shares_store(&self) -> bool {
         self.scheduler.journal().is_some()
             && matches!(
                 StoreLocation::parse(&self.settings.db),

@@ -205,27 +205,39 @@ impl Catalog {
         name: &str,
         uploaded: &Uploaded,
     ) -> Result<(Arc<PreparedWorkflow>, bool), CatalogError> {
-        let dir = self.workflows_dir(tenant);
         let prepared = self.prepare(scheduler, tenant, name, uploaded)?;
-        std::fs::create_dir_all(&dir)?;
-        let (keep, other) = match uploaded.json {
-            true => ("json", "yaml"),
-            false => ("yaml", "json"),
-        };
+        // Where hosts share the store, it alone keeps workflows: a copy on
+        // this disk would only be found by `publish`, bringing back what
+        // the store no longer has.
         let (existed, version) = match self.shared() {
             Some(shared) => (
                 shared.workflow_version(tenant, name)?.is_some(),
                 shared.put_workflow(tenant, name, &uploaded.text, uploaded.json)?,
             ),
-            None => (self.uploaded(tenant, name)?.is_some(), 0),
+            None => {
+                let existed = self.uploaded(tenant, name)?.is_some();
+                self.write_to_disk(tenant, name, uploaded)?;
+                (existed, 0)
+            }
+        };
+        self.keep(tenant, name, &prepared, version);
+        Ok((prepared, !existed))
+    }
+
+    /// Keeps workflow `name` of `tenant` in this host's data directory,
+    /// in place of one of that name in either format.
+    fn write_to_disk(&self, tenant: &str, name: &str, uploaded: &Uploaded) -> Result<(), CatalogError> {
+        let dir = self.workflows_dir(tenant);
+        std::fs::create_dir_all(&dir)?;
+        let (keep, other) = match uploaded.json {
+            true => ("json", "yaml"),
+            false => ("yaml", "json"),
         };
         write_atomically(&dir.join(format!("{name}.{keep}")), uploaded.text.as_bytes())?;
         match std::fs::remove_file(dir.join(format!("{name}.{other}"))) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
         }
-        self.keep(tenant, name, &prepared, version);
-        Ok((prepared, !existed))
     }
 
     /// Workflow `name` of `tenant`, prepared (on first use after a start:

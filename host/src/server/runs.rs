@@ -215,7 +215,7 @@ pub async fn submit(
     // those queued for any count too. (Submissions to several hosts at
     // the very same moment may each see the others' not yet written.)
     if let Some(max) = tenant.max_live
-        && state.reader.uploads().is_some()
+        && state.host.shares_store()
     {
         let (reader, name) = (Arc::clone(&state.reader), Arc::clone(&tenant.name));
         let unfinished = blocking(move || reader.unfinished_runs_of(&name))
